@@ -192,7 +192,7 @@ def random_scatter_case(seed):
     return x, dim, index, src
 
 
-@SETTINGS
+@settings(max_examples=15, deadline=None)  # every new shape triple compiles a scatter
 @given(seed=st.integers(0, 2**32 - 1), scalar=st.booleans())
 def test_scatter_matches_reference_loop(seed, scalar):
     x, dim, index, src = random_scatter_case(seed)
@@ -264,8 +264,9 @@ def test_scatter_argument_errors():
 
 @SETTINGS
 @given(
-    n=st.integers(0, 20),
-    k=st.integers(1, 10),
+    # Few distinct shapes: each new shape compiles, the seed varies the values.
+    n=st.sampled_from([0, 1, 7, 64]),
+    k=st.sampled_from([1, 3, 10]),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_one_hot_equals_jax_nn_one_hot(n, k, seed):

@@ -9,7 +9,7 @@ from jaxbasics import tensors as T
 
 torch = pytest.importorskip("torch")
 
-CASES = range(12)
+CASES = range(6)
 
 
 def distinct_index(rng, shape, dim, ishape):
@@ -21,7 +21,7 @@ def distinct_index(rng, shape, dim, ishape):
 
 @pytest.mark.parametrize("dim", [0, 1, 2, -1, -3])
 @pytest.mark.parametrize("scalar_src", [False, True])
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(2))
 def test_scatter_matches_torch(dim, scalar_src, seed):
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in rng.integers(1, 6, size=3))
