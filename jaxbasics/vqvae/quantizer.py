@@ -1,0 +1,401 @@
+"""Vector quantisation: the pure math first, then two Flax NNX modules.
+
+The math follows van den Oord et al., "Neural Discrete Representation Learning"
+(2017), eq. 1-3, and the EMA codebook of its appendix A.1. Inputs are NHWC latents
+``z`` of shape (B, H, W, D); they are flattened to N = B*H*W vectors of size D,
+exactly as the notes' ``inputs.view(-1, embedding_dim)`` after the BCHW->BHWC
+permute (our latents are NHWC already, so nothing is permuted here).
+
+If you get a shape error here, the most likely cause is an encoder whose last
+channel count differs from ``embedding_dim``: the pre-quantiser 1x1 conv must map
+to exactly ``embedding_dim`` channels.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxbasics.autodiff import straight_through
+from jaxbasics.tensors import one_hot
+
+sg = jax.lax.stop_gradient
+
+
+class QuantizerOutput(NamedTuple):
+    """What a vector quantiser returns.
+
+    Attributes:
+      quantized: (B, H, W, D) straight-through quantised latents ``z + sg(q - z)``:
+        equal to the nearest codes in the forward pass, identity gradient to ``z``.
+      indices: (B, H, W) int32 index of the nearest code for every latent vector.
+      encodings: (N, K) float32 one-hot rows of ``indices`` (N = B*H*W).
+      loss: scalar VQ loss (codebook + commitment terms; see the quantiser).
+      perplexity: scalar exp(entropy) of the average code usage in this batch.
+      distances: (N, K) squared Euclidean distances to every code.
+    """
+
+    quantized: jax.Array
+    indices: jax.Array
+    encodings: jax.Array
+    loss: jax.Array
+    perplexity: jax.Array
+    distances: jax.Array
+
+
+def distances(flat: jax.Array, codebook: jax.Array) -> jax.Array:
+    """Squared Euclidean distances ``||x||^2 + ||e||^2 - 2 x.e`` between rows.
+
+    The notes' ``torch.sum(x**2, dim=1, keepdim=True) + torch.sum(w**2, dim=1)
+    - 2 * torch.matmul(x, w.t())``: one matmul instead of an (N, K, D) difference.
+
+    Args:
+      flat: (N, D) input vectors.
+      codebook: (K, D) code vectors.
+
+    Returns:
+      (N, K) distances.
+
+    >>> d = distances(jnp.array([[0.0, 0.0], [1.0, 1.0]]), jnp.array([[1.0, 0.0], [1.0, 1.0]]))
+    >>> d.tolist()
+    [[1.0, 2.0], [1.0, 0.0]]
+    """
+    return (
+        jnp.sum(flat**2, axis=1, keepdims=True)
+        + jnp.sum(codebook**2, axis=1)
+        - 2.0 * flat @ codebook.T
+    )
+
+
+def nearest_code(dist: jax.Array) -> jax.Array:
+    """Index of the closest code for every row (``torch.argmin(distances, dim=1)``).
+
+    Ties go to the lowest index, as in PyTorch.
+
+    Args:
+      dist: (N, K) distances.
+
+    Returns:
+      (N,) int32 code indices.
+
+    >>> nearest_code(jnp.array([[3.0, 1.0, 2.0], [0.5, 0.5, 9.0]])).tolist()
+    [1, 0]
+    """
+    return jnp.argmin(dist, axis=1).astype(jnp.int32)
+
+
+def lookup(codebook: jax.Array, indices: jax.Array) -> jax.Array:
+    """Gather the code vectors for ``indices``: ``codebook[indices]``.
+
+    The notes write ``torch.matmul(encodings, embedding.weight)``, a one-hot matmul of
+    N*K*D multiply-adds; a gather gives the same vectors with N*D reads.
+
+    Args:
+      codebook: (K, D) code vectors.
+      indices: int array of any shape S.
+
+    Returns:
+      Array of shape S + (D,).
+
+    >>> lookup(jnp.array([[0.0, 1.0], [2.0, 3.0]]), jnp.array([1, 0, 1])).tolist()
+    [[2.0, 3.0], [0.0, 1.0], [2.0, 3.0]]
+    """
+    return jnp.take(codebook, indices, axis=0)
+
+
+def code_counts(indices: jax.Array, num_embeddings: int) -> jax.Array:
+    """How many vectors chose each code: ``encodings.sum(0)`` without the one-hot.
+
+    Args:
+      indices: int array of code indices, any shape.
+      num_embeddings: K.
+
+    Returns:
+      (K,) float32 counts.
+
+    >>> code_counts(jnp.array([0, 2, 2]), 4).tolist()
+    [1.0, 0.0, 2.0, 0.0]
+    """
+    flat = indices.reshape(-1)
+    return jax.ops.segment_sum(jnp.ones(flat.shape, jnp.float32), flat, num_embeddings)
+
+
+def perplexity(counts: jax.Array) -> jax.Array:
+    """exp(-sum p log p) of the code-usage distribution p = counts / sum(counts).
+
+    It equals the number of codes in use when usage is uniform over them: K for
+    all-codes-equally, 1 when everything maps to a single code. The 1e-10 inside
+    the log is the notes' (and the reference's) guard for unused codes.
+
+    Args:
+      counts: (K,) usage counts (or the mean one-hot ``encodings.mean(0)``).
+
+    Returns:
+      Scalar perplexity.
+
+    >>> float(perplexity(jnp.array([5.0, 5.0, 5.0, 5.0])))
+    4.0
+    >>> float(perplexity(jnp.array([0.0, 7.0, 0.0])))
+    1.0
+    """
+    p = counts / jnp.sum(counts)
+    return jnp.exp(-jnp.sum(p * jnp.log(p + 1e-10)))
+
+
+def mse(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Mean squared error, ``F.mse_loss(a, b)``.
+
+    >>> float(mse(jnp.array([1.0, 2.0]), jnp.array([1.0, 4.0])))
+    2.0
+    """
+    return jnp.mean((a - b) ** 2)
+
+
+def vq_loss(z: jax.Array, q: jax.Array, commitment_cost: float) -> jax.Array:
+    """The VQ-VAE loss terms of eq. 3: ``mse(q, sg(z)) + beta * mse(sg(q), z)``.
+
+    The first (codebook) term moves codes towards encoder outputs; the second
+    (commitment) term keeps encoder outputs near their codes.
+
+    Args:
+      z: encoder outputs, any shape.
+      q: their nearest codes, same shape.
+      commitment_cost: beta.
+
+    Returns:
+      Scalar loss.
+
+    >>> float(vq_loss(jnp.zeros(4), jnp.ones(4), 0.25))
+    1.25
+    """
+    return mse(q, sg(z)) + commitment_cost * mse(sg(q), z)
+
+
+def _check_latents(z: jax.Array, embedding_dim: int) -> None:
+    if z.ndim < 2 or z.shape[-1] != embedding_dim:
+        raise ValueError(
+            f"expected latents of shape (..., {embedding_dim}) (last axis = embedding_dim), "
+            f"got shape {tuple(z.shape)} with last dimension {z.shape[-1] if z.ndim else None}. "
+            "The pre-quantiser conv must output embedding_dim channels, in NHWC layout."
+        )
+
+
+def assign(z: jax.Array, codebook: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Flatten latents and find each vector's nearest code.
+
+    Args:
+      z: (..., D) latents.
+      codebook: (K, D) codes.
+
+    Returns:
+      ``(flat, dist, idx)``: (N, D) vectors, (N, K) distances, (N,) int32 indices.
+
+    >>> assign(jnp.ones((1, 2, 2, 3)), jnp.eye(3))[2].tolist()
+    [0, 0, 0, 0]
+    """
+    _check_latents(z, codebook.shape[1])
+    flat = z.reshape(-1, codebook.shape[1])  # (N, D)
+    dist = distances(flat, codebook)  # (N, K)
+    idx = nearest_code(dist)  # (N,)
+    return flat, dist, idx
+
+
+def quantize(z: jax.Array, codebook: jax.Array, commitment_cost: float) -> QuantizerOutput:
+    """Quantise ``z`` to its nearest codes with the straight-through estimator.
+
+    Mirrors the notes' ``VectorQuantizer.forward``: distances, argmin, one-hot
+    encodings, ``loss = q_latent_loss + beta * e_latent_loss`` and
+    ``quantized = inputs + (quantized - inputs).detach()``.
+
+    Args:
+      z: (B, H, W, D) encoder outputs (NHWC; any leading shape works).
+      codebook: (K, D) code vectors.
+      commitment_cost: beta of the commitment term (the reference uses 0.25).
+
+    Returns:
+      A :class:`QuantizerOutput`.
+
+    >>> out = quantize(jnp.array([[[[0.9, 0.1]]]]), jnp.array([[1.0, 0.0], [0.0, 1.0]]), 0.25)
+    >>> out.indices.tolist(), out.quantized.tolist()
+    ([[[0]]], [[[[1.0, 0.0]]]])
+    """
+    flat, dist, idx = assign(z, codebook)
+    num_embeddings = codebook.shape[0]
+    q = lookup(codebook, idx).reshape(z.shape)
+    return QuantizerOutput(
+        quantized=straight_through(z, q),
+        indices=idx.reshape(z.shape[:-1]),
+        encodings=one_hot(idx, num_embeddings),
+        loss=vq_loss(z, q, commitment_cost),
+        perplexity=perplexity(code_counts(idx, num_embeddings)),
+        distances=dist,
+    )
+
+
+class EMAState(NamedTuple):
+    """The EMA codebook statistics (appendix A.1 of van den Oord et al.).
+
+    Attributes:
+      codebook: (K, D) current codes ``ema_w / ema_cluster_size``.
+      ema_cluster_size: (K,) Laplace-smoothed EMA of code usage counts.
+      ema_w: (K, D) EMA of the per-code sums of assigned encoder outputs.
+    """
+
+    codebook: jax.Array
+    ema_cluster_size: jax.Array
+    ema_w: jax.Array
+
+
+def ema_update(
+    flat: jax.Array,
+    indices: jax.Array,
+    ema_cluster_size: jax.Array,
+    ema_w: jax.Array,
+    decay: float,
+    epsilon: float,
+) -> EMAState:
+    """One EMA codebook update from a batch's assignments (made before the update).
+
+    N_i <- decay N_i + (1 - decay) n_i; N_i <- (N_i + eps) / (sum N + K eps) * sum N
+    (Laplace smoothing); m_i <- decay m_i + (1 - decay) sum_{j: idx_j = i} z_j;
+    e_i <- m_i / N_i. The sums are segment sums rather than the notes'
+    ``encodings.t() @ flat`` one-hot matmul: same numbers, N*D instead of N*K*D work.
+
+    Args:
+      flat: (N, D) encoder outputs (gradients are stopped).
+      indices: (N,) their code indices.
+      ema_cluster_size: (K,) current smoothed cluster sizes.
+      ema_w: (K, D) current EMA sums.
+      decay: EMA decay, e.g. 0.99.
+      epsilon: Laplace smoothing, e.g. 1e-5.
+
+    Returns:
+      The new :class:`EMAState`.
+
+    >>> s = ema_update(jnp.array([[2.0], [4.0]]), jnp.array([0, 0]), jnp.ones(2),
+    ...                jnp.ones((2, 1)), decay=0.5, epsilon=0.0)
+    >>> s.ema_cluster_size.tolist(), s.ema_w.tolist(), s.codebook.tolist()
+    ([1.5, 0.5], [[3.5], [0.5]], [[2.333333492279053], [1.0]])
+    """
+    num_embeddings = ema_cluster_size.shape[0]
+    flat = sg(flat)
+    counts = code_counts(indices, num_embeddings)
+    cluster_size = ema_cluster_size * decay + (1.0 - decay) * counts
+    n = jnp.sum(cluster_size)
+    cluster_size = (cluster_size + epsilon) / (n + num_embeddings * epsilon) * n
+    dw = jax.ops.segment_sum(flat, indices, num_embeddings)  # (K, D)
+    new_w = ema_w * decay + (1.0 - decay) * dw
+    return EMAState(new_w / cluster_size[:, None], cluster_size, new_w)
+
+
+class EMAVariable(nnx.Variable):
+    """Non-trainable state updated by EMA, never by the optimiser.
+
+    ``nnx.split(model, nnx.Param, ...)`` leaves these out of the trainable params,
+    so optax never sees them.
+    """
+
+
+class VectorQuantizer(nnx.Module):
+    """The notes' ``VectorQuantizer``: a learned codebook trained by the VQ loss.
+
+    Codebook init is uniform(-1/K, 1/K), as in the reference. Loss is
+    ``mse(q, sg(z)) + beta * mse(sg(q), z)``.
+
+    Args:
+      num_embeddings: K, the number of codes (reference 512).
+      embedding_dim: D, the code size (reference 64).
+      commitment_cost: beta (reference 0.25).
+      rngs: NNX random streams (``params`` is used).
+
+    >>> vq = VectorQuantizer(8, 4, 0.25, rngs=nnx.Rngs(0))
+    >>> vq(jnp.zeros((2, 3, 3, 4))).indices.shape
+    (2, 3, 3)
+    """
+
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, commitment_cost: float, *, rngs: nnx.Rngs
+    ):
+        k = num_embeddings
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.commitment_cost = commitment_cost
+        self.codebook = nnx.Param(
+            jax.random.uniform(rngs.params(), (k, embedding_dim), minval=-1.0 / k, maxval=1.0 / k)
+        )
+
+    def __call__(self, z: jax.Array) -> QuantizerOutput:
+        return quantize(z, self.codebook[...], self.commitment_cost)
+
+
+class VectorQuantizerEMA(nnx.Module):
+    """The notes' ``VectorQuantizerEMA``: codes follow an EMA of their assignments.
+
+    The codebook, ``ema_cluster_size`` and ``ema_w`` are :class:`EMAVariable`, not
+    params. In training mode (``use_running_average=False``, NNX's ``model.train()``)
+    each call updates them from this batch's assignments, made before the update;
+    the quantised output uses the codes from before the update, as in the reference.
+    In eval mode (``model.eval()``) they are read only. The loss is the commitment
+    term ``beta * mse(sg(q), z)`` alone.
+
+    Init is the reference's: codebook and ``ema_w`` standard normal, cluster sizes 0.
+
+    Args:
+      num_embeddings: K.
+      embedding_dim: D.
+      commitment_cost: beta.
+      decay: EMA decay (reference 0.99).
+      epsilon: Laplace smoothing (reference 1e-5).
+      rngs: NNX random streams (``params`` is used).
+
+    >>> vq = VectorQuantizerEMA(8, 4, 0.25, rngs=nnx.Rngs(0))
+    >>> before = vq.ema_w[...]
+    >>> _ = vq(jnp.ones((1, 2, 2, 4)))          # training mode: statistics move
+    >>> bool(jnp.any(vq.ema_w[...] != before))
+    True
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        commitment_cost: float,
+        decay: float = 0.99,
+        epsilon: float = 1e-5,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.commitment_cost = commitment_cost
+        self.decay = decay
+        self.epsilon = epsilon
+        self.use_running_average = False
+        key_codebook, key_w = jax.random.split(rngs.params())
+        shape = (num_embeddings, embedding_dim)
+        self.codebook = EMAVariable(jax.random.normal(key_codebook, shape))
+        self.ema_cluster_size = EMAVariable(jnp.zeros((num_embeddings,)))
+        self.ema_w = EMAVariable(jax.random.normal(key_w, shape))
+
+    def __call__(self, z: jax.Array) -> QuantizerOutput:
+        codebook = self.codebook[...]
+        flat, dist, idx = assign(z, codebook)
+        q = lookup(codebook, idx).reshape(z.shape)
+        if not self.use_running_average:
+            new = ema_update(
+                flat, idx, self.ema_cluster_size[...], self.ema_w[...], self.decay, self.epsilon
+            )
+            self.codebook[...] = new.codebook
+            self.ema_cluster_size[...] = new.ema_cluster_size
+            self.ema_w[...] = new.ema_w
+        return QuantizerOutput(
+            quantized=straight_through(z, q),
+            indices=idx.reshape(z.shape[:-1]),
+            encodings=one_hot(idx, self.num_embeddings),
+            loss=self.commitment_cost * mse(sg(q), z),
+            perplexity=perplexity(code_counts(idx, self.num_embeddings)),
+            distances=dist,
+        )

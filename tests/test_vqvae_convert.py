@@ -1,0 +1,62 @@
+"""The weight converter refuses to convert silently."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxbasics.vqvae.convert import from_torch_state_dict, to_torch_state_dict
+from jaxbasics.vqvae.model import VQVAE
+
+SMALL = dict(
+    num_hiddens=16,
+    num_residual_hiddens=4,
+    num_residual_layers=1,
+    embedding_dim=8,
+    num_embeddings=16,
+)
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return VQVAE(**SMALL, rngs=nnx.Rngs(0))
+
+
+def test_names_are_the_notes_names(plain):
+    names = set(to_torch_state_dict(nnx.state(plain)))
+    assert {
+        "_encoder._conv_1.weight",
+        "_encoder._residual_stack._layers.0._block.1.weight",
+        "_encoder._residual_stack._layers.0._block.3.weight",
+        "_pre_vq_conv.bias",
+        "_vq_vae._embedding.weight",
+        "_decoder._conv_trans_1.weight",
+        "_decoder._conv_trans_2.bias",
+    } <= names
+    ema = set(to_torch_state_dict(nnx.state(VQVAE(**SMALL, decay=0.99, rngs=nnx.Rngs(0)))))
+    assert {"_vq_vae._ema_w", "_vq_vae._ema_cluster_size"} <= ema
+
+
+def test_layouts(plain):
+    sd = to_torch_state_dict(nnx.state(plain))
+    k = np.asarray(plain.encoder.conv_1.kernel[...])  # HWIO
+    np.testing.assert_array_equal(sd["_encoder._conv_1.weight"], k.transpose(3, 2, 0, 1))
+    kt = np.asarray(plain.decoder.conv_trans_1.kernel[...])  # flipped (kH, kW, in, out)
+    np.testing.assert_array_equal(
+        sd["_decoder._conv_trans_1.weight"], kt[::-1, ::-1].transpose(2, 3, 0, 1)
+    )
+
+
+def test_missing_and_extra_keys_are_listed(plain):
+    sd = to_torch_state_dict(nnx.state(plain))
+    del sd["_encoder._conv_2.bias"]
+    sd["_vq_vae._ema_w"] = np.zeros((16, 8), np.float32)
+    with pytest.raises(KeyError) as e:
+        from_torch_state_dict(sd, plain)
+    assert "_encoder._conv_2.bias" in str(e.value) and "_vq_vae._ema_w" in str(e.value)
+
+
+def test_wrong_shape_is_listed(plain):
+    sd = to_torch_state_dict(nnx.state(plain))
+    sd["_vq_vae._embedding.weight"] = np.zeros((32, 8), np.float32)
+    with pytest.raises(ValueError, match=r"_vq_vae._embedding.weight: got \(32, 8\)"):
+        from_torch_state_dict(sd, plain)

@@ -1,0 +1,102 @@
+"""The VQ-VAE model: shapes, bad inputs, encode/decode, and the fast transposed conv."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxbasics.vqvae.model import (
+    VQVAE,
+    ConvTranspose4x4s2,
+    conv_transpose_4x4s2,
+    conv_transpose_4x4s2_reference,
+    vqvae_loss,
+)
+
+SMALL = dict(
+    num_hiddens=16,
+    num_residual_hiddens=4,
+    num_residual_layers=1,
+    embedding_dim=8,
+    num_embeddings=16,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return VQVAE(**SMALL, rngs=nnx.Rngs(0))
+
+
+def test_forward_shapes_and_fields(model):
+    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-0.5, maxval=0.5)
+    out = model(x)
+    assert out.recon.shape == x.shape
+    assert out.quantized.shape == (2, 8, 8, 8)
+    assert out.indices.shape == (2, 8, 8) and out.indices.dtype == jnp.int32
+    assert out.vq_loss.shape == () and out.perplexity.shape == ()
+    assert 1.0 <= float(out.perplexity) <= 16.0
+
+
+def test_encode_decode_roundtrip_equals_forward(model):
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-0.5, maxval=0.5)
+    idx = model.encode(x)
+    np.testing.assert_array_equal(idx, model(x).indices)
+    np.testing.assert_allclose(model.decode_indices(idx), model(x).recon, atol=1e-5)
+
+
+def test_nchw_input_names_the_converter(model):
+    with pytest.raises(ValueError, match="bchw_to_bhwc"):
+        model(jnp.zeros((2, 3, 32, 32)))
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [((2, 32, 32, 4), "3 channels"), ((2, 30, 32, 3), "divisible by 4"), ((32, 32, 3), "batch")],
+)
+def test_bad_input_shapes_raise(model, shape, match):
+    with pytest.raises(ValueError, match=match):
+        model(jnp.zeros(shape))
+
+
+def test_loss_is_recon_error_plus_vq_loss(model):
+    x = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3), minval=-0.5, maxval=0.5)
+    out = model(x)
+    expected = float(jnp.mean((out.recon - x) ** 2)) / 0.06 + float(out.vq_loss)
+    np.testing.assert_allclose(vqvae_loss(out, x, 0.06), expected, rtol=1e-5)
+
+
+def test_decay_selects_ema_quantizer():
+    from jaxbasics.vqvae.quantizer import VectorQuantizer, VectorQuantizerEMA
+
+    assert isinstance(VQVAE(**SMALL, rngs=nnx.Rngs(0)).vq, VectorQuantizer)
+    assert isinstance(VQVAE(**SMALL, decay=0.99, rngs=nnx.Rngs(0)).vq, VectorQuantizerEMA)
+
+
+@pytest.mark.parametrize("cin, cout, hw", [(8, 3, 4), (16, 8, 8), (5, 7, 3)])
+def test_fast_conv_transpose_equals_plain_one(cin, cout, hw):
+    """The sub-pixel evaluation computes exactly lax.conv_transpose, values and grads."""
+    keys = jax.random.split(jax.random.key(cin), 3)
+    k = jax.random.normal(keys[0], (4, 4, cin, cout))
+    b = jax.random.normal(keys[1], (cout,))
+    x = jax.random.normal(keys[2], (2, hw, hw, cin))
+    np.testing.assert_allclose(
+        conv_transpose_4x4s2(x, k, b), conv_transpose_4x4s2_reference(x, k, b), atol=1e-4
+    )
+
+    def loss(fn, *args):
+        return jnp.sum(jnp.sin(fn(*args)))
+
+    g_fast = jax.grad(loss, argnums=(1, 2, 3))(conv_transpose_4x4s2, x, k, b)
+    g_plain = jax.grad(loss, argnums=(1, 2, 3))(conv_transpose_4x4s2_reference, x, k, b)
+    for a, c in zip(g_fast, g_plain, strict=True):
+        np.testing.assert_allclose(a, c, atol=1e-3, rtol=1e-4)
+
+
+def test_fast_conv_transpose_matches_flax_conv_transpose():
+    """Same parameters, same function as nnx.ConvTranspose with PyTorch's padding=1."""
+    layer = ConvTranspose4x4s2(6, 4, rngs=nnx.Rngs(0))
+    ref = nnx.ConvTranspose(6, 4, (4, 4), strides=2, padding=((2, 2), (2, 2)), rngs=nnx.Rngs(0))
+    ref.kernel[...] = layer.kernel[...]
+    x = jax.random.normal(jax.random.key(5), (1, 5, 5, 6))
+    np.testing.assert_allclose(layer(x), ref(x), atol=1e-5)
