@@ -1,0 +1,69 @@
+"""Metric writers: one JSON line per record, plus TensorBoard when tensorboardX is installed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class MetricWriter:
+    """Append ``{"step": ..., **metrics}`` lines to ``workdir/<name>.jsonl``.
+
+    Also writes TensorBoard scalars under ``workdir/tensorboard/<name>`` if
+    tensorboardX is installed (``pip install -e '.[tensorboard]'``).
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> w = MetricWriter(d, "metrics", tensorboard=False)
+    >>> w.write(1, {"loss": 0.5}); w.write(2, {"loss": 0.25}); w.truncate_after(1)
+    >>> [r["step"] for r in read_jsonl(f"{d}/metrics.jsonl")]
+    [1]
+    """
+
+    def __init__(self, workdir: str | Path, name: str, *, tensorboard: bool = True):
+        self.path = Path(workdir) / f"{name}.jsonl"
+        self._tb = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                pass
+            else:
+                self._tb = SummaryWriter(str(Path(workdir) / "tensorboard" / name))
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        """Append one record and flush it to disk."""
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": int(step), **metrics}) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, int | float):
+                    self._tb.add_scalar(k, v, int(step))
+            self._tb.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step`` (work a resumed run is about to redo), atomically."""
+        if not self.path.exists():
+            return
+        keep = [r for r in read_jsonl(self.path) if r["step"] <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer, if any."""
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSONL file; a torn last line (killed mid-write) is skipped."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
