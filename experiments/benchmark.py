@@ -1,0 +1,271 @@
+"""Training throughput and FLOP utilisation of jaxbasics' VQ-VAE against the PyTorch reference.
+
+Times the real jitted, donating ``train_step`` of :func:`jaxbasics.train.step.make_train_step`
+against the notes' PyTorch loop body (``torch_reference.train_step`` with
+``torch.optim.Adam(lr=1e-3)``) on the same random uniform(-0.5, 0.5) batch, NHWC for JAX
+and NCHW for PyTorch. The two sides alternate in rounds of a few steps inside one process,
+so machine load hits both alike; medians are over the timed steps after warm-up.
+
+PyTorch runs with ``torch.set_num_threads(os.cpu_count())``. It is optional: without it
+(or with ``--no-torch``) only the JAX side is timed.
+
+Prints one JSON line per batch size::
+
+    python experiments/benchmark.py --batch 32,256
+    python experiments/benchmark.py --quick --small --batch 4     # smoke test, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbasics.tensors import bchw_to_bhwc
+from jaxbasics.train.config import TrainConfig
+from jaxbasics.train.state import init_state
+from jaxbasics.train.step import make_eval_step, make_train_step
+
+# Variance of CIFAR-10's training images scaled to [0, 1]; only scales the loss.
+DATA_VARIANCE = 0.06328
+# Reduced sizes for smoke tests (``--small``).
+SMALL_SIZES = dict(
+    num_hiddens=16,
+    num_residual_hiddens=4,
+    num_residual_layers=1,
+    embedding_dim=8,
+    num_embeddings=16,
+)
+
+
+def import_torch() -> Any | None:
+    """``torch`` if it is installed, else None (the benchmark then times JAX only)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def best_time(fn: Callable[[], Any], reps: int) -> float:
+    """Fastest of ``reps`` timed calls of ``fn`` (after one warm-up call), in seconds."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_gflop_per_s(n: int = 2048, reps: int = 5, torch: Any | None = None) -> dict[str, float]:
+    """GFLOP/s of an n^3 float32 matmul in numpy, XLA and (if given) PyTorch.
+
+    The machine's rate is the best of them (PERF-NOTES.md: oneDNN is usually fastest).
+
+    >>> rates = matmul_gflop_per_s(64, reps=1)
+    >>> sorted(rates), all(v > 0 for v in rates.values())
+    (['jax', 'numpy'], True)
+    """
+    flop = 2.0 * n**3
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    rates = {"numpy": flop / best_time(lambda: a @ b, reps) / 1e9}
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    mm = jax.jit(jnp.matmul)
+    rates["jax"] = flop / best_time(lambda: mm(ja, jb).block_until_ready(), reps) / 1e9
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        rates["torch"] = flop / best_time(lambda: ta @ tb, reps) / 1e9
+    return rates
+
+
+def make_torch_side(torch: Any, config: TrainConfig, data: np.ndarray) -> Callable[[], None]:
+    """One call = one step of the notes' PyTorch loop body on ``data`` (NCHW)."""
+    from torch_reference import Model, train_step
+
+    torch.manual_seed(config.seed)
+    model = Model(
+        num_hiddens=config.num_hiddens,
+        num_residual_layers=config.num_residual_layers,
+        num_residual_hiddens=config.num_residual_hiddens,
+        num_embeddings=config.num_embeddings,
+        embedding_dim=config.embedding_dim,
+        commitment_cost=config.commitment_cost,
+        decay=config.decay,
+    )
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    batch = torch.from_numpy(data)
+
+    def step() -> None:
+        train_step(model, optimizer, batch, DATA_VARIANCE)
+
+    return step
+
+
+def make_jax_side(config: TrainConfig, images: jax.Array) -> tuple[Callable[[], None], dict, list]:
+    """One call = one real ``train_step``; also returns compile time, FLOPs and memory."""
+    # Initial values don't matter for timing. Partitionable threefry (jax's default)
+    # takes XLA:CPU ~30 s to compile for this model's initialisers; the classic one ~2 s.
+    with jax.threefry_partitionable(False):
+        state = init_state(config)
+    train_step = make_train_step(config, DATA_VARIANCE)
+    t0 = time.perf_counter()
+    compiled = train_step.lower(state, images).compile()
+    info: dict[str, Any] = {"compile_s": round(time.perf_counter() - t0, 2)}
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    info["step_gflop"] = float(cost["flops"]) / 1e9
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        info["xla_temp_mb"] = round(mem.temp_size_in_bytes / 2**20, 1)
+        info["xla_argument_mb"] = round(mem.argument_size_in_bytes / 2**20, 1)
+    holder = [state]
+
+    def step() -> None:
+        # The compiled executable of the real jitted step: it donates the state buffers.
+        new_state, metrics = compiled(holder[0], images)
+        jax.block_until_ready(metrics)
+        holder[0] = new_state
+
+    return step, info, holder
+
+
+def alternate(sides: dict[str, Callable[[], None]], rounds: int, k: int) -> dict[str, list[float]]:
+    """Run the sides A/B/A/B, ``k`` steps each per round; per-step seconds per side.
+
+    >>> t = alternate({"a": lambda: None, "b": lambda: None}, rounds=2, k=3)
+    >>> {name: len(v) for name, v in t.items()}
+    {'a': 6, 'b': 6}
+    """
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, step in sides.items():
+            for _ in range(k):
+                t0 = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def eval_images_per_s(config: TrainConfig, state: Any, images: jax.Array, reps: int) -> float:
+    """Throughput of the jitted ``eval_step`` (encode + quantise + decode)."""
+    eval_step = make_eval_step(config)
+    mask = jnp.ones((images.shape[0],), bool)
+    seconds = best_time(lambda: jax.block_until_ready(eval_step(state, images, mask)), reps)
+    return images.shape[0] / seconds
+
+
+def result_line(
+    batch: int,
+    jax_times: list[float],
+    torch_times: list[float] | None,
+    info: dict[str, Any],
+    machine: dict[str, float],
+) -> dict[str, Any]:
+    """The JSON record of one configuration (medians of per-step seconds).
+
+    >>> r = result_line(4, [0.1, 0.2, 0.3], [0.4], {"step_gflop": 1.0, "compile_s": 1.0},
+    ...                 {"numpy": 10.0, "jax": 8.0})
+    >>> r["jax_ms_per_step"], r["ratio"], r["jax_gflop_per_s"], r["fraction_of_machine"]
+    (200.0, 2.0, 5.0, 0.5)
+    """
+    jax_s = statistics.median(jax_times)
+    out: dict[str, Any] = {"batch": batch, "jax_ms_per_step": round(1e3 * jax_s, 2)}
+    out["jax_images_per_s"] = round(batch / jax_s, 1)
+    if torch_times:
+        torch_s = statistics.median(torch_times)
+        out["torch_ms_per_step"] = round(1e3 * torch_s, 2)
+        out["torch_images_per_s"] = round(batch / torch_s, 1)
+        out["ratio"] = round(torch_s / jax_s, 3)
+    else:
+        out.update(torch_ms_per_step=None, torch_images_per_s=None, ratio=None)
+    gflop = info["step_gflop"]
+    best = max(machine.values())
+    out["step_gflop"] = round(gflop, 3)
+    out["jax_gflop_per_s"] = round(gflop / jax_s, 1)
+    out["machine_gflop_per_s"] = round(best, 1)
+    out["matmul_gflop_per_s"] = {k: round(v, 1) for k, v in machine.items()}
+    out["fraction_of_machine"] = round(gflop / jax_s / best, 3)
+    out.update({k: v for k, v in info.items() if k != "step_gflop"})
+    return out
+
+
+def parse_batches(values: list[str]) -> list[int]:
+    """``--batch`` values: repeatable and/or comma lists.
+
+    >>> parse_batches(["32,256", "8"])
+    [32, 256, 8]
+    """
+    return [int(v) for value in values for v in value.split(",") if v.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", action="append", help='batch sizes, e.g. "32,256" (default)')
+    p.add_argument("--steps", type=int, default=None, help="timed steps per side (default 20)")
+    p.add_argument("--quick", action="store_true", help="few steps: a smoke test")
+    p.add_argument("--small", action="store_true", help="tiny model sizes (smoke tests)")
+    p.add_argument("--decay", type=float, default=0.0, help="EMA decay; 0 = plain VQ")
+    p.add_argument("--no-torch", action="store_true", help="time the JAX side only")
+    p.add_argument(
+        "--torch-threads", type=int, default=os.cpu_count(), help="default: os.cpu_count()"
+    )
+    args = p.parse_args(argv)
+
+    batches = parse_batches(args.batch or ["32,256"])
+    steps = args.steps or (3 if args.quick else 20)
+    k = 1 if args.quick else 2
+    rounds = max(1, -(-steps // k))
+    warmup = 1 if args.quick else 3
+
+    torch = None if args.no_torch else import_torch()
+    notes = []
+    if torch is not None:
+        torch.set_num_threads(args.torch_threads)
+        notes.append(f"torch.set_num_threads({args.torch_threads})")
+    elif not args.no_torch:
+        notes.append("torch is not installed: JAX side only")
+        print(json.dumps({"note": notes[-1]}), file=sys.stderr)
+    machine = matmul_gflop_per_s(1024 if args.quick else 2048, 2 if args.quick else 5, torch)
+
+    for batch in batches:
+        sizes = SMALL_SIZES if args.small else {}
+        config = TrainConfig(batch_size=batch, decay=args.decay, **sizes)
+        data = np.random.default_rng(0).uniform(-0.5, 0.5, (batch, 3, 32, 32)).astype(np.float32)
+        images = bchw_to_bhwc(jnp.asarray(data))  # NCHW -> NHWC, once
+        jax_step, info, holder = make_jax_side(config, images)
+        sides = {"jax": jax_step}
+        if torch is not None:
+            sides["torch"] = make_torch_side(torch, config, data)
+        alternate(sides, 1, warmup)
+        times = alternate(sides, rounds, k)
+        out = result_line(batch, times["jax"], times.get("torch"), info, machine)
+        out["eval_images_per_s"] = round(
+            eval_images_per_s(config, holder[0], images, 2 if args.quick else 5), 1
+        )
+        out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        out.update(
+            decay=args.decay,
+            devices=jax.device_count(),
+            steps=len(times["jax"]),
+            small=args.small,
+            notes=notes,
+        )
+        print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

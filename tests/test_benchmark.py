@@ -1,0 +1,58 @@
+"""experiments/benchmark.py: the JSON record, and a tiny end-to-end run as a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import benchmark
+from conftest import ROOT
+
+KEYS = {
+    "batch",
+    "jax_images_per_s",
+    "torch_images_per_s",
+    "ratio",
+    "jax_ms_per_step",
+    "torch_ms_per_step",
+    "step_gflop",
+    "jax_gflop_per_s",
+    "machine_gflop_per_s",
+    "fraction_of_machine",
+    "compile_s",
+    "peak_rss_mb",
+    "eval_images_per_s",
+    "decay",
+    "devices",
+}
+
+
+def test_result_line_without_torch_has_null_torch_fields():
+    r = benchmark.result_line(8, [0.5], None, {"step_gflop": 2.0, "compile_s": 1.0}, {"jax": 8.0})
+    assert r["jax_images_per_s"] == 16.0 and r["ratio"] is None
+    assert r["fraction_of_machine"] == 0.5
+
+
+def test_module_imports_without_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None; import benchmark; print(benchmark.import_torch())"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "experiments")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "None"
+
+
+def test_quick_run_prints_one_json_line_per_batch():
+    """About 25 s: tiny model, three steps a side. Times JAX only if torch is absent."""
+    no_torch = benchmark.import_torch() is None
+    cmd = [sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--quick", "--small"]
+    cmd += ["--batch", "4"] + (["--no-torch"] if no_torch else ["--torch-threads", "1"])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(lines) == 1
+    (r,) = lines
+    assert KEYS <= set(r)
+    assert r["batch"] == 4 and r["devices"] >= 1 and r["step_gflop"] > 0
+    assert (r["ratio"] is None) == no_torch
