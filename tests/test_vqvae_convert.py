@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from jaxbasics.vqvae.convert import from_torch_state_dict, to_torch_state_dict
-from jaxbasics.vqvae.model import VQVAE
+from jaxbasics.vqvae.model import create_vqvae
 
 SMALL = dict(
     num_hiddens=16,
@@ -18,7 +18,7 @@ SMALL = dict(
 
 @pytest.fixture(scope="module")
 def plain():
-    return VQVAE(**SMALL, rngs=nnx.Rngs(0))
+    return create_vqvae(0, **SMALL)
 
 
 def test_names_are_the_notes_names(plain):
@@ -32,7 +32,7 @@ def test_names_are_the_notes_names(plain):
         "_decoder._conv_trans_1.weight",
         "_decoder._conv_trans_2.bias",
     } <= names
-    ema = set(to_torch_state_dict(nnx.state(VQVAE(**SMALL, decay=0.99, rngs=nnx.Rngs(0)))))
+    ema = set(to_torch_state_dict(nnx.state(create_vqvae(0, **SMALL, decay=0.99))))
     assert {"_vq_vae._ema_w", "_vq_vae._ema_cluster_size"} <= ema
 
 

@@ -11,6 +11,7 @@ from jaxbasics.vqvae.model import (
     ConvTranspose4x4s2,
     conv_transpose_4x4s2,
     conv_transpose_4x4s2_reference,
+    create_vqvae,
     vqvae_loss,
 )
 
@@ -25,7 +26,7 @@ SMALL = dict(
 
 @pytest.fixture(scope="module")
 def model():
-    return VQVAE(**SMALL, rngs=nnx.Rngs(0))
+    return create_vqvae(0, **SMALL)
 
 
 def test_forward_shapes_and_fields(model):
@@ -69,8 +70,9 @@ def test_loss_is_recon_error_plus_vq_loss(model):
 def test_decay_selects_ema_quantizer():
     from jaxbasics.vqvae.quantizer import VectorQuantizer, VectorQuantizerEMA
 
-    assert isinstance(VQVAE(**SMALL, rngs=nnx.Rngs(0)).vq, VectorQuantizer)
-    assert isinstance(VQVAE(**SMALL, decay=0.99, rngs=nnx.Rngs(0)).vq, VectorQuantizerEMA)
+    assert isinstance(nnx.eval_shape(lambda: VQVAE(**SMALL, rngs=nnx.Rngs(0))).vq, VectorQuantizer)
+    ema = nnx.eval_shape(lambda: VQVAE(**SMALL, decay=0.99, rngs=nnx.Rngs(0)))
+    assert isinstance(ema.vq, VectorQuantizerEMA)
 
 
 @pytest.mark.parametrize("cin, cout, hw", [(8, 3, 4), (16, 8, 8), (5, 7, 3)])

@@ -34,7 +34,8 @@ def _pair(decay, sizes=SIZES, torch_sizes=TORCH_SIZES):
     torch.manual_seed(0)
     tm = tr.Model(**torch_sizes, decay=decay)
     sd = {k: v.detach().numpy() for k, v in tm.state_dict().items()}
-    model = VQVAE(**sizes, decay=decay, rngs=nnx.Rngs(0))
+    # abstract model: no random init to compute, every array comes from PyTorch
+    model = nnx.eval_shape(lambda: VQVAE(**sizes, decay=decay, rngs=nnx.Rngs(0)))
     nnx.update(model, from_torch_state_dict(sd, model))
     return tm, model, sd
 

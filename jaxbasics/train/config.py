@@ -29,6 +29,16 @@ RESUMABLE_FIELDS = frozenset(
 )
 
 
+# Fields that never reach a compiled program (they only steer the loop and the data).
+_RUN_ONLY = RESUMABLE_FIELDS | {
+    "dataset",
+    "data_dir",
+    "num_train_examples",
+    "num_eval_examples",
+    "data_seed",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Every knob of a VQ-VAE training run. Defaults: the reference CIFAR-10 setting.
@@ -107,6 +117,19 @@ class TrainConfig:
         if self.dataset not in ("shapes", "cifar10"):
             raise ValueError(f"dataset must be 'shapes' or 'cifar10', got {self.dataset!r}.")
         return self
+
+    def compile_key(self) -> TrainConfig:
+        """This config with every field that cannot change a compiled program reset.
+
+        Compiled init/train/eval programs are cached under this key, so runs that
+        differ only in length, logging or data location share them.
+
+        >>> TrainConfig(num_training_updates=5).compile_key() == TrainConfig().compile_key()
+        True
+        """
+        return dataclasses.replace(
+            self, **{f.name: f.default for f in dataclasses.fields(self) if f.name in _RUN_ONLY}
+        )
 
     def to_json(self) -> str:
         """The config as JSON text (what ``config.json`` holds)."""

@@ -124,7 +124,7 @@ def evaluate(config, state, source, variance: float, *, max_batches: int = 0, sh
     from jaxbasics.data.pipeline import eval_dataset
     from jaxbasics.train.step import finalize_eval, make_eval_step
 
-    eval_step = _cached(("eval", config), lambda: make_eval_step(config))
+    eval_step = _cached(("eval", config.compile_key()), lambda: make_eval_step(config))
     sums, first = [], None
     for i, batch in enumerate(eval_dataset(source, batch_size=config.batch_size)):
         if max_batches and i >= max_batches:
@@ -233,7 +233,7 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
         w.truncate_after(start)
 
     train_step = _cached(
-        ("train", config.replace(**_IGNORED), variance), lambda: make_train_step(config, variance)
+        ("train", config.compile_key(), variance), lambda: make_train_step(config, variance)
     )
 
     def save(step):
@@ -348,19 +348,3 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
         for w in writers.values():
             w.close()
         ckpt.close()
-
-
-# Config fields that don't change the compiled step (so a cached step can be reused).
-_IGNORED = dict(
-    num_training_updates=0,
-    log_every=1,
-    eval_every=1,
-    checkpoint_every=1,
-    keep_checkpoints=1,
-    eval_batches=0,
-    debug_nan_step=-1,
-    progress=False,
-    data_dir=None,
-    num_train_examples=None,
-    num_eval_examples=None,
-)

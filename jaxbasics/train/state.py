@@ -7,6 +7,8 @@ that change during training live in :class:`TrainState`, a plain pytree that
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -16,7 +18,7 @@ import optax
 from flax import nnx
 
 from jaxbasics.train.config import TrainConfig
-from jaxbasics.vqvae.model import VQVAE
+from jaxbasics.vqvae.model import VQVAE, init_key
 from jaxbasics.vqvae.quantizer import EMAVariable
 
 
@@ -29,7 +31,8 @@ class TrainState:
       ema: the EMA codebook statistics (``EMAVariable``); empty for plain VQ.
       opt_state: the optax (Adam) state.
       step: int32 scalar, the number of updates applied.
-      rng: uint32 key data of the run's base key; a step's key is
+      rng: uint32 key data of the run's base "rbg" key
+        (``jax.random.wrap_key_data(rng, impl="rbg")``); a step's key is
         ``jax.random.fold_in(key, step)``, so the stream needs no bookkeeping.
     """
 
@@ -82,8 +85,9 @@ def graphdefs(config: TrainConfig) -> tuple[nnx.GraphDef, nnx.GraphDef]:
 def init_state(config: TrainConfig) -> TrainState:
     """A fresh :class:`TrainState` from ``config.seed``, built in one compiled program.
 
-    Initialising eagerly would compile each layer's initialiser separately, which is
-    slow on CPU; one ``jax.jit`` compiles them together.
+    The compiled initialiser is cached per model configuration, so resumes and tests
+    in one process compile it once. Keys are "rbg" keys (see
+    :func:`jaxbasics.vqvae.model.init_key`): far faster to compile on CPU.
 
     >>> from jaxbasics.train.config import preset
     >>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
@@ -91,6 +95,11 @@ def init_state(config: TrainConfig) -> TrainState:
     >>> int(init_state(cfg).step)
     0
     """
+    return _compiled_init(config.compile_key())(init_key(config.seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_init(config: TrainConfig) -> Callable:
     tx = make_optimizer(config)
 
     @jax.jit
@@ -106,7 +115,7 @@ def init_state(config: TrainConfig) -> TrainState:
             rng=jax.random.key_data(state_key),
         )
 
-    return init(jax.random.key(config.seed))
+    return init
 
 
 def to_model(config: TrainConfig, state: TrainState, *, train: bool = False) -> VQVAE:
