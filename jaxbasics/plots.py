@@ -27,8 +27,8 @@ def smooth(values: Sequence[float], window: int = 0) -> np.ndarray:
     The notes smooth their curves with ``savgol_filter(values, 201, 7)``; a moving
     average is steadier on short runs and needs no window larger than the run.
 
-    >>> smooth([0.0, 3.0, 0.0, 3.0], window=2).round(2).tolist()
-    [1.5, 1.5, 1.5, 1.5]
+    >>> smooth([0.0, 3.0, 0.0, 3.0], window=3).round(2).tolist()
+    [1.5, 1.0, 2.0, 1.5]
     """
     v = np.asarray(values, np.float64)
     if v.size == 0:

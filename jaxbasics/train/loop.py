@@ -105,14 +105,24 @@ def mesh_and_shardings(batch_size: int):
 
     n = jax.device_count()
     if batch_size % n:
-        valid = [b for b in range(n, 4 * n * max(1, batch_size // n) + 1, n)][:4]
+        lower, upper = batch_size // n * n, (batch_size // n + 1) * n
+        valid = ", ".join(str(b) for b in (lower, upper) if b > 0)
         raise ValueError(
-            f"batch_size {batch_size} does not divide across {n} devices; use a multiple "
-            f"of {n}, e.g. {valid}."
+            f"batch_size {batch_size} does not divide across {n} devices (each device takes "
+            f"an equal share of the global batch); use a multiple of {n}, e.g. {valid}."
         )
     # Auto axes: XLA (GSPMD) propagates the batch sharding through the model.
     mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     return mesh, NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+
+def global_batch(local: np.ndarray, sharding) -> jax.Array:
+    """This process's slice of the batch -> the global batch array, sharded on ``data``.
+
+    With one process the slice is the whole batch; with several, each process read
+    its own shard and the global array is assembled without copying between hosts.
+    """
+    return jax.make_array_from_process_local_data(sharding, local)
 
 
 def evaluate(config, state, source, variance: float, *, max_batches: int = 0, sharding=None):
@@ -129,8 +139,9 @@ def evaluate(config, state, source, variance: float, *, max_batches: int = 0, sh
     for i, batch in enumerate(eval_dataset(source, batch_size=config.batch_size)):
         if max_batches and i >= max_batches:
             break
-        images = batch["image"] if sharding is None else jax.device_put(batch["image"], sharding)
-        mask = batch["mask"] if sharding is None else jax.device_put(batch["mask"], sharding)
+        images, mask = batch["image"], batch["mask"]
+        if sharding is not None:
+            images, mask = global_batch(images, sharding), global_batch(mask, sharding)
         s, recon = eval_step(state, images, mask)
         sums.append(jax.device_get(s))
         if first is None:
@@ -273,7 +284,7 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
                 images = next(batches)["image"]
                 if step + 1 == config.debug_nan_step:
                     images = np.full_like(images, np.nan)
-                state, metrics = train_step(state, jax.device_put(images, batch_sharding))
+                state, metrics = train_step(state, global_batch(images, batch_sharding))
                 m = {k: float(v) for k, v in jax.device_get(metrics)._asdict().items()}
                 step += 1
                 if not math.isfinite(m["loss"]):
