@@ -43,13 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         config = config.replace(data_dir=args.data_dir)
 
-    import jax
 
     from jaxbasics import plots
     from jaxbasics.data.sources import DatasetNotFoundError
     from jaxbasics.train.checkpoint import Checkpointer
-    from jaxbasics.train.loop import data_variance, evaluate, mesh_and_shardings, sources
-    from jaxbasics.train.state import init_state
+    from jaxbasics.train.loop import (
+        abstract_train_state,
+        data_variance,
+        evaluate,
+        mesh_and_shardings,
+        sources,
+    )
 
     try:
         train_source, test_source = sources(config)
@@ -58,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     variance = data_variance(config, train_source, workdir)
     _, batch_sharding, replicated = mesh_and_shardings(config.batch_size)
-    abstract = jax.eval_shape(lambda: init_state(config))
-    abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract
-    )
+    abstract = abstract_train_state(config, replicated)
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     restored = ckpt.restore_latest(abstract)
     ckpt.close()

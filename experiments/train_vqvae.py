@@ -34,6 +34,33 @@ def _config_cls():
     return TrainConfig
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
+def init_distributed(args: argparse.Namespace) -> None:
+    """Join a multi-process run via ``jax.distributed.initialize`` when asked to."""
+    given = [args.coordinator_address, args.num_processes, args.process_id]
+    if all(v is None for v in given):
+        return
+    if any(v is None for v in given):
+        raise SystemExit(
+            "error: multi-host needs --coordinator-address, --num-processes and --process-id "
+            "(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) together."
+        )
+    import jax
+
+    if jax.config.jax_platforms in (None, "", "cpu"):
+        # CPU devices in different processes talk through gloo.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=args.coordinator_address,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+    )
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -57,6 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workdir", default=None, help="run directory; default runs/<preset>. Reusing it resumes."
+    )
+    dist = parser.add_argument_group(
+        "multi-host (one process per host; all three, or the JAX_* environment variables)"
+    )
+    dist.add_argument(
+        "--coordinator-address",
+        default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        help="host:port of process 0 (env JAX_COORDINATOR_ADDRESS)",
+    )
+    dist.add_argument(
+        "--num-processes",
+        type=int,
+        default=_env_int("JAX_NUM_PROCESSES"),
+        help="number of processes (env JAX_NUM_PROCESSES)",
+    )
+    dist.add_argument(
+        "--process-id",
+        type=int,
+        default=_env_int("JAX_PROCESS_ID"),
+        help="this process, 0..num_processes-1 (env JAX_PROCESS_ID)",
     )
     parser.add_argument(
         "--compilation-cache",
@@ -109,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
+    init_distributed(args)
     if args.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -119,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workdir: {workdir.absolute()}  devices: {jax.devices()}", flush=True)
     try:
         result = fit(config, workdir)
-    except (DatasetNotFoundError, ConfigMismatchError, NonFiniteLossError) as e:
+    except (DatasetNotFoundError, ConfigMismatchError, NonFiniteLossError, ValueError) as e:
+        # user-facing problems (data, config, devices): the message says what to do
         print(f"error: {e}", file=sys.stderr)
         return 1
     if result.interrupted:

@@ -108,11 +108,11 @@ def _ckpt_steps(workdir):
 
 def _final_state(workdir):
     from jaxbasics.train.checkpoint import Checkpointer
-    from jaxbasics.train.state import init_state
+    from jaxbasics.train.loop import abstract_train_state
 
     config = load_config(workdir)
     ckpt = Checkpointer(workdir)
-    restored = ckpt.restore_latest(jax.eval_shape(lambda: init_state(config)))
+    restored = ckpt.restore_latest(abstract_train_state(config))
     ckpt.close()
     return restored
 

@@ -77,12 +77,17 @@ class Checkpointer:
         )
         self.manager.wait_until_finished()
 
-    def restore_latest(self, abstract_state: Any) -> Restored | None:
+    def restore_latest(self, abstract_state: Any, *, quarantine: bool = False) -> Restored | None:
         """Restore the newest checkpoint that restores; None if there is none.
 
         Args:
-          abstract_state: the state's structure, shapes, dtypes and shardings
-            (``jax.eval_shape`` of the initialiser), the target of the restore.
+          abstract_state: the state's structure, shapes, dtypes and shardings (see
+            :func:`jaxbasics.train.loop.abstract_train_state`), the target of the
+            restore. The shardings may differ from the saving run's: a checkpoint
+            written on 8 devices restores on 1 and the other way round.
+          quarantine: move a checkpoint that fails to restore out of the way (to
+            ``corrupt_checkpoints/``) so training can write that step again. Off for
+            read-only use, where a failure may just mean a wrong target.
         """
         args = self._ocp.args
         for step in reversed(self.steps()):
@@ -97,7 +102,20 @@ class Checkpointer:
                 )
                 return Restored(step, out.state, out.meta, out.data_iter)
             except Exception as e:  # noqa: BLE001 - any failure means "this one is bad"
-                self._quarantine(step, e)
+                if quarantine:
+                    self._quarantine(step, e)
+                else:
+                    log.warning(
+                        "checkpoint %d failed to restore (%s: %s); trying the previous one",
+                        step,
+                        type(e).__name__,
+                        e,
+                    )
+                    print(
+                        f"WARNING: checkpoint {step} failed to restore ({type(e).__name__}: "
+                        f"{e}); trying the previous one.",
+                        flush=True,
+                    )
         return None
 
     def _quarantine(self, step: int, error: Exception) -> None:

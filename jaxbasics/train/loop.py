@@ -71,7 +71,8 @@ def data_variance(config: TrainConfig, train_source, workdir: Path) -> float:
     if path.exists():
         return float(json.loads(path.read_text())["data_variance"])
     var = float(compute(train_source))
-    path.write_text(json.dumps({"data_variance": var, "num_examples": len(train_source)}))
+    if jax.process_index() == 0:
+        path.write_text(json.dumps({"data_variance": var, "num_examples": len(train_source)}))
     return var
 
 
@@ -89,9 +90,10 @@ def _check_workdir_config(config: TrainConfig, workdir: Path) -> None:
                 f"experiments. Differing fields:\n{lines}\n"
                 "Rerun with the saved values to resume, or pass a new --workdir to start fresh."
             )
-    tmp = workdir / "config.json.tmp"
-    tmp.write_text(config.to_json())
-    tmp.replace(workdir / "config.json")
+    if jax.process_index() == 0:
+        tmp = workdir / "config.json.tmp"
+        tmp.write_text(config.to_json())
+        tmp.replace(workdir / "config.json")
 
 
 def mesh_and_shardings(batch_size: int):
@@ -116,6 +118,23 @@ def mesh_and_shardings(batch_size: int):
     return mesh, NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 
 
+def abstract_train_state(config: TrainConfig, sharding=None):
+    """Shapes, dtypes and (replicated) shardings of the train state: a restore target.
+
+    Args:
+      config: the run's config.
+      sharding: where restored arrays go; default: replicated over all devices.
+    """
+    from jaxbasics.train.state import init_state
+
+    if sharding is None:
+        sharding = mesh_and_shardings(jax.device_count())[2]
+    abstract = jax.eval_shape(lambda: init_state(config))
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
+    )
+
+
 def global_batch(local: np.ndarray, sharding) -> jax.Array:
     """This process's slice of the batch -> the global batch array, sharded on ``data``.
 
@@ -123,6 +142,17 @@ def global_batch(local: np.ndarray, sharding) -> jax.Array:
     its own shard and the global array is assembled without copying between hosts.
     """
     return jax.make_array_from_process_local_data(sharding, local)
+
+
+def host_local(x: jax.Array, sharding=None) -> np.ndarray:
+    """The rows of a ``data``-sharded global array that this process fed in."""
+    if sharding is None or jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(
+        multihost_utils.global_array_to_host_local_array(x, sharding.mesh, sharding.spec)
+    )
 
 
 def evaluate(config, state, source, variance: float, *, max_batches: int = 0, sharding=None):
@@ -136,7 +166,13 @@ def evaluate(config, state, source, variance: float, *, max_batches: int = 0, sh
 
     eval_step = _cached(("eval", config.compile_key()), lambda: make_eval_step(config))
     sums, first = [], None
-    for i, batch in enumerate(eval_dataset(source, batch_size=config.batch_size)):
+    batches = eval_dataset(
+        source,
+        batch_size=config.batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    for i, batch in enumerate(batches):
         if max_batches and i >= max_batches:
             break
         images, mask = batch["image"], batch["mask"]
@@ -145,7 +181,7 @@ def evaluate(config, state, source, variance: float, *, max_batches: int = 0, sh
         s, recon = eval_step(state, images, mask)
         sums.append(jax.device_get(s))
         if first is None:
-            first = (np.asarray(batch["image"]), np.asarray(recon))
+            first = (np.asarray(batch["image"]), host_local(recon, sharding))
     return finalize_eval(sums, variance), first
 
 
@@ -214,10 +250,7 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
     _, batch_sharding, replicated = mesh_and_shardings(config.batch_size)
 
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-    abstract = jax.eval_shape(lambda: init_state(config))
-    abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract
-    )
+    abstract = abstract_train_state(config, replicated)
     dataset = train_dataset(
         train_source,
         batch_size=config.batch_size,
@@ -225,7 +258,7 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    restored = ckpt.restore_latest(abstract)
+    restored = ckpt.restore_latest(abstract, quarantine=True)
     if restored is None:
         state = jax.device_put(init_state(config), replicated)
         batches = iter(dataset)
@@ -239,7 +272,8 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
         }
         print(f"Resuming from checkpoint at step {start} in {workdir}", flush=True)
 
-    writers = {name: MetricWriter(workdir, name) for name in ("metrics", "eval")}
+    is_main = jax.process_index() == 0  # one process writes logs and plots
+    writers = {name: MetricWriter(workdir, name, enabled=is_main) for name in ("metrics", "eval")}
     for w in writers.values():
         w.truncate_after(start)
 
@@ -272,7 +306,7 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
     bar = tqdm(
         total=config.num_training_updates,
         initial=start,
-        disable=not config.progress,
+        disable=not (config.progress and is_main),
         desc="train",
         unit="step",
         dynamic_ncols=True,
@@ -342,17 +376,18 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
             _, first = evaluate(
                 config, state, test_source, variance, max_batches=1, sharding=batch_sharding
             )
-        plots.save(
-            plots.training_curves(
-                history["train_res_recon_error"], history["train_res_perplexity"]
-            ),
-            workdir / "curves.png",
-        )
-        n = min(16, first[0].shape[0])
-        plots.save(
-            plots.image_grid([first[0][:n], first[1][:n]], ["originals", "reconstructions"]),
-            workdir / "reconstructions.png",
-        )
+        if is_main:
+            plots.save(
+                plots.training_curves(
+                    history["train_res_recon_error"], history["train_res_perplexity"]
+                ),
+                workdir / "curves.png",
+            )
+            n = min(16, first[0].shape[0])
+            plots.save(
+                plots.image_grid([first[0][:n], first[1][:n]], ["originals", "reconstructions"]),
+                workdir / "reconstructions.png",
+            )
         return FitResult(step, state, eval_metrics, 0)
     finally:
         bar.close()

@@ -22,10 +22,13 @@ class MetricWriter:
     [1]
     """
 
-    def __init__(self, workdir: str | Path, name: str, *, tensorboard: bool = True):
+    def __init__(
+        self, workdir: str | Path, name: str, *, tensorboard: bool = True, enabled: bool = True
+    ):
         self.path = Path(workdir) / f"{name}.jsonl"
+        self.enabled = enabled  # False on all but one process of a multi-process run
         self._tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:
@@ -35,6 +38,8 @@ class MetricWriter:
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         """Append one record and flush it to disk."""
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps({"step": int(step), **metrics}) + "\n")
         if self._tb is not None:
@@ -45,7 +50,7 @@ class MetricWriter:
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (work a resumed run is about to redo), atomically."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         keep = [r for r in read_jsonl(self.path) if r["step"] <= step]
         tmp = self.path.with_suffix(".jsonl.tmp")
