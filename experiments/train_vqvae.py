@@ -173,13 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if result.interrupted:
         return 128 + result.interrupted
-    summary = {"step": result.step, **result.eval_metrics, "workdir": str(workdir)}
-    print(json.dumps(summary), flush=True)
-    print(
-        f"wrote {workdir}/curves.png, {workdir}/reconstructions.png, metrics.jsonl, "
-        f"eval.jsonl and checkpoints/",
-        flush=True,
-    )
+    if jax.process_index() == 0:
+        summary = {"step": result.step, **result.eval_metrics, "workdir": str(workdir)}
+        print(json.dumps(summary), flush=True)
+        print(
+            f"wrote {workdir}/curves.png, {workdir}/reconstructions.png, metrics.jsonl, "
+            f"eval.jsonl and checkpoints/",
+            flush=True,
+        )
     return 0
 
 
