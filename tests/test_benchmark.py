@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import benchmark
+import pytest
 from conftest import ROOT
 
 KEYS = {
@@ -56,3 +57,12 @@ def test_quick_run_prints_one_json_line_per_batch():
     assert KEYS <= set(r)
     assert r["batch"] == 4 and r["devices"] >= 1 and r["step_gflop"] > 0
     assert (r["ratio"] is None) == no_torch
+
+
+def test_layer_lines_time_every_layer_and_sum(monkeypatch):
+    """--layers: one record per layer plus the count-weighted sum (JAX only, tiny sizes)."""
+    monkeypatch.setattr(benchmark, "LAYERS", [benchmark.LAYERS[3], benchmark.LAYERS[-1]])
+    lines = benchmark.layer_lines(2, None, small=True, rounds=1, k=1, warmup=1)
+    assert [r["layer"] for r in lines] == ["res k3", "dec convT2 k4s2", "sum (x count)"]
+    assert all(r["jax_ms"] > 0 and r["ratio"] is None for r in lines)
+    assert lines[-1]["jax_ms"] == pytest.approx(4 * lines[0]["jax_ms"] + lines[1]["jax_ms"], 0.01)
