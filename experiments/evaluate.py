@@ -3,9 +3,10 @@
   python experiments/evaluate.py --workdir runs/quickstart
 
 Prints one JSON line (``step``, ``recon_error``, ``perplexity``, ``split_perplexity``,
-``used_codes``) and writes ``<workdir>/eval_reconstructions.png`` (originals over
-reconstructions). The run's ``config.json`` supplies the model and the dataset;
-``--data-dir`` points at the data if it moved.
+``used_codes``, ``usage_entropy`` in bits) and writes ``<workdir>/eval_reconstructions.png``
+(originals over reconstructions) and ``<workdir>/codebook.png`` (test-split code usage,
+sorted, and a PCA map of the codebook coloured by usage). The run's ``config.json``
+supplies the model and the dataset; ``--data-dir`` points at the data if it moved.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         config = config.replace(data_dir=args.data_dir)
 
-
     from jaxbasics import plots
     from jaxbasics.data.sources import DatasetNotFoundError
     from jaxbasics.train.checkpoint import Checkpointer
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         mesh_and_shardings,
         sources,
     )
+    from jaxbasics.train.state import codebook_of
 
     try:
         train_source, test_source = sources(config)
@@ -69,12 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     if restored is None:
         print(f"error: no readable checkpoint under {workdir}/checkpoints", file=sys.stderr)
         return 1
-    metrics, (originals, recons) = evaluate(
+    metrics, (originals, recons), counts = evaluate(
         config, restored.state, test_source, variance, sharding=batch_sharding
     )
     out = Path(args.out) if args.out else workdir / "eval_reconstructions.png"
     n = min(16, originals.shape[0])
     plots.save(plots.image_grid([originals[:n], recons[:n]], ["originals", "reconstructions"]), out)
+    plots.save(
+        plots.codebook_figure(np.asarray(codebook_of(restored.state)), counts),
+        workdir / "codebook.png",
+    )
     print(json.dumps({"step": restored.step, **metrics, "num_examples": len(test_source)}))
     return 0
 

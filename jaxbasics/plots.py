@@ -1,4 +1,4 @@
-"""Matplotlib figures: training curves, image grids.
+"""Matplotlib figures: training curves, image grids, codebook usage.
 
 matplotlib is imported inside each function (Agg backend), so importing this
 module is cheap and works without a display.
@@ -89,6 +89,56 @@ def image_grid(rows: Sequence[np.ndarray], titles: Sequence[str] = ()):
         ax.set_axis_off()
         if i < len(titles):
             ax.set_title(titles[i])
+    fig.tight_layout()
+    return fig
+
+
+def codebook_figure(codebook: np.ndarray, counts: np.ndarray):
+    """Codebook health: usage sorted by frequency, and a PCA map of the codes by usage.
+
+    Left: each code's share of the assignments, most used first (log scale; unused
+    codes are counted in the title). Right: the codes projected on their first two
+    principal components, coloured by log10(1 + count); dead codes are grey crosses.
+    A healthy codebook has a flat-ish curve and used codes spread over the data.
+
+    Args:
+      codebook: (K, D) code vectors.
+      counts: (K,) how often each code was chosen.
+
+    Returns:
+      A matplotlib Figure.
+
+    >>> fig = codebook_figure(np.eye(4, 3), np.array([5, 0, 2, 1]))
+    >>> [ax.get_title() for ax in fig.axes[:2]]
+    ['Code usage, sorted (3/4 used)', 'Codebook PCA, coloured by usage']
+    """
+    plt = _pyplot()
+    codebook = np.asarray(codebook, np.float64)
+    counts = np.asarray(counts, np.float64)
+    k = counts.shape[0]
+    used = counts > 0
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    share = np.sort(counts)[::-1] / max(counts.sum(), 1.0)
+    ax1.bar(np.arange(k), share, width=1.0, color="C0")
+    ax1.axhline(1.0 / k, color="C3", linestyle="--", label="uniform 1/K")
+    if used.any():
+        ax1.set_yscale("log")
+    ax1.set_title(f"Code usage, sorted ({int(used.sum())}/{k} used)")
+    ax1.set_xlabel("code rank")
+    ax1.set_ylabel("share of assignments")
+    ax1.legend()
+    centred = codebook - codebook.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    if xy.shape[1] < 2:
+        xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
+    ax2.scatter(xy[~used, 0], xy[~used, 1], c="0.6", marker="x", label="unused")
+    sc = ax2.scatter(xy[used, 0], xy[used, 1], c=np.log10(1 + counts[used]), cmap="viridis")
+    fig.colorbar(sc, ax=ax2, label="log10(1 + count)")
+    ax2.set_title("Codebook PCA, coloured by usage")
+    ax2.set_xlabel("PC 1")
+    ax2.set_ylabel("PC 2")
+    ax2.legend()
     fig.tight_layout()
     return fig
 

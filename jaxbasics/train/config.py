@@ -65,6 +65,9 @@ class TrainConfig:
     num_embeddings: int = 512
     commitment_cost: float = 0.25
     decay: float = 0.0  # 0: plain VQ; > 0: EMA codebook with this decay (notebook: 0.99)
+    # codebook health (jaxbasics.vqvae.codebook); both off by default
+    dead_code_threshold: float = 0.0  # restart codes whose EMA usage (1 = fair share) is below
+    kmeans_init_steps: int = 0  # k-means init of the codebook from this many first batches
     # randomness: model init, data order and the step RNG all follow from these
     seed: int = 0
     data_seed: int = 0
@@ -112,6 +115,11 @@ class TrainConfig:
             )
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"decay must be in [0, 1) (0 = plain VQ), got {self.decay}.")
+        if self.dead_code_threshold < 0 or self.kmeans_init_steps < 0:
+            raise ValueError(
+                "dead_code_threshold and kmeans_init_steps must be >= 0 (0 = off), got "
+                f"{self.dead_code_threshold} and {self.kmeans_init_steps}."
+            )
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
         if self.dataset not in ("shapes", "cifar10"):

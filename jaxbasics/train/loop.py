@@ -5,8 +5,12 @@ What a run leaves in ``workdir``:
 * ``config.json``: the config; a rerun with an incompatible config is refused;
 * ``checkpoints/<step>/``: Orbax checkpoints (see :mod:`jaxbasics.train.checkpoint`);
 * ``metrics.jsonl``: every ``log_every`` steps ``step, loss, recon_error, perplexity,
-  images_per_s``; ``eval.jsonl``: every ``eval_every`` steps, on the test split;
-* ``curves.png`` and ``reconstructions.png`` at the end;
+  images_per_s`` and, over the steps since the last line, ``used_codes`` (codes chosen
+  at least once), ``dead_codes`` (never chosen) and ``restarted_codes``;
+  ``codebook_usage.jsonl``: the matching per-code histograms (``counts``, K ints);
+  ``eval.jsonl``: every ``eval_every`` steps, on the test split;
+* ``curves.png``, ``reconstructions.png`` and ``codebook.png`` (test-split usage,
+  sorted, and a PCA map of the codes) at the end;
 * ``tensorboard/`` if tensorboardX is installed.
 
 Rerunning the same command resumes from the latest good checkpoint, with the same
@@ -159,7 +163,8 @@ def evaluate(config, state, source, variance: float, *, max_batches: int = 0, sh
     """Evaluate ``state`` on ``source`` (the whole split unless ``max_batches``).
 
     Returns:
-      ``(metrics, (originals, reconstructions))`` where the images are the first batch's.
+      ``(metrics, (originals, reconstructions), counts)``: the images are the first
+      batch's; ``counts`` (K,) is how often each code was chosen over the evaluated batches.
     """
     from jaxbasics.data.pipeline import eval_dataset
     from jaxbasics.train.step import finalize_eval, make_eval_step
@@ -182,7 +187,8 @@ def evaluate(config, state, source, variance: float, *, max_batches: int = 0, sh
         sums.append(jax.device_get(s))
         if first is None:
             first = (np.asarray(batch["image"]), host_local(recon, sharding))
-    return finalize_eval(sums, variance), first
+    counts = np.sum([np.asarray(s.code_counts) for s in sums], axis=0)
+    return finalize_eval(sums, variance), first, counts
 
 
 _COMPILED: dict[Any, Any] = {}
@@ -238,8 +244,8 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
     from jaxbasics.data.pipeline import iterator_state, restore_iterator, train_dataset
     from jaxbasics.train.checkpoint import Checkpointer
     from jaxbasics.train.metrics import MetricWriter
-    from jaxbasics.train.state import init_state
-    from jaxbasics.train.step import make_train_step
+    from jaxbasics.train.state import codebook_of, init_state
+    from jaxbasics.train.step import make_kmeans_init, make_train_step
 
     config.validate()
     workdir = Path(workdir)
@@ -261,6 +267,18 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
     restored = ckpt.restore_latest(abstract, quarantine=True)
     if restored is None:
         state = jax.device_put(init_state(config), replicated)
+        if config.kmeans_init_steps:
+            # A second iterator over the same dataset yields exactly the first training
+            # batches and leaves the training iterator (and so resume) untouched.
+            first_batches = iter(dataset)
+            images = tuple(
+                global_batch(next(first_batches)["image"], batch_sharding)
+                for _ in range(config.kmeans_init_steps)
+            )
+            kmeans_init = _cached(
+                ("kmeans", config.compile_key()), lambda: make_kmeans_init(config, replicated)
+            )
+            state = kmeans_init(state, images)
         batches = iter(dataset)
         history = {"train_res_recon_error": [], "train_res_perplexity": [], "loss": None}
         start = 0
@@ -274,6 +292,7 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
 
     is_main = jax.process_index() == 0  # one process writes logs and plots
     writers = {name: MetricWriter(workdir, name, enabled=is_main) for name in ("metrics", "eval")}
+    writers["usage"] = MetricWriter(workdir, "codebook_usage", tensorboard=False, enabled=is_main)
     for w in writers.values():
         w.truncate_after(start)
 
@@ -291,7 +310,7 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
         ckpt.save(step, state, meta, iterator_state(batches))
 
     def run_eval(step):
-        metrics, first = evaluate(
+        metrics, first, counts = evaluate(
             config,
             state,
             test_source,
@@ -300,7 +319,7 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
             sharding=batch_sharding,
         )
         writers["eval"].write(step, metrics)
-        return metrics, first
+        return metrics, first, counts
 
     step, last_saved, eval_metrics = start, start, {}
     bar = tqdm(
@@ -312,6 +331,8 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
         dynamic_ncols=True,
     )
     t_log, n_log = time.perf_counter(), 0
+    interval_counts = np.zeros(config.num_embeddings, np.int64)
+    interval_restarts = 0
     try:
         with _StopFlag() as stop:
             while step < config.num_training_updates and not stop.signum:
@@ -319,7 +340,10 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
                 if step + 1 == config.debug_nan_step:
                     images = np.full_like(images, np.nan)
                 state, metrics = train_step(state, global_batch(images, batch_sharding))
-                m = {k: float(v) for k, v in jax.device_get(metrics)._asdict().items()}
+                metrics = jax.device_get(metrics)
+                m = {k: float(v) for k, v in metrics._asdict().items() if k != "code_counts"}
+                interval_counts += np.asarray(metrics.code_counts, np.int64)
+                interval_restarts += int(m["restarted_codes"])
                 step += 1
                 if not math.isfinite(m["loss"]):
                     raise NonFiniteLossError(
@@ -336,6 +360,7 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
                     now = time.perf_counter()
                     ips = n_log / (now - t_log)
                     t_log, n_log = now, 0
+                    used = int(np.sum(interval_counts > 0))
                     writers["metrics"].write(
                         step,
                         {
@@ -343,15 +368,21 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
                             "recon_error": m["recon_error"],
                             "perplexity": m["perplexity"],
                             "images_per_s": ips,
+                            "used_codes": used,
+                            "dead_codes": config.num_embeddings - used,
+                            "restarted_codes": interval_restarts,
                         },
                     )
+                    writers["usage"].write(step, {"counts": interval_counts.tolist()})
+                    interval_counts[:] = 0
+                    interval_restarts = 0
                     bar.set_postfix(
                         recon=f"{m['recon_error']:.4f}",
                         perplexity=f"{m['perplexity']:.1f}",
                         img_s=f"{ips:.0f}",
                     )
                 if step % config.eval_every == 0:
-                    eval_metrics, _ = run_eval(step)
+                    eval_metrics, _, eval_counts = run_eval(step)
                     bar.write(
                         f"step {step}: test recon_error {eval_metrics['recon_error']:.4f} "
                         f"perplexity {eval_metrics['perplexity']:.1f}"
@@ -371,9 +402,9 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
             )
             return FitResult(step, state, eval_metrics, stop.signum)
         if step % config.eval_every or not eval_metrics:
-            eval_metrics, first = run_eval(step)
+            eval_metrics, first, eval_counts = run_eval(step)
         else:
-            _, first = evaluate(
+            _, first, _ = evaluate(
                 config, state, test_source, variance, max_batches=1, sharding=batch_sharding
             )
         if is_main:
@@ -387,6 +418,10 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
             plots.save(
                 plots.image_grid([first[0][:n], first[1][:n]], ["originals", "reconstructions"]),
                 workdir / "reconstructions.png",
+            )
+            plots.save(
+                plots.codebook_figure(np.asarray(codebook_of(state)), eval_counts),
+                workdir / "codebook.png",
             )
         return FitResult(step, state, eval_metrics, 0)
     finally:

@@ -30,6 +30,10 @@ class TrainState:
       params: trainable ``nnx.Param`` arrays of the model.
       ema: the EMA codebook statistics (``EMAVariable``); empty for plain VQ.
       opt_state: the optax (Adam) state.
+      code_usage: (K,) float32 EMA of each code's share of a step's assignments,
+        relative to uniform (1 = fair share; see :mod:`jaxbasics.vqvae.codebook`).
+        Tracked for both quantisers, outside the model, so the model's state (and
+        the PyTorch converter) is unchanged; the dead-code restart reads it.
       step: int32 scalar, the number of updates applied.
       rng: uint32 key data of the run's base "rbg" key
         (``jax.random.wrap_key_data(rng, impl="rbg")``); a step's key is
@@ -39,6 +43,7 @@ class TrainState:
     params: Any
     ema: Any
     opt_state: Any
+    code_usage: jax.Array
     step: jax.Array
     rng: jax.Array
 
@@ -111,11 +116,25 @@ def _compiled_init(config: TrainConfig) -> Callable:
             params=params,
             ema=ema,
             opt_state=tx.init(params),
+            code_usage=jnp.ones((config.num_embeddings,), jnp.float32),
             step=jnp.zeros((), jnp.int32),
             rng=jax.random.key_data(state_key),
         )
 
     return init
+
+
+def codebook_of(state: TrainState) -> jax.Array:
+    """The (K, D) codebook of ``state``: an EMA statistic or a parameter.
+
+    >>> from jaxbasics.train.config import preset
+    >>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
+    ...              num_embeddings=8)
+    >>> codebook_of(init_state(cfg)).shape
+    (8, 4)
+    """
+    holder = state.ema if "vq" in state.ema else state.params
+    return holder["vq"]["codebook"][...]
 
 
 def to_model(config: TrainConfig, state: TrainState, *, train: bool = False) -> VQVAE:
