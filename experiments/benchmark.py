@@ -34,6 +34,7 @@ import numpy as np
 
 from jaxbasics.tensors import bchw_to_bhwc
 from jaxbasics.train.config import TrainConfig
+from jaxbasics.train.loop import mesh_and_shardings
 from jaxbasics.train.state import init_state
 from jaxbasics.train.step import make_eval_step, make_train_step
 
@@ -118,17 +119,16 @@ def make_torch_side(torch: Any, config: TrainConfig, data: np.ndarray) -> Callab
 
 def make_jax_side(config: TrainConfig, images: jax.Array) -> tuple[Callable[[], None], dict, list]:
     """One call = one real ``train_step``; also returns compile time, FLOPs and memory."""
-    # Initial values don't matter for timing. Partitionable threefry (jax's default)
-    # takes XLA:CPU ~30 s to compile for this model's initialisers; the classic one ~2 s.
-    with jax.threefry_partitionable(False):
-        state = init_state(config)
+    replicated = mesh_and_shardings(config.batch_size)[2]
+    state = jax.device_put(init_state(config), replicated)
     train_step = make_train_step(config, DATA_VARIANCE)
     t0 = time.perf_counter()
     compiled = train_step.lower(state, images).compile()
     info: dict[str, Any] = {"compile_s": round(time.perf_counter() - t0, 2)}
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
-    info["step_gflop"] = float(cost["flops"]) / 1e9
+    # An SPMD program's cost is per device; the step's work is that times the devices.
+    info["step_gflop"] = float(cost["flops"]) * jax.device_count() / 1e9
     mem = compiled.memory_analysis()
     if mem is not None:
         info["xla_temp_mb"] = round(mem.temp_size_in_bytes / 2**20, 1)
@@ -332,7 +332,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--torch-threads", type=int, default=os.cpu_count(), help="default: os.cpu_count()"
     )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="simulate N CPU devices and shard the batch over them (measures the "
+        "data-parallel overhead; expect no speed-up on 2 cores)",
+    )
     args = p.parse_args(argv)
+    if args.devices:
+        jax.config.update("jax_num_cpu_devices", args.devices)
 
     batches = parse_batches(args.batch or ["32,256"])
     steps = args.steps or (3 if args.quick else 20)
@@ -359,7 +368,8 @@ def main(argv: list[str] | None = None) -> None:
         sizes = SMALL_SIZES if args.small else {}
         config = TrainConfig(batch_size=batch, decay=args.decay, **sizes)
         data = np.random.default_rng(0).uniform(-0.5, 0.5, (batch, 3, 32, 32)).astype(np.float32)
-        images = bchw_to_bhwc(jnp.asarray(data))  # NCHW -> NHWC, once
+        # NCHW -> NHWC, once; sharded over the devices' batch axis like fit() does
+        images = jax.device_put(bchw_to_bhwc(jnp.asarray(data)), mesh_and_shardings(batch)[1])
         jax_step, info, holder = make_jax_side(config, images)
         sides = {"jax": jax_step}
         if torch is not None:

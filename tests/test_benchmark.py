@@ -59,6 +59,24 @@ def test_quick_run_prints_one_json_line_per_batch():
     assert (r["ratio"] is None) == no_torch
 
 
+def test_devices_flag_shards_the_step_over_simulated_devices():
+    cmd = [
+        sys.executable,
+        str(ROOT / "experiments" / "benchmark.py"),
+        "--quick",
+        "--small",
+        "--batch",
+        "4",
+        "--no-torch",
+        "--devices",
+        "2",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    (r,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert r["devices"] == 2 and r["jax_images_per_s"] > 0 and r["step_gflop"] > 0
+
+
 def test_layer_lines_time_every_layer_and_sum(monkeypatch):
     """--layers: one record per layer plus the count-weighted sum (JAX only, tiny sizes)."""
     monkeypatch.setattr(benchmark, "LAYERS", [benchmark.LAYERS[3], benchmark.LAYERS[-1]])
