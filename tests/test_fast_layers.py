@@ -19,6 +19,7 @@ from jaxbasics.vqvae.model import (
     conv2d_reference,
     conv_transpose_4x4s2,
     conv_transpose_4x4s2_reference,
+    create_vqvae,
 )
 
 
@@ -28,7 +29,7 @@ def _grads(fn, *args):
     def loss(*a):
         return jnp.sum(jnp.sin(fn(*a)))
 
-    return jax.grad(loss, argnums=tuple(range(len(args))))(*args)
+    return jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))(*args)
 
 
 @pytest.mark.parametrize(
@@ -45,12 +46,15 @@ def _grads(fn, *args):
     ],
 )
 def test_conv2d_equals_lax_conv(k, stride, padding, cin, cout, hw, bias):
-    keys = jax.random.split(jax.random.key(k * 100 + cin), 3)
-    x = jax.random.normal(keys[0], (2, hw, hw, cin))
-    w = jax.random.normal(keys[1], (k, k, cin, cout)) / np.sqrt(k * k * cin)
-    b = jax.random.normal(keys[2], (cout,)) if bias else None
+    # numpy draws: jax.random would compile a generator per shape, which is slow on CPU
+    rng = np.random.default_rng(k * 100 + cin)
+    x = jnp.asarray(rng.normal(size=(2, hw, hw, cin)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(cout,)), jnp.float32) if bias else None
+    fwd = jax.jit(conv2d, static_argnums=(3, 4))
+    ref = jax.jit(conv2d_reference, static_argnums=(3, 4))
     np.testing.assert_allclose(
-        conv2d(x, w, b, stride, padding), conv2d_reference(x, w, b, stride, padding), atol=1e-5
+        fwd(x, w, b, stride, padding), ref(x, w, b, stride, padding), atol=1e-5
     )
     args = (x, w) if b is None else (x, w, b)
 
@@ -90,6 +94,10 @@ def test_conv_transpose_equals_lax_conv_transpose(cin, cout, hw):
         np.testing.assert_allclose(g_fast, g_plain, atol=1e-4, rtol=1e-4)
 
 
+def _fast_forward(model: VQVAE, x: jax.Array):
+    return model(x).recon
+
+
 def _plain_forward(model: VQVAE, x: jax.Array):
     """The whole model with every layer through Flax's own nnx.Conv / lax.conv_transpose."""
     enc, dec = model.encoder, model.decoder
@@ -112,20 +120,34 @@ def _plain_forward(model: VQVAE, x: jax.Array):
     )
 
 
-def test_whole_model_equals_plain_layers():
-    model = VQVAE(16, 4, 2, 8, 16, rngs=nnx.Rngs(0))
+@pytest.fixture(scope="module")
+def model():
+    return create_vqvae(
+        0,
+        num_hiddens=16,
+        num_residual_hiddens=4,
+        num_residual_layers=2,
+        embedding_dim=8,
+        num_embeddings=16,
+    )
+
+
+def test_whole_model_equals_plain_layers(model):
     x = jax.random.uniform(jax.random.key(3), (2, 32, 32, 3), minval=-0.5, maxval=0.5)
-    np.testing.assert_allclose(model(x).recon, _plain_forward(model, x), atol=1e-5)
+    graphdef, state = nnx.split(model)
+    fast = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).recon)(state, x)
+    plain = jax.jit(lambda s, x: _plain_forward(nnx.merge(graphdef, s), x))(state, x)
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
 
 
-def test_whole_model_parameter_gradients_equal_plain_layers():
-    model = VQVAE(16, 4, 2, 8, 16, rngs=nnx.Rngs(0))
+def test_whole_model_parameter_gradients_equal_plain_layers(model):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     x = jax.random.uniform(jax.random.key(4), (2, 32, 32, 3), minval=-0.5, maxval=0.5)
 
     def loss(p, forward):
         return jnp.sum(jnp.sin(4.0 * forward(nnx.merge(graphdef, p, rest), x)))
 
-    fast = nnx.to_pure_dict(jax.grad(loss)(params, lambda m, x: m(x).recon))
-    plain = nnx.to_pure_dict(jax.grad(loss)(params, _plain_forward))
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    fast = nnx.to_pure_dict(grad(params, _fast_forward))
+    plain = nnx.to_pure_dict(grad(params, _plain_forward))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), fast, plain)
