@@ -35,7 +35,7 @@ import numpy as np
 from jaxbasics.tensors import bchw_to_bhwc
 from jaxbasics.train.config import TrainConfig
 from jaxbasics.train.loop import mesh_and_shardings
-from jaxbasics.train.state import init_state
+from jaxbasics.train.state import init_state, model_kwargs
 from jaxbasics.train.step import make_eval_step, make_train_step
 
 # Variance of CIFAR-10's training images scaled to [0, 1]; only scales the loss.
@@ -98,15 +98,7 @@ def make_torch_side(torch: Any, config: TrainConfig, data: np.ndarray) -> Callab
     from torch_reference import Model, train_step
 
     torch.manual_seed(config.seed)
-    model = Model(
-        num_hiddens=config.num_hiddens,
-        num_residual_layers=config.num_residual_layers,
-        num_residual_hiddens=config.num_residual_hiddens,
-        num_embeddings=config.num_embeddings,
-        embedding_dim=config.embedding_dim,
-        commitment_cost=config.commitment_cost,
-        decay=config.decay,
-    )
+    model = Model(**model_kwargs(config))  # the reference takes the same keyword names
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     batch = torch.from_numpy(data)

@@ -3,17 +3,10 @@
 import numpy as np
 import pytest
 from flax import nnx
+from test_vqvae_model import SMALL
 
 from jaxbasics.vqvae.convert import from_torch_state_dict, to_torch_state_dict
 from jaxbasics.vqvae.model import create_vqvae
-
-SMALL = dict(
-    num_hiddens=16,
-    num_residual_hiddens=4,
-    num_residual_layers=1,
-    embedding_dim=8,
-    num_embeddings=16,
-)
 
 
 @pytest.fixture(scope="module")
