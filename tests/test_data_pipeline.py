@@ -12,7 +12,8 @@ from jaxbasics.data.pipeline import (
     restore_iterator,
     train_dataset,
 )
-from jaxbasics.data.sources import ArraySource, shapes
+from jaxbasics.data.shapes import shapes
+from jaxbasics.data.sources import ArraySource
 from jaxbasics.data.transforms import to_unit_float
 
 

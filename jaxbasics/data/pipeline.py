@@ -9,7 +9,7 @@ The training iterator is checkpointable. Its state is a small JSON-able dict, in
 ``{"next_index": k}`` where ``k`` is the number of batches already produced, i.e. the step:
 
 >>> import json
->>> from jaxbasics.data.sources import shapes
+>>> from jaxbasics.data.shapes import shapes
 >>> ds = train_dataset(shapes(num_examples=32), batch_size=8, seed=0)
 >>> it = iter(ds)
 >>> first = next(it)
@@ -161,7 +161,7 @@ def train_dataset(
       ``b = batch_size // process_count``. ``iter(ds)`` gives a checkpointable iterator; see the
       module docstring.
 
-    >>> from jaxbasics.data.sources import shapes
+    >>> from jaxbasics.data.shapes import shapes
     >>> it = iter(train_dataset(shapes(num_examples=20), batch_size=8, seed=1))
     >>> batch = next(it)
     >>> batch["image"].shape, batch["image"].dtype, batch["label"].dtype
@@ -227,7 +227,7 @@ def eval_dataset(
       ``{"image": float32 (b, 32, 32, 3), "label": int32 (b,), "mask": bool (b,)}`` with
       ``b = batch_size // process_count``.
 
-    >>> from jaxbasics.data.sources import shapes
+    >>> from jaxbasics.data.shapes import shapes
     >>> batches = list(eval_dataset(shapes("test", num_examples=10), batch_size=4))
     >>> [int(b["mask"].sum()) for b in batches], batches[-1]["image"].shape
     ([4, 4, 2], (4, 32, 32, 3))
@@ -259,7 +259,7 @@ def iterator_state(iterator: Any) -> dict[str, Any]:
       ``iterator.get_state()``, checked to be JSON-serialisable; store it with ``json.dumps``
       and give it back to :func:`restore_iterator`.
 
-    >>> from jaxbasics.data.sources import shapes
+    >>> from jaxbasics.data.shapes import shapes
     >>> it = iter(train_dataset(shapes(num_examples=16), batch_size=4, seed=0))
     >>> _ = next(it), next(it)
     >>> iterator_state(it)
@@ -292,7 +292,7 @@ def restore_iterator(dataset: grain.IterDataset, state: dict[str, Any]) -> Any:
     Returns:
       The positioned iterator.
 
-    >>> from jaxbasics.data.sources import shapes
+    >>> from jaxbasics.data.shapes import shapes
     >>> ds = train_dataset(shapes(num_examples=16), batch_size=4, seed=0)
     >>> it = restore_iterator(ds, {"next_index": 5})
     >>> iterator_state(it)
