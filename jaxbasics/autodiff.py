@@ -1,4 +1,4 @@
-"""Autodiff the functional way: the notes' examples, gradient accumulation, straight-through.
+"""Autodiff the functional way: the notes' examples, gradient accumulation, VQ estimators.
 
 PyTorch records operations on tensors marked ``requires_grad`` and, on
 ``y.backward()``, *adds* the gradient into each leaf's ``.grad`` buffer. JAX has
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-__all__ = ["accumulate_grads", "grad_of_dot", "grad_of_sum", "straight_through"]
+__all__ = ["accumulate_grads", "grad_of_dot", "grad_of_sum", "rotation_trick", "straight_through"]
 
 PyTree = Any
 
@@ -146,3 +146,68 @@ def straight_through(inputs: ArrayLike, quantized: ArrayLike) -> jax.Array:
     """
     inputs = jnp.asarray(inputs)
     return inputs + jax.lax.stop_gradient(jnp.asarray(quantized) - inputs)
+
+
+def rotation_trick(inputs: ArrayLike, quantized: ArrayLike, eps: float = 1e-6) -> jax.Array:
+    """The rotation trick: an alternative to :func:`straight_through` for vector quantisers.
+
+    The straight-through estimator copies the decoder's gradient at ``q`` unchanged onto the
+    encoder output ``z``, whatever the angle and length between them: every ``z`` assigned to
+    one code gets the same push. The rotation trick (Fifty et al., 2024) instead treats the
+    quantiser as the linear map that takes ``z`` to ``q``,
+
+        q = (lambda R) z,   lambda = ||q|| / ||z||,
+        R = I - 2 r r^T + 2 q_hat e^T,   e = z / ||z||,  q_hat = q / ||q||,
+        r = (e + q_hat) / ||e + q_hat||,
+
+    where R is the rotation in the plane of ``z`` and ``q`` that turns ``e`` onto ``q_hat``,
+    and lets the gradient flow through that map with ``lambda`` and ``R`` held constant
+    (stop-gradient). The encoder then receives ``lambda R^T g`` for a decoder gradient ``g``:
+    the same gradient, rotated back into ``z``'s frame and rescaled, so vectors at different
+    angles to their code receive different updates. When ``q == z``, ``lambda R`` is the
+    identity and the trick reduces to straight-through.
+
+    The forward value is exactly ``quantized``: the result is ``sg(q) + (y - sg(y))`` with
+    ``y = (lambda R) z``, and ``y - sg(y)`` is exactly zero. R is never built as a matrix:
+    ``R z = z - 2 r (r . z) + 2 q_hat (e . z)``, O(D) per vector. Vectors shorter than
+    ``eps`` fall back to straight-through. Nothing flows into ``quantized``, as with
+    straight-through; train the codebook with the VQ loss or the EMA update.
+
+    Args:
+      inputs: the encoder output z, (..., D).
+      quantized: the nearest codebook vectors q, the shape of ``inputs``.
+      eps: norms below this count as zero.
+
+    Returns:
+      An array equal to ``quantized`` whose gradient flows to ``inputs`` through lambda R.
+
+    References:
+      Fifty, Junkins, Duan, Iger, Liu, Zhang, Geiping, Goldstein and Rahmani,
+      "Restructuring Vector Quantization with the Rotation Trick" (2024), eq. 2-4.
+
+    Example:
+      >>> z, q = jnp.array([[2.0, 0.0]]), jnp.array([[0.0, 1.0]])
+      >>> rotation_trick(z, q)
+      Array([[0., 1.]], dtype=float32)
+      >>> # d out[1] / dz: lambda R^T e_1 = 0.5 * (1, 0): rotated and scaled, unlike STE's (0, 1)
+      >>> jax.grad(lambda z: rotation_trick(z, q)[0, 1])(z).round(6)
+      Array([[0.5, 0. ]], dtype=float32)
+    """
+    sg = jax.lax.stop_gradient
+    z = jnp.asarray(inputs)
+    q = jnp.asarray(quantized)
+    z_norm = jnp.linalg.norm(z, axis=-1, keepdims=True)
+    q_norm = jnp.linalg.norm(q, axis=-1, keepdims=True)
+    safe = z_norm > eps
+    e = sg(jnp.where(safe, z / jnp.where(safe, z_norm, 1.0), 0.0))
+    q_hat = sg(q / jnp.maximum(q_norm, eps))
+    r = e + q_hat
+    r = sg(r / jnp.maximum(jnp.linalg.norm(r, axis=-1, keepdims=True), eps))
+    lam = sg(q_norm / jnp.where(safe, z_norm, 1.0))
+
+    def dot(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jnp.sum(a * b, axis=-1, keepdims=True)
+
+    rotated = lam * (z - 2.0 * r * dot(r, z) + 2.0 * q_hat * dot(e, z))  # (lambda R) z
+    y = jnp.where(safe, rotated, z)
+    return sg(q) + (y - sg(y))

@@ -4,6 +4,10 @@ Pure, jit-able functions of arrays; the train step and the loop wire them in
 (:mod:`jaxbasics.train.step`). Encoder outputs ``flat`` are (N, D) rows, flattened
 like the quantiser's input (see :mod:`jaxbasics.vqvae.quantizer`).
 
+Every edit of the codes goes through :func:`set_codes`, and every read through
+:func:`codebook_of`: both address the quantiser's variables by name and raise if they are
+missing, so a change of the model's layout fails loudly instead of editing nothing.
+
 Usage is measured relative to uniform: ``usage_k = 1`` means code k receives its
 fair share N/K of a step's N vectors, 0 means it is never chosen. The EMA of that
 number (:func:`usage_update`) does not depend on the batch size or the latent grid,
@@ -18,12 +22,18 @@ References:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from jaxbasics.vqvae.quantizer import code_counts, distances, nearest_code
+
+# The VQVAE attribute that holds the quantiser, and the variables each quantiser keeps.
+QUANTIZER = "vq"
+EMA_VARIABLES = ("codebook", "ema_cluster_size", "ema_w")
 
 # EMA decay of the usage statistic: a never-chosen code's usage falls from 1 (a fresh
 # code) below 0.1 in ~230 steps.
@@ -198,3 +208,128 @@ def usage_entropy(counts: jax.Array) -> jax.Array:
     p = counts / jnp.sum(counts)
     # + 0.0 turns the -0.0 of a single used code into 0.0.
     return -jnp.sum(jnp.where(p > 0, p * jnp.log2(jnp.where(p > 0, p, 1.0)), 0.0)) + 0.0
+
+
+def _quantizer(tree: Any, names: tuple[str, ...], where: str) -> Any:
+    """``tree[QUANTIZER]``, checked to hold every variable in ``names``."""
+    if QUANTIZER not in tree:
+        raise KeyError(
+            f"{where} has no {QUANTIZER!r} quantiser (it holds {sorted(tree)}); the model's "
+            "layout changed, so the codebook cannot be found."
+        )
+    node = tree[QUANTIZER]
+    missing = [n for n in names if n not in node]
+    if missing:
+        raise KeyError(
+            f"{where}[{QUANTIZER!r}] lacks {missing} (it holds {sorted(node)}). A plain-VQ "
+            "state keeps the codebook in the params, an EMA state in the EMA statistics."
+        )
+    return node
+
+
+def codebook_of(params: nnx.State, ema: nnx.State, *, ema_quantizer: bool) -> jax.Array:
+    """The (K, D) codebook: an EMA statistic (``ema_quantizer``) or a parameter.
+
+    >>> from jaxbasics.vqvae.model import VQVAE
+    >>> _, params, stats = nnx.split(VQVAE(8, 2, 1, 4, 6, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    >>> codebook_of(params, stats, ema_quantizer=False).shape
+    (6, 4)
+    >>> codebook_of(params, stats, ema_quantizer=True)
+    Traceback (most recent call last):
+    ...
+    KeyError: "EMA state has no 'vq' quantiser (it holds []); ...
+    """
+    if ema_quantizer:
+        return _quantizer(ema, ("codebook",), "EMA state")["codebook"][...]
+    return _quantizer(params, ("codebook",), "params")["codebook"][...]
+
+
+def _edit(tree: Any, where: str, edits: dict[str, Callable[[jax.Array], jax.Array]]) -> Any:
+    """A copy of ``tree`` with ``tree[QUANTIZER][name]`` replaced by ``edits[name](old)``."""
+    _quantizer(tree, tuple(edits), where)
+    new = jax.tree.map(lambda x: x, tree)  # new containers and Variables; arrays shared
+    node = new[QUANTIZER]
+    for name, fn in edits.items():
+        node[name] = node[name].replace(fn(node[name][...]))
+    return new
+
+
+class CodebookState(NamedTuple):
+    """The parts of a training state that :func:`set_codes` edits.
+
+    Attributes:
+      params: the model's ``nnx.Param`` state.
+      ema: the model's EMA statistics (empty for plain VQ).
+      opt_state: the optimiser state; every ``nnx.State`` inside it (Adam's moments) is
+        shaped like ``params``.
+    """
+
+    params: Any
+    ema: Any
+    opt_state: Any
+
+
+def set_codes(
+    state: CodebookState,
+    rows: jax.Array,
+    codes: jax.Array,
+    per_step: int,
+    *,
+    ema_quantizer: bool,
+) -> CodebookState:
+    """Replace the codes where ``rows`` is True by ``codes``' rows, consistently.
+
+    The one function that edits a codebook (dead-code restart, k-means init):
+
+    * EMA quantiser: the codebook rows change and their statistics restart at the uniform
+      per-step count c = per_step / K: ``ema_cluster_size = c``, ``ema_w = codes * c``, so
+      the next EMA update does not pull them back.
+    * plain VQ: the parameter rows change and their optimiser moments (every ``nnx.State``
+      in ``opt_state``) restart from 0.
+
+    Args:
+      state: the params, EMA statistics and optimiser state.
+      rows: (K,) bool, which codes to replace.
+      codes: (K, D) new codes (only the selected rows are used).
+      per_step: latent vectors per training step (global batch * h * w).
+      ema_quantizer: whether the model uses the EMA quantiser.
+
+    Returns:
+      The edited :class:`CodebookState`; everything else is bit-identical.
+
+    Raises:
+      KeyError: the quantiser or one of its variables is missing, naming what was found.
+
+    >>> from jaxbasics.vqvae.model import VQVAE
+    >>> import optax
+    >>> _, params, stats = nnx.split(VQVAE(8, 2, 1, 4, 3, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    >>> s = CodebookState(params, stats, optax.adam(1e-3).init(params))
+    >>> new = set_codes(s, jnp.array([False, True, False]), jnp.ones((3, 4)), 12,
+    ...                 ema_quantizer=False)
+    >>> codebook_of(new.params, new.ema, ema_quantizer=False)[1].tolist()
+    [1.0, 1.0, 1.0, 1.0]
+    """
+    sel = rows[:, None]
+    if ema_quantizer:
+        c = per_step / rows.shape[0]
+        ema = _edit(
+            state.ema,
+            "EMA state",
+            {
+                "codebook": lambda e: jnp.where(sel, codes, e),
+                "ema_w": lambda w: jnp.where(sel, codes * c, w),
+                "ema_cluster_size": lambda n: jnp.where(rows, c, n),
+            },
+        )
+        return state._replace(ema=ema)
+    params = _edit(state.params, "params", {"codebook": lambda e: jnp.where(sel, codes, e)})
+
+    def reset_moments(node: Any) -> Any:
+        if not isinstance(node, nnx.State):
+            return node
+        return _edit(node, "optimiser state", {"codebook": lambda m: jnp.where(sel, 0.0, m)})
+
+    opt_state = jax.tree.map(
+        reset_moments, state.opt_state, is_leaf=lambda x: isinstance(x, nnx.State)
+    )
+    return state._replace(params=params, opt_state=opt_state)

@@ -19,18 +19,34 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxbasics.autodiff import straight_through
+from jaxbasics.autodiff import rotation_trick, straight_through
 from jaxbasics.tensors import one_hot
 
 sg = jax.lax.stop_gradient
+
+# How the decoder's gradient at q reaches the encoder output z (see jaxbasics.autodiff).
+ESTIMATORS = {"ste": straight_through, "rotation": rotation_trick}
+EMA_INITS = ("notes", "consistent")
+
+
+def estimator_fn(name: str):
+    """The gradient estimator called ``name``: ``"ste"`` or ``"rotation"``.
+
+    >>> estimator_fn("rotation").__name__
+    'rotation_trick'
+    """
+    if name not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {name!r}.")
+    return ESTIMATORS[name]
 
 
 class QuantizerOutput(NamedTuple):
     """What a vector quantiser returns.
 
     Attributes:
-      quantized: (B, H, W, D) straight-through quantised latents ``z + sg(q - z)``:
-        equal to the nearest codes in the forward pass, identity gradient to ``z``.
+      quantized: (B, H, W, D) quantised latents: equal to the nearest codes in the forward
+        pass, with the estimator's gradient to ``z`` (straight-through ``z + sg(q - z)``:
+        the identity; the rotation trick: ``lambda R^T``).
       indices: (B, H, W) int32 index of the nearest code for every latent vector.
       encodings: (N, K) float32 one-hot rows of ``indices`` (N = B*H*W).
       loss: scalar VQ loss (codebook + commitment terms; see the quantiser).
@@ -203,8 +219,10 @@ def assign(z: jax.Array, codebook: jax.Array) -> tuple[jax.Array, jax.Array, jax
     return flat, dist, idx
 
 
-def quantize(z: jax.Array, codebook: jax.Array, commitment_cost: float) -> QuantizerOutput:
-    """Quantise ``z`` to its nearest codes with the straight-through estimator.
+def quantize(
+    z: jax.Array, codebook: jax.Array, commitment_cost: float, estimator: str = "ste"
+) -> QuantizerOutput:
+    """Quantise ``z`` to its nearest codes; gradients reach ``z`` through ``estimator``.
 
     Mirrors the notes' ``VectorQuantizer.forward``: distances, argmin, one-hot
     encodings, ``loss = q_latent_loss + beta * e_latent_loss`` and
@@ -214,6 +232,8 @@ def quantize(z: jax.Array, codebook: jax.Array, commitment_cost: float) -> Quant
       z: (B, H, W, D) encoder outputs (NHWC; any leading shape works).
       codebook: (K, D) code vectors.
       commitment_cost: beta of the commitment term (the reference uses 0.25).
+      estimator: ``"ste"`` (the notes' straight-through) or ``"rotation"`` (the rotation
+        trick, :func:`jaxbasics.autodiff.rotation_trick`).
 
     Returns:
       A :class:`QuantizerOutput`.
@@ -226,7 +246,7 @@ def quantize(z: jax.Array, codebook: jax.Array, commitment_cost: float) -> Quant
     num_embeddings = codebook.shape[0]
     q = lookup(codebook, idx).reshape(z.shape)
     return QuantizerOutput(
-        quantized=straight_through(z, q),
+        quantized=estimator_fn(estimator)(z, q),
         indices=idx.reshape(z.shape[:-1]),
         encodings=one_hot(idx, num_embeddings),
         loss=vq_loss(z, q, commitment_cost),
@@ -309,6 +329,7 @@ class VectorQuantizer(nnx.Module):
       num_embeddings: K, the number of codes (reference 512).
       embedding_dim: D, the code size (reference 64).
       commitment_cost: beta (reference 0.25).
+      estimator: ``"ste"`` (straight-through, the notes') or ``"rotation"``.
       rngs: NNX random streams (``params`` is used).
 
     >>> vq = VectorQuantizer(8, 4, 0.25, rngs=nnx.Rngs(0))
@@ -317,18 +338,26 @@ class VectorQuantizer(nnx.Module):
     """
 
     def __init__(
-        self, num_embeddings: int, embedding_dim: int, commitment_cost: float, *, rngs: nnx.Rngs
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        commitment_cost: float,
+        *,
+        estimator: str = "ste",
+        rngs: nnx.Rngs,
     ):
         k = num_embeddings
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.commitment_cost = commitment_cost
+        estimator_fn(estimator)
+        self.estimator = estimator
         self.codebook = nnx.Param(
             jax.random.uniform(rngs.params(), (k, embedding_dim), minval=-1.0 / k, maxval=1.0 / k)
         )
 
     def __call__(self, z: jax.Array) -> QuantizerOutput:
-        return quantize(z, self.codebook[...], self.commitment_cost)
+        return quantize(z, self.codebook[...], self.commitment_cost, self.estimator)
 
 
 class VectorQuantizerEMA(nnx.Module):
@@ -341,7 +370,16 @@ class VectorQuantizerEMA(nnx.Module):
     In eval mode (``model.eval()``) they are read only. The loss is the commitment
     term ``beta * mse(sg(q), z)`` alone.
 
-    Init is the reference's: codebook and ``ema_w`` standard normal, cluster sizes 0.
+    Init (``init``):
+
+    * ``"notes"``: the reference's. Codebook and ``ema_w`` are drawn independently from a
+      standard normal and the cluster sizes start at 0. After the first update every code
+      that the first batch did not choose has ``N ~ epsilon`` after Laplace smoothing, so
+      ``e = ema_w / N`` jumps to a norm of ~1e5 and stays unreachable until ``ema_w`` has
+      decayed, for hundreds of steps: the codebook collapses to the few codes chosen at step 1.
+    * ``"consistent"``: the same standard-normal codebook, with ``ema_cluster_size = 1`` and
+      ``ema_w = codebook``, i.e. each code starts as the mean of one pseudo-observation at
+      itself. An unused code then decays in ``N`` and ``ema_w`` alike and stays where it is.
 
     Args:
       num_embeddings: K.
@@ -349,6 +387,8 @@ class VectorQuantizerEMA(nnx.Module):
       commitment_cost: beta.
       decay: EMA decay (reference 0.99).
       epsilon: Laplace smoothing (reference 1e-5).
+      estimator: ``"ste"`` (straight-through, the notes') or ``"rotation"``.
+      init: ``"notes"`` or ``"consistent"``, see above.
       rngs: NNX random streams (``params`` is used).
 
     >>> vq = VectorQuantizerEMA(8, 4, 0.25, rngs=nnx.Rngs(0))
@@ -366,8 +406,14 @@ class VectorQuantizerEMA(nnx.Module):
         decay: float = 0.99,
         epsilon: float = 1e-5,
         *,
+        estimator: str = "ste",
+        init: str = "notes",
         rngs: nnx.Rngs,
     ):
+        if init not in EMA_INITS:
+            raise ValueError(f"init must be one of {EMA_INITS}, got {init!r}.")
+        estimator_fn(estimator)
+        self.estimator = estimator
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.commitment_cost = commitment_cost
@@ -376,9 +422,14 @@ class VectorQuantizerEMA(nnx.Module):
         self.use_running_average = False
         key_codebook, key_w = jax.random.split(rngs.params())
         shape = (num_embeddings, embedding_dim)
-        self.codebook = EMAVariable(jax.random.normal(key_codebook, shape))
-        self.ema_cluster_size = EMAVariable(jnp.zeros((num_embeddings,)))
-        self.ema_w = EMAVariable(jax.random.normal(key_w, shape))
+        codebook = jax.random.normal(key_codebook, shape)
+        self.codebook = EMAVariable(codebook)
+        if init == "notes":
+            self.ema_cluster_size = EMAVariable(jnp.zeros((num_embeddings,)))
+            self.ema_w = EMAVariable(jax.random.normal(key_w, shape))
+        else:
+            self.ema_cluster_size = EMAVariable(jnp.ones((num_embeddings,)))
+            self.ema_w = EMAVariable(codebook)
 
     def __call__(self, z: jax.Array) -> QuantizerOutput:
         codebook = self.codebook[...]
@@ -392,7 +443,7 @@ class VectorQuantizerEMA(nnx.Module):
             self.ema_cluster_size[...] = new.ema_cluster_size
             self.ema_w[...] = new.ema_w
         return QuantizerOutput(
-            quantized=straight_through(z, q),
+            quantized=estimator_fn(self.estimator)(z, q),
             indices=idx.reshape(z.shape[:-1]),
             encodings=one_hot(idx, self.num_embeddings),
             loss=self.commitment_cost * mse(sg(q), z),
