@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbasics.tensors import bchw_to_bhwc
-from jaxbasics.train.config import TrainConfig
-from jaxbasics.train.loop import mesh_and_shardings
-from jaxbasics.train.state import init_state, model_kwargs
+from jaxbasics.train.config import TrainConfig, preset
+from jaxbasics.train.sharding import make_shardings
+from jaxbasics.train.state import init_state
 from jaxbasics.train.step import make_eval_step, make_train_step
 
 # Variance of CIFAR-10's training images scaled to [0, 1]; only scales the loss.
@@ -73,7 +73,7 @@ def best_time(fn: Callable[[], Any], reps: int) -> float:
 def matmul_gflop_per_s(n: int = 2048, reps: int = 5, torch: Any | None = None) -> dict[str, float]:
     """GFLOP/s of an n^3 float32 matmul in numpy, XLA and (if given) PyTorch.
 
-    The machine's rate is the best of them (PERF-NOTES.md: oneDNN is usually fastest).
+    The machine's rate is the best of them (PyTorch's oneDNN is usually fastest on CPU).
 
     >>> rates = matmul_gflop_per_s(64, reps=1)
     >>> sorted(rates), all(v > 0 for v in rates.values())
@@ -98,7 +98,9 @@ def make_torch_side(torch: Any, config: TrainConfig, data: np.ndarray) -> Callab
     from torch_reference import Model, train_step
 
     torch.manual_seed(config.seed)
-    model = Model(**model_kwargs(config))  # the reference takes the same keyword names
+    sizes = ("num_hiddens", "num_residual_hiddens", "num_residual_layers", "embedding_dim")
+    kwargs = {k: getattr(config, k) for k in (*sizes, "num_embeddings", "commitment_cost", "decay")}
+    model = Model(**kwargs)  # the reference takes the same keyword names
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     batch = torch.from_numpy(data)
@@ -111,8 +113,7 @@ def make_torch_side(torch: Any, config: TrainConfig, data: np.ndarray) -> Callab
 
 def make_jax_side(config: TrainConfig, images: jax.Array) -> tuple[Callable[[], None], dict, list]:
     """One call = one real ``train_step``; also returns compile time, FLOPs and memory."""
-    replicated = mesh_and_shardings(config.batch_size)[2]
-    state = jax.device_put(init_state(config), replicated)
+    state = jax.device_put(init_state(config), make_shardings(config.batch_size).replicated)
     train_step = make_train_step(config, DATA_VARIANCE)
     t0 = time.perf_counter()
     compiled = train_step.lower(state, images).compile()
@@ -216,8 +217,8 @@ def layer_sides(
 ) -> dict[str, Callable[[], None]]:
     """Forward + backward (weights, and input where the model needs it) of one layer.
 
-    JAX evaluates the layer exactly as the model does (:func:`apply_conv` /
-    :class:`ConvTranspose4x4s2`), jitted; PyTorch runs ``nn.Conv2d`` /
+    JAX evaluates the layer exactly as the model does (:func:`~jaxbasics.vqvae.layers.conv` /
+    :class:`~jaxbasics.vqvae.layers.ConvTranspose4x4s2`), jitted; PyTorch runs ``nn.Conv2d`` /
     ``nn.ConvTranspose2d`` eagerly. Both back-propagate the same random cotangent.
 
     >>> sides = layer_sides(LAYERS[2], 2, None, small=True)
@@ -227,7 +228,7 @@ def layer_sides(
     """
     from flax import nnx
 
-    from jaxbasics.vqvae.model import ConvTranspose4x4s2, apply_conv
+    from jaxbasics.vqvae.layers import ConvTranspose4x4s2, conv
 
     _, kind, cin, cout, k, stride, hw, _, need_x = spec
     if small:
@@ -240,16 +241,14 @@ def layer_sides(
     rngs = nnx.Rngs(0)
     if kind == "conv":
         bias = not spec[0].startswith("res")  # the residual blocks' convs have no bias
-        layer = nnx.Conv(cin, cout, (k, k), strides=stride, padding=pad, use_bias=bias, rngs=rngs)
-        forward = apply_conv
+        layer = conv(cin, cout, k, stride=stride, padding=pad, use_bias=bias, rngs=rngs)
     else:
         layer = ConvTranspose4x4s2(cin, cout, rngs=rngs)
-        forward = ConvTranspose4x4s2.__call__
     graphdef, params = nnx.split(layer)
     x, g = bchw_to_bhwc(jnp.asarray(x_np)), bchw_to_bhwc(jnp.asarray(g_np))
 
     def loss(p, x):
-        return jnp.vdot(forward(nnx.merge(graphdef, p), x), g)
+        return jnp.vdot(nnx.merge(graphdef, p)(x), g)
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1) if need_x else 0))
 
@@ -358,10 +357,18 @@ def main(argv: list[str] | None = None) -> None:
 
     for batch in batches:
         sizes = SMALL_SIZES if args.small else {}
-        config = TrainConfig(batch_size=batch, decay=args.decay, **sizes)
+        # The notes' model and quantiser, at the benchmark's batch and lr 1e-3 (as PyTorch's).
+        config = preset(
+            "cifar10",
+            faithful=True,
+            batch_size=batch,
+            learning_rate=1e-3,
+            decay=args.decay,
+            **sizes,
+        )
         data = np.random.default_rng(0).uniform(-0.5, 0.5, (batch, 3, 32, 32)).astype(np.float32)
         # NCHW -> NHWC, once; sharded over the devices' batch axis like fit() does
-        images = jax.device_put(bchw_to_bhwc(jnp.asarray(data)), mesh_and_shardings(batch)[1])
+        images = jax.device_put(bchw_to_bhwc(jnp.asarray(data)), make_shardings(batch).batch)
         jax_step, info, holder = make_jax_side(config, images)
         sides = {"jax": jax_step}
         if torch is not None:

@@ -46,43 +46,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         config = config.replace(data_dir=args.data_dir)
 
-    from jaxbasics import plots
     from jaxbasics.data.sources import DatasetNotFoundError
-    from jaxbasics.train.checkpoint import Checkpointer
-    from jaxbasics.train.loop import (
-        abstract_train_state,
-        data_variance,
-        evaluate,
-        mesh_and_shardings,
-        sources,
-    )
+    from jaxbasics.train.checkpoint import Checkpointer, IncompatibleCheckpointError
+    from jaxbasics.train.evaluate import evaluate, save_figures
+    from jaxbasics.train.data import sources
+    from jaxbasics.train.sharding import abstract_state, make_shardings
     from jaxbasics.train.state import codebook_of
 
     try:
-        train_source, test_source = sources(config)
+        data = sources(config, workdir)
     except DatasetNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    variance = data_variance(config, train_source, workdir)
-    _, batch_sharding, replicated = mesh_and_shardings(config.batch_size)
-    abstract = abstract_train_state(config, replicated)
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-    restored = ckpt.restore_latest(abstract)
-    ckpt.close()
+    shardings = make_shardings(config.batch_size)
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        restored = ckpt.restore_latest(
+            abstract_state(config, shardings.replicated),
+            items=("state",),
+            on_unreadable=lambda step, e: print(
+                f"warning: {e}; trying the previous checkpoint", file=sys.stderr
+            ),
+        )
+    except IncompatibleCheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        ckpt.close()
     if restored is None:
         print(f"error: no readable checkpoint under {workdir}/checkpoints", file=sys.stderr)
         return 1
-    metrics, (originals, recons), counts = evaluate(
-        config, restored.state, test_source, variance, sharding=batch_sharding
-    )
+    ev = evaluate(config, restored.state, data.test, data.variance, sharding=shardings.batch)
     out = Path(args.out) if args.out else workdir / "eval_reconstructions.png"
-    n = min(16, originals.shape[0])
-    plots.save(plots.image_grid([originals[:n], recons[:n]], ["originals", "reconstructions"]), out)
-    plots.save(
-        plots.codebook_figure(np.asarray(codebook_of(restored.state)), counts),
-        workdir / "codebook.png",
-    )
-    print(json.dumps({"step": restored.step, **metrics, "num_examples": len(test_source)}))
+    save_figures(ev, np.asarray(codebook_of(config, restored.state)), out, workdir / "codebook.png")
+    print(json.dumps({"step": restored.step, **ev.metrics, "num_examples": len(data.test)}))
     return 0
 
 

@@ -1,17 +1,155 @@
-"""Shared test helpers: tests run on the CPU, one device, float32."""
+"""Shared test helpers: tiny model sizes, the small training config, and CLI launchers.
+
+Tests run on the CPU, one device, float32. Every test that trains uses :data:`SIZES`, so
+the compiled programs are shared across the whole session (one compile key), and every
+subprocess shares one persistent XLA compilation cache (:func:`xla_cache`).
+"""
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-ROOT = Path(__file__).resolve().parents[1]
-# experiments/ holds the PyTorch reference and the CLI scripts the tests import or run.
-sys.path.insert(0, str(ROOT / "experiments"))
-
-# Property tests draw the same examples on every run: CI results don't depend on luck.
+import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+TRAIN = str(EXPERIMENTS / "train_vqvae.py")
+EVALUATE = str(EXPERIMENTS / "evaluate.py")
+# experiments/ holds the PyTorch reference and the CLI scripts the tests import or run.
+sys.path.insert(0, str(EXPERIMENTS))
+
+# Property tests draw the same examples on every run: CI results don't depend on luck.
 settings.register_profile("deterministic", derandomize=True, deadline=None)
 settings.load_profile("deterministic")
+
+# The tiny model every training test uses: 8x8 latents of 8 dims, 16 codes.
+SIZES = dict(
+    num_hiddens=16,
+    num_residual_hiddens=4,
+    num_residual_layers=2,
+    embedding_dim=8,
+    num_embeddings=16,
+)
+
+# A 10-step run on 64 shapes images, in batches of 8: the config of the in-process tests.
+RUN = dict(
+    batch_size=8,
+    num_train_examples=64,
+    num_eval_examples=12,
+    num_training_updates=10,
+    checkpoint_every=5,
+    log_every=5,
+    eval_every=5,
+    progress=False,
+)
+
+
+def small_config(**overrides):
+    """The quickstart preset at :data:`SIZES` and :data:`RUN`, with ``overrides``."""
+    from jaxbasics.train.config import preset
+
+    return preset("quickstart", **{**SIZES, **RUN, **overrides})
+
+
+def cli_flags(**overrides) -> list[str]:
+    """:func:`small_config`'s values as train_vqvae.py flags (40 steps, eval every 20)."""
+    values = {**SIZES, **RUN, "num_training_updates": 40, "eval_every": 20, **overrides}
+    flags = ["--preset", "quickstart"]
+    for name, value in values.items():
+        flags += [
+            "--" + name.replace("_", "-"),
+            str(value).lower() if isinstance(value, bool) else str(value),
+        ]
+    return flags
+
+
+@pytest.fixture(scope="session")
+def xla_cache(tmp_path_factory):
+    """One persistent XLA cache for every subprocess of the session: later runs skip compiling."""
+    return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+def cli_env(devices: int = 1, **extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess: CPU, ``devices`` simulated devices."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices), **extra}
+
+
+def train_cmd(workdir, cache, *extra: str, **overrides) -> list[str]:
+    """The train_vqvae.py command line of a tiny run in ``workdir``."""
+    return [
+        sys.executable,
+        TRAIN,
+        *cli_flags(**overrides),
+        "--workdir",
+        str(workdir),
+        "--compilation-cache",
+        cache,
+        *extra,
+    ]
+
+
+def run(cmd: list[str], timeout: float = 600, env: dict | None = None):
+    """Run ``cmd`` to completion from the repository root; stdout and stderr captured apart."""
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env or cli_env()
+    )
+
+
+def start(cmd: list[str], env: dict | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in the background, stderr merged into stdout."""
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env=env or cli_env(),
+    )
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll ``predicate`` until it holds; fail if ``proc`` ends first or time runs out."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"process ended early:\n{proc.stdout.read()}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("timed out waiting for the run to progress")
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    """Steps of the finished checkpoints in ``workdir``."""
+    d = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def restore(workdir, config=None):
+    """The newest checkpoint of ``workdir`` (its saved config unless ``config``)."""
+    from jaxbasics.train.checkpoint import Checkpointer
+    from jaxbasics.train.config import load_config
+    from jaxbasics.train.sharding import abstract_state
+
+    config = config or load_config(workdir)
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        return ckpt.restore_latest(abstract_state(config))
+    finally:
+        ckpt.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A :class:`~jaxbasics.vqvae.model.VQVAE` at :data:`SIZES` (plain VQ), in eval mode."""
+    from jaxbasics.train.state import init_state, to_model
+
+    config = small_config(decay=0.0)
+    state = init_state(config)
+    return to_model(config, state.params, state.ema)

@@ -4,32 +4,31 @@ Pure functions first, then the train step and fit() that wire them in, then one
 8-device subprocess run against the 1-device trajectory.
 """
 
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import cli_env, restore, run, small_config, train_cmd
 from flax import nnx
-from test_distributed import TRAIN, _assert_close, _state
-from test_train_cli import TINY
-from test_train_loop import SMALL
 
 from jaxbasics.train.loop import fit
 from jaxbasics.train.metrics import read_jsonl
-from jaxbasics.train.state import codebook_of, graphdefs, init_state
-from jaxbasics.train.step import _latents, make_kmeans_init, make_train_step
+from jaxbasics.train.state import codebook_of, init_state, to_model
+from jaxbasics.train.step import latents, make_kmeans_init, make_train_step
 from jaxbasics.vqvae.codebook import (
+    CodebookState,
     kmeans,
     quantization_error,
     restart_dead_codes,
+    set_codes,
     usage_entropy,
     usage_update,
 )
+from jaxbasics.vqvae.codebook import (
+    codebook_of as codebook_in,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = small_config()
 VARIANCE = 0.06
 
 
@@ -61,11 +60,11 @@ def test_kmeans_lowers_the_quantisation_error_of_the_first_batch():
     config = SMALL.replace(decay=0.99, kmeans_init_steps=1)
     state = init_state(config)
     images = _images(3)
-    model = nnx.merge(graphdefs(config)[0], state.params, state.ema)
-    flat = _latents(model, images).reshape(-1, config.embedding_dim)
-    before = quantization_error(flat, codebook_of(state))
+    model = to_model(config, state.params, state.ema, train=True)
+    flat = latents(model, images).reshape(-1, config.embedding_dim)
+    before = quantization_error(flat, codebook_of(config, state))
     new = make_kmeans_init(config)(state, (images,))
-    after = quantization_error(flat, codebook_of(new))
+    after = quantization_error(flat, codebook_of(config, new))
     assert float(after) < 0.5 * float(before), (before, after)
     ema = new.ema["vq"]
     c = flat.shape[0] / config.num_embeddings
@@ -93,11 +92,11 @@ def test_train_step_restarts_dead_codes_and_keeps_the_rest(decay):
 
     plain, _ = make_train_step(config.replace(dead_code_threshold=0.0), VARIANCE)(fresh(), images)
     before = fresh()
-    model = nnx.merge(graphdefs(config)[0], before.params, before.ema)
-    z = np.asarray(_latents(model, images)).reshape(-1, config.embedding_dim)
+    model = to_model(config, before.params, before.ema, train=True)
+    z = np.asarray(latents(model, images)).reshape(-1, config.embedding_dim)
     state, metrics = make_train_step(config, VARIANCE)(fresh(), images)
     assert int(metrics.restarted_codes) == dead.sum()
-    new, ref = np.asarray(codebook_of(state)), np.asarray(codebook_of(plain))
+    new, ref = np.asarray(codebook_of(config, state)), np.asarray(codebook_of(config, plain))
     np.testing.assert_array_equal(new[~dead], ref[~dead])
     for row in new[dead]:  # every restarted code is one of this batch's encoder outputs
         assert np.min(np.abs(z - row).max(axis=1)) < 1e-6
@@ -127,19 +126,65 @@ def test_fit_logs_usage_and_resumes_exactly_with_restart_and_kmeans(tmp_path):
     assert 0.0 < straight.eval_metrics["usage_entropy"] <= 4.0  # bits, K = 16
 
 
-def test_eight_devices_match_one_device_with_restart_and_kmeans(tmp_path):
+def test_eight_devices_match_one_device_with_restart_and_kmeans(tmp_path, xla_cache):
     steps, flags = 6, {"decay": 0.99, "dead_code_threshold": 0.95, "kmeans_init_steps": 2}
     config = SMALL.replace(num_training_updates=steps, eval_every=steps, **flags)
     one = fit(config, tmp_path / "one")
-    cmd = [sys.executable, TRAIN, *TINY, "--workdir", str(tmp_path / "eight")]
-    cmd += ["--num-training-updates", str(steps), "--eval-every", str(steps)]
-    for name, value in flags.items():
-        cmd += [f"--{name.replace('_', '-')}", str(value)]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "8"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    cmd = train_cmd(
+        tmp_path / "eight", xla_cache, num_training_updates=steps, eval_every=steps, **flags
+    )
+    proc = run(cmd, env=cli_env(8))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    eight = _state(tmp_path / "eight", config)
+    eight = restore(tmp_path / "eight", config)
     assert eight.step == steps
-    _assert_close(one.state, eight.state)
+    for x, y in zip(jax.tree.leaves(one.state), jax.tree.leaves(eight.state), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-5, atol=2e-5)
     restarts = [r["restarted_codes"] for r in read_jsonl(tmp_path / "eight" / "metrics.jsonl")]
     assert sum(restarts) > 0
+
+
+def _parts(config):
+    state = init_state(config)
+    return CodebookState(state.params, state.ema, state.opt_state)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.99])
+def test_set_codes_edits_the_codebook_by_name_and_nothing_else(decay):
+    config = SMALL.replace(decay=decay)
+    parts = _parts(config)
+    rows = jnp.arange(16) % 3 == 0
+    codes = jnp.full((16, 8), 7.0)
+    new = set_codes(parts, rows, codes, 64, ema_quantizer=decay > 0)
+    book = np.asarray(codebook_in(new.params, new.ema, ema_quantizer=decay > 0))
+    old = np.asarray(codebook_in(parts.params, parts.ema, ema_quantizer=decay > 0))
+    np.testing.assert_array_equal(book[np.asarray(rows)], 7.0)
+    np.testing.assert_array_equal(book[~np.asarray(rows)], old[~np.asarray(rows)])
+    # everything that is not the quantiser's is the same array
+    same = jax.tree.leaves(new.params["encoder"]) + jax.tree.leaves(new.params["decoder"])
+    for x, y in zip(
+        same,
+        jax.tree.leaves(parts.params["encoder"]) + jax.tree.leaves(parts.params["decoder"]),
+        strict=True,
+    ):
+        assert x is y
+
+
+def test_set_codes_raises_when_the_quantiser_is_missing():
+    parts = _parts(SMALL.replace(decay=0.0))
+    renamed = nnx.State({"quantizer" if k == "vq" else k: v for k, v in parts.params.items()})
+    with pytest.raises(KeyError, match="has no 'vq' quantiser"):
+        set_codes(
+            parts._replace(params=renamed),
+            jnp.ones(16, bool),
+            jnp.zeros((16, 8)),
+            64,
+            ema_quantizer=False,
+        )
+    with pytest.raises(KeyError, match=r"lacks \['ema_w'"):  # an EMA edit of a plain-VQ state
+        set_codes(
+            parts._replace(ema=nnx.State({"vq": {"codebook": parts.params["vq"]["codebook"]}})),
+            jnp.ones(16, bool),
+            jnp.zeros((16, 8)),
+            64,
+            ema_quantizer=True,
+        )

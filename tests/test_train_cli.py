@@ -1,129 +1,34 @@
 """The main job as a user runs it: subprocesses of experiments/train_vqvae.py and evaluate.py."""
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
+from conftest import (
+    EVALUATE,
+    TRAIN,
+    checkpoint_steps,
+    restore,
+    run,
+    start,
+    train_cmd,
+    wait_for,
+)
 
-from jaxbasics.train.config import TrainConfig, load_config
+from jaxbasics.train.config import TrainConfig, load_config, preset
 from jaxbasics.train.metrics import read_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = str(ROOT / "experiments" / "train_vqvae.py")
-EVALUATE = str(ROOT / "experiments" / "evaluate.py")
-TINY = [
-    "--preset",
-    "quickstart",
-    "--num-hiddens",
-    "16",
-    "--num-residual-hiddens",
-    "4",
-    "--embedding-dim",
-    "8",
-    "--num-embeddings",
-    "16",
-    "--batch-size",
-    "8",
-    "--num-train-examples",
-    "64",
-    "--num-eval-examples",
-    "12",
-    "--num-training-updates",
-    "40",
-    "--checkpoint-every",
-    "5",
-    "--log-every",
-    "5",
-    "--eval-every",
-    "20",
-    "--progress",
-    "false",
-]
 
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One persistent XLA cache for every subprocess here: later runs skip compiling."""
-    return str(tmp_path_factory.mktemp("xla_cache"))
-
-
-def _cmd(workdir, cache, *extra):
-    return [
-        sys.executable,
-        TRAIN,
-        *TINY,
-        "--workdir",
-        str(workdir),
-        "--compilation-cache",
-        cache,
-        *extra,
-    ]
-
-
-def _run(cmd, timeout=600):
-    return subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
-
-
-def _start(cmd):
-    return subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
-
-
-def _wait_for(predicate, proc, timeout=300):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"process ended early:\n{proc.stdout.read()}")
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail("timed out waiting for the run to progress")
-
-
-def _ckpt_steps(workdir):
-    d = Path(workdir) / "checkpoints"
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
-
-
-def _final_state(workdir):
-    from jaxbasics.train.checkpoint import Checkpointer
-    from jaxbasics.train.loop import abstract_train_state
-
-    config = load_config(workdir)
-    ckpt = Checkpointer(workdir)
-    restored = ckpt.restore_latest(abstract_train_state(config))
-    ckpt.close()
-    return restored
-
-
-def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, cache):
-    straight = _run(_cmd(tmp_path / "a", cache))
+def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, xla_cache):
+    straight = run(train_cmd(tmp_path / "a", xla_cache))
     assert straight.returncode == 0, straight.stdout + straight.stderr
 
     b = tmp_path / "b"
-    proc = _start(_cmd(b, cache))  # SIGTERM: save and stop cleanly
-    _wait_for(
+    proc = start(train_cmd(b, xla_cache))  # SIGTERM: save and stop cleanly
+    wait_for(
         lambda: (
             (b / "metrics.jsonl").exists() and read_jsonl(b / "metrics.jsonl")[-1:][0]["step"] >= 10
         ),
@@ -133,19 +38,21 @@ def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, cache):
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "checkpoint saved" in out
-    stopped = _ckpt_steps(b)[-1]
+    stopped = checkpoint_steps(b)[-1]
     assert 10 <= stopped < 40
 
-    proc = _start(_cmd(b, cache))  # SIGKILL: no chance to save anything
-    _wait_for(lambda: any(s > stopped + 5 for s in _ckpt_steps(b)), proc)
+    proc = start(train_cmd(b, xla_cache))  # SIGKILL: no chance to save anything
+    wait_for(lambda: any(s > stopped + 5 for s in checkpoint_steps(b)), proc)
     proc.kill()
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # it really died of SIGKILL, unfinished
+    assert checkpoint_steps(b)[-1] < 40
 
-    final = _run(_cmd(b, cache))
+    final = run(train_cmd(b, xla_cache))
     assert final.returncode == 0, final.stdout + final.stderr
-    assert "Resuming from checkpoint" in final.stdout
+    assert "Resuming from checkpoint" in final.stderr
 
-    ra, rb = _final_state(tmp_path / "a"), _final_state(b)
+    ra, rb = restore(tmp_path / "a"), restore(b)
     assert ra.step == rb.step == 40
     for x, y in zip(jax.tree.leaves(ra.state), jax.tree.leaves(rb.state), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -158,7 +65,7 @@ def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, cache):
     assert {r["step"]: r["loss"] for r in read_jsonl(b / "metrics.jsonl")} == losses
 
     # evaluate.py on the finished run: one JSON line and a reconstruction grid
-    ev = _run([sys.executable, EVALUATE, "--workdir", str(b)])
+    ev = run([sys.executable, EVALUATE, "--workdir", str(b)])
     assert ev.returncode == 0, ev.stderr
     line = json.loads(ev.stdout.strip().splitlines()[-1])
     assert line["step"] == 40 and line["num_examples"] == 12
@@ -166,12 +73,32 @@ def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, cache):
     assert (b / "eval_reconstructions.png").stat().st_size > 0
 
 
-def test_missing_cifar10_fails_fast_with_instructions(tmp_path, cache):
+def test_sigint_exits_130_and_a_second_one_stops_at_once(tmp_path, xla_cache):
+    w = tmp_path / "w"
+    proc = start(train_cmd(w, xla_cache, num_training_updates=4000, checkpoint_every=50))
+    wait_for(lambda: len(checkpoint_steps(w)) >= 1, proc)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    first = checkpoint_steps(w)[-1]
+
+    proc = start(train_cmd(w, xla_cache, num_training_updates=4000, checkpoint_every=50))
+    wait_for(lambda: checkpoint_steps(w)[-1] > first, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # the impatient second Ctrl-C
     t = time.time()
-    r = _run(
-        _cmd(
+    proc.communicate(timeout=60)
+    assert proc.returncode in (130, -signal.SIGINT) and time.time() - t < 30
+    last = checkpoint_steps(w)[-1]
+    assert restore(w).step == last  # the newest finished checkpoint restores
+
+
+def test_missing_cifar10_fails_fast_with_instructions(tmp_path, xla_cache):
+    t = time.time()
+    r = run(
+        train_cmd(
             tmp_path / "run",
-            cache,
+            xla_cache,
             "--dataset",
             "cifar10",
             "--data-dir",
@@ -185,23 +112,48 @@ def test_missing_cifar10_fails_fast_with_instructions(tmp_path, cache):
     assert time.time() - t < 120
 
 
-def test_incompatible_config_is_refused_by_the_cli(tmp_path, cache):
-    ok = _run(_cmd(tmp_path, cache, "--num-training-updates", "2"))
+def test_incompatible_config_is_refused_by_the_cli(tmp_path, xla_cache):
+    ok = run(train_cmd(tmp_path, xla_cache, num_training_updates=2))
     assert ok.returncode == 0, ok.stderr
-    r = _run(_cmd(tmp_path, cache, "--num-training-updates", "2", "--num-embeddings", "32"))
+    r = run(train_cmd(tmp_path, xla_cache, num_training_updates=2, num_embeddings=32))
     assert r.returncode == 1
     assert "num_embeddings: saved 16, requested 32" in r.stderr
 
 
-def test_every_config_field_is_a_flag():
-    r = _run([sys.executable, TRAIN, "--help"])
+def test_an_existing_run_keeps_its_saved_config(tmp_path, xla_cache):
+    """Rerunning without the flags (or after the presets changed) resumes the saved run."""
+    ok = run(train_cmd(tmp_path, xla_cache, num_training_updates=2))
+    assert ok.returncode == 0, ok.stderr
+    cmd = [sys.executable, TRAIN, "--workdir", str(tmp_path), "--num-training-updates", "3"]
+    r = run(cmd + ["--progress", "false", "--compilation-cache", xla_cache])
+    assert r.returncode == 0, r.stderr
+    assert "Resuming from checkpoint at step 2" in r.stderr
+    assert load_config(tmp_path).num_hiddens == 16 and json.loads(r.stdout)["step"] == 3
+
+
+def test_every_flag_is_documented_and_the_preset_sets_the_defaults():
+    from simple_parsing.docstring import get_attribute_docstring
+
+    r = run([sys.executable, TRAIN, "--help"])
     assert r.returncode == 0
+    text = " ".join(r.stdout.split())  # unwrapped
+    squeezed = "".join(text.split())  # argparse also wraps at hyphens
     for name in TrainConfig.__dataclass_fields__:
-        assert "--" + name.replace("_", "-") in r.stdout, name
-    for flag in ("--workdir", "--preset", "--dataset", "--data-dir"):
-        assert flag in r.stdout
+        assert "--" + name.replace("_", "-") in text, name
+        doc = get_attribute_docstring(TrainConfig, name).docstring_below
+        assert doc and "".join(doc.split()) in squeezed, name  # --help says what it does
+    for flag in ("--workdir", "--preset", "--faithful", "--dataset", "--data-dir"):
+        assert flag in text
+    assert "Global batch size, over all devices and processes. (default: 32)" in text
+    assert "Encoder/decoder width. (default: 64)" in text  # the quickstart's value
+    cifar = " ".join(run([sys.executable, TRAIN, "--preset", "cifar10", "--help"]).stdout.split())
+    assert "Encoder/decoder width. (default: 128)" in cifar
+    assert "(default: 25000)" in cifar
+    assert preset("cifar10") == TrainConfig()
 
 
 def test_bad_flag_values_are_explained(tmp_path):
-    r = _run([sys.executable, TRAIN, "--batch-size", "0", "--workdir", str(tmp_path)])
+    r = run([sys.executable, TRAIN, "--batch-size", "0", "--workdir", str(tmp_path)])
     assert r.returncode == 2 and "batch_size must be >= 1" in r.stderr
+    r = run([sys.executable, TRAIN, "--estimator", "magic", "--workdir", str(tmp_path)])
+    assert r.returncode == 2 and "invalid choice: 'magic'" in r.stderr

@@ -1,38 +1,41 @@
-"""fit(): outputs, checkpoints, fallback on a corrupt checkpoint, refusals, NaN guard.
+"""fit(): outputs, checkpoints, the three restore cases, refusals, the non-finite guard.
 
 These run in-process with one small config, so the compiled steps are shared.
 """
 
+import hashlib
 import json
+import logging
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from conftest import small_config
 
-from jaxbasics.train.config import preset
-from jaxbasics.train.loop import ConfigMismatchError, NonFiniteLossError, fit
+from jaxbasics.train import loop
+from jaxbasics.train.checkpoint import IncompatibleCheckpointError
+from jaxbasics.train.config import ConfigMismatchError
+from jaxbasics.train.loop import NonFiniteError, fit
 from jaxbasics.train.metrics import read_jsonl
 
-SMALL = preset(
-    "quickstart",
-    num_hiddens=16,
-    num_residual_hiddens=4,
-    embedding_dim=8,
-    num_embeddings=16,
-    batch_size=8,
-    num_train_examples=64,
-    num_eval_examples=12,
-    num_training_updates=10,
-    checkpoint_every=5,
-    log_every=5,
-    eval_every=5,
-    progress=False,
-)
+SMALL = small_config()
 
 
 def _leaves(state):
     return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+def _ckpt_steps(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _hashes(workdir: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file()
+    } | {str(p.relative_to(workdir)) + "/": "dir" for p in workdir.rglob("*") if p.is_dir()}
 
 
 def test_fit_writes_outputs_and_learns(tmp_path):
@@ -44,12 +47,11 @@ def test_fit_writes_outputs_and_learns(tmp_path):
         "eval.jsonl",
         "curves.png",
         "reconstructions.png",
+        "codebook.png",
         "data_stats.json",
     ):
         assert (tmp_path / name).exists(), name
-    assert sorted(
-        int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()
-    ) == [10, 15, 20]  # keep_checkpoints=3
+    assert _ckpt_steps(tmp_path) == [10, 15, 20]  # keep_checkpoints=3
     metrics = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in metrics] == [5, 10, 15, 20]
     assert set(metrics[0]) >= {"step", "loss", "recon_error", "perplexity", "images_per_s"}
@@ -59,6 +61,8 @@ def test_fit_writes_outputs_and_learns(tmp_path):
     assert len(meta["train_res_perplexity"]) == 20 and np.isfinite(meta["loss"])
     errors = meta["train_res_recon_error"]
     assert np.mean(errors[-5:]) < np.mean(errors[:5])  # it learns
+    # the logged values are the per-step history's, at the logged steps
+    assert [r["recon_error"] for r in metrics] == [errors[s - 1] for s in (5, 10, 15, 20)]
     assert set(result.eval_metrics) >= {"recon_error", "perplexity", "used_codes"}
 
 
@@ -70,19 +74,26 @@ def test_resume_continues_exactly_in_process(tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
+def test_truncated_newest_checkpoint_is_quarantined_and_logs_kept(tmp_path, caplog):
     fit(SMALL, tmp_path)
+    before = read_jsonl(tmp_path / "metrics.jsonl")
     latest = tmp_path / "checkpoints" / "10"
     for f in (latest / "state").rglob("*"):
-        if f.is_file() and f.stat().st_size > 0:
+        if f.is_file() and f.stat().st_size > 0 and "METADATA" not in f.name:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated on disk
-    result = fit(SMALL.replace(num_training_updates=12), tmp_path)
+    with caplog.at_level(logging.INFO, logger="jaxbasics"):
+        result = fit(SMALL.replace(num_training_updates=12), tmp_path)
     assert result.step == 12
-    assert "checkpoint 10 is unreadable" in capsys.readouterr().out
+    assert "checkpoint 10 is unreadable" in caplog.text
+    assert "Resuming from checkpoint at step 5" in caplog.text
     quarantined = list((tmp_path / "corrupt_checkpoints").iterdir())
     assert len(quarantined) == 1 and quarantined[0].name.startswith("10-")  # kept, not deleted
     steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
-    assert steps == sorted(set(steps)) == [5, 10, 12]  # redone steps are not duplicated
+    assert steps == [5, 10, 12]  # the redone steps are logged once
+    # the rewound line (step 10 of the first run) was set aside, not deleted
+    side = read_jsonl(tmp_path / "metrics.jsonl.rewound-5")
+    assert side == [r for r in before if r["step"] > 5]
+    assert read_jsonl(tmp_path / "eval.jsonl.rewound-5")[0]["step"] == 10
 
 
 def test_incompatible_config_is_refused_with_field_names(tmp_path):
@@ -94,11 +105,59 @@ def test_incompatible_config_is_refused_with_field_names(tmp_path):
     assert fit(SMALL.replace(num_training_updates=6), tmp_path).step == 6
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
-    with pytest.raises(NonFiniteLossError, match=r"at step 7\b.*step 5"):
-        fit(SMALL.replace(debug_nan_step=7), tmp_path)
-    steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
-    assert steps == [5]
+@pytest.mark.parametrize("change", ["layout", "sizes"])
+def test_incompatible_checkpoint_is_refused_and_nothing_changes(tmp_path, change):
+    """A checkpoint from an older state layout, or from other model sizes, is refused."""
+    fit(SMALL.replace(num_training_updates=5), tmp_path)
+    if change == "sizes":
+        # config.json lost; the checkpoint holds 16 codes, the request 32
+        (tmp_path / "config.json").unlink()
+        config = SMALL.replace(num_embeddings=32)
+    else:
+        # an older version's TrainState without code_usage: hide it from the metadata
+        config = SMALL
+        meta_file = tmp_path / "checkpoints/5/state/_METADATA"
+        meta = json.loads(meta_file.read_text())
+        tree = meta["tree_metadata"]
+        meta["tree_metadata"] = {k: v for k, v in tree.items() if "code_usage" not in k}
+        meta_file.write_text(json.dumps(meta))
+    before = _hashes(tmp_path)
+    with pytest.raises(IncompatibleCheckpointError, match="Differing leaves") as e:
+        fit(config, tmp_path)
+    assert ("code_usage" if change == "layout" else "(32, 8)") in str(e.value)
+    assert "--workdir" in str(e.value)
+    assert _hashes(tmp_path) == before  # byte-identical: nothing moved, written or deleted
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(
+    tmp_path, monkeypatch
+):
+    calls = []
+
+    def nan_at_step_7(local, sharding):
+        calls.append(1)
+        if len(calls) == 7:
+            local = np.full_like(local, np.nan)
+        return jax.make_array_from_process_local_data(sharding, local)
+
+    monkeypatch.setattr(loop, "global_batch", nan_at_step_7)
+    with pytest.raises(NonFiniteError, match=r"^step 7 produced.*last good checkpoint \(step 5\)"):
+        fit(SMALL.replace(kmeans_init_steps=0), tmp_path)
+    assert _ckpt_steps(tmp_path) == [5]
+
+
+def test_non_finite_parameters_are_never_checkpointed(tmp_path):
+    """A huge learning rate overflows the parameters; the guard names the step."""
+    with pytest.raises(NonFiniteError, match=r"^step (\d+) produced") as e:
+        fit(SMALL.replace(learning_rate=1e38, num_training_updates=20), tmp_path)
+    bad = int(e.value.args[0].split()[1])
+    steps = _ckpt_steps(tmp_path)
+    assert all(s < bad for s in steps)
+    if steps:
+        from conftest import restore
+
+        restored = restore(tmp_path)
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.state))
 
 
 def test_cifar10_through_tfds_mock(tmp_path):
@@ -111,6 +170,7 @@ def test_cifar10_through_tfds_mock(tmp_path):
                 eval_every=3,
                 num_train_examples=None,
                 num_eval_examples=None,
+                kmeans_init_steps=2,
             ),
             tmp_path,
         )

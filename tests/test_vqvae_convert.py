@@ -2,16 +2,16 @@
 
 import numpy as np
 import pytest
+from conftest import small_config
 from flax import nnx
-from test_vqvae_model import SMALL
 
+from jaxbasics.train.state import init_state, to_model
 from jaxbasics.vqvae.convert import from_torch_state_dict, to_torch_state_dict
-from jaxbasics.vqvae.model import create_vqvae
 
 
 @pytest.fixture(scope="module")
-def plain():
-    return create_vqvae(0, **SMALL)
+def plain(tiny_model):
+    return tiny_model
 
 
 def test_names_are_the_notes_names(plain):
@@ -25,7 +25,9 @@ def test_names_are_the_notes_names(plain):
         "_decoder._conv_trans_1.weight",
         "_decoder._conv_trans_2.bias",
     } <= names
-    ema = set(to_torch_state_dict(nnx.state(create_vqvae(0, **SMALL, decay=0.99))))
+    config = small_config(decay=0.99)
+    state = init_state(config)
+    ema = set(to_torch_state_dict(nnx.state(to_model(config, state.params, state.ema))))
     assert {"_vq_vae._ema_w", "_vq_vae._ema_cluster_size"} <= ema
 
 

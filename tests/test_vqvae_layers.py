@@ -1,9 +1,9 @@
-"""Every reformulated layer computes exactly the plain layer's function: values and gradients.
+"""Every convolution form computes the plain layer's function: values and gradients.
 
 The fast forms (im2col + matmul convolutions, the sub-pixel transposed conv) keep the
-reference parameterisation, so the PyTorch weight converter stays valid; these tests
-pin that they also keep the reference function, at the model's layer shapes (scaled
-down) and at odd ones.
+reference parameterisation, so the PyTorch weight converter and every checkpoint stay valid
+under any form; these tests pin that they also keep the reference function, at the model's
+layer shapes (scaled down) and at odd ones, and that the whole model agrees across forms.
 """
 
 import jax
@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxbasics.vqvae.model import (
-    VQVAE,
-    apply_conv,
+from jaxbasics.train.state import init_state, to_model
+from jaxbasics.vqvae.layers import (
+    conv,
     conv2d,
     conv2d_reference,
     conv_transpose_4x4s2,
     conv_transpose_4x4s2_reference,
-    create_vqvae,
+    resolve_form,
 )
+from jaxbasics.vqvae.model import VQVAE
 
 
 def _grads(fn, *args):
@@ -68,15 +69,22 @@ def test_conv2d_equals_lax_conv(k, stride, padding, cin, cout, hw, bias):
         np.testing.assert_allclose(g_fast, g_plain, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize(
-    "kernel_size, strides, padding",
-    [((4, 4), 2, 1), ((3, 3), 1, 1), ((1, 1), 1, "SAME"), ((1, 1), 1, 0), ((3, 3), 1, "VALID")],
-)
-def test_apply_conv_equals_nnx_conv(kernel_size, strides, padding):
-    layer = nnx.Conv(6, 5, kernel_size, strides=strides, padding=padding, rngs=nnx.Rngs(0))
-    layer.bias[...] = jax.random.normal(jax.random.key(1), (5,))
+@pytest.mark.parametrize("form", ["im2col", "xla"])
+@pytest.mark.parametrize("kernel, stride, padding", [(4, 2, 1), (3, 1, 1), (1, 1, 0), (3, 1, 0)])
+def test_conv_layer_equals_nnx_conv_in_every_form(form, kernel, stride, padding):
+    layer = conv(6, 5, kernel, stride=stride, padding=padding, form=form, rngs=nnx.Rngs(0))
+    plain = nnx.Conv(6, 5, (kernel, kernel), strides=stride, padding=padding, rngs=nnx.Rngs(0))
+    bias = jax.random.normal(jax.random.key(1), (5,))
+    layer.bias[...] = plain.bias[...] = bias
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 6))
-    np.testing.assert_allclose(apply_conv(layer, x), layer(x), atol=1e-5)
+    np.testing.assert_allclose(layer(x), plain(x), atol=1e-5)
+
+
+def test_auto_form_follows_the_backend():
+    assert resolve_form("auto") == "im2col"  # the tests run on the CPU
+    assert (resolve_form("auto", "gpu"), resolve_form("auto", "tpu")) == ("xla", "xla")
+    with pytest.raises(ValueError, match="conv_form must be one of"):
+        resolve_form("cudnn")
 
 
 @pytest.mark.parametrize("cin, cout, hw", [(16, 8, 4), (8, 3, 8)])
@@ -94,45 +102,46 @@ def test_conv_transpose_equals_lax_conv_transpose(cin, cout, hw):
         np.testing.assert_allclose(g_fast, g_plain, atol=1e-4, rtol=1e-4)
 
 
-def _fast_forward(model: VQVAE, x: jax.Array):
-    return model(x).recon
+def _model(form: str, **kw) -> VQVAE:
+    """The tiny model in ``form``, with the same parameters in every form."""
+    from conftest import small_config
+
+    config = small_config(decay=0.0, conv_form=form, **kw)
+    state = init_state(small_config(decay=0.0))
+    return to_model(config, state.params, state.ema)
 
 
 def _plain_forward(model: VQVAE, x: jax.Array):
     """The whole model with every layer through Flax's own nnx.Conv / lax.conv_transpose."""
     enc, dec = model.encoder, model.decoder
 
+    def c(layer, h):
+        k = layer.kernel[...]
+        pad = (k.shape[0] - 1) // 2 if k.shape[0] != 4 else 1
+        stride = 2 if k.shape[0] == 4 else 1
+        return conv2d_reference(h, k, layer.bias[...] if layer.use_bias else None, stride, pad)
+
     def stack(s, h):
         for layer in s.layers:
             h = jax.nn.relu(h)
-            h = h + layer.conv_1x1(jax.nn.relu(layer.conv_3x3(h)))
+            h = h + c(layer.conv_1x1, jax.nn.relu(c(layer.conv_3x3, h)))
         return jax.nn.relu(h)
 
     def convt(layer, h):
         return conv_transpose_4x4s2_reference(h, layer.kernel[...], layer.bias[...])
 
-    h = jax.nn.relu(enc.conv_2(jax.nn.relu(enc.conv_1(x))))
-    z = model.pre_vq_conv(stack(enc.residual_stack, enc.conv_3(h)))
+    h = jax.nn.relu(c(enc.conv_2, jax.nn.relu(c(enc.conv_1, x))))
+    z = c(model.pre_vq_conv, stack(enc.residual_stack, c(enc.conv_3, h)))
     q = model.vq(z).quantized
     return convt(
         dec.conv_trans_2,
-        jax.nn.relu(convt(dec.conv_trans_1, stack(dec.residual_stack, dec.conv_1(q)))),
+        jax.nn.relu(convt(dec.conv_trans_1, stack(dec.residual_stack, c(dec.conv_1, q)))),
     )
 
 
-@pytest.fixture(scope="module")
-def model():
-    return create_vqvae(
-        0,
-        num_hiddens=16,
-        num_residual_hiddens=4,
-        num_residual_layers=2,
-        embedding_dim=8,
-        num_embeddings=16,
-    )
-
-
-def test_whole_model_equals_plain_layers(model):
+@pytest.mark.parametrize("form", ["im2col", "xla"])
+def test_whole_model_equals_plain_layers(form):
+    model = _model(form)
     x = jax.random.uniform(jax.random.key(3), (2, 32, 32, 3), minval=-0.5, maxval=0.5)
     graphdef, state = nnx.split(model)
     fast = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).recon)(state, x)
@@ -140,14 +149,18 @@ def test_whole_model_equals_plain_layers(model):
     np.testing.assert_allclose(fast, plain, atol=1e-5)
 
 
-def test_whole_model_parameter_gradients_equal_plain_layers(model):
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+def test_whole_model_parameter_gradients_agree_across_forms():
     x = jax.random.uniform(jax.random.key(4), (2, 32, 32, 3), minval=-0.5, maxval=0.5)
+    grads = {}
+    for form in ("im2col", "xla"):
+        graphdef, params, rest = nnx.split(_model(form), nnx.Param, ...)
 
-    def loss(p, forward):
-        return jnp.sum(jnp.sin(4.0 * forward(nnx.merge(graphdef, p, rest), x)))
+        def loss(p, graphdef=graphdef, rest=rest):
+            return jnp.sum(jnp.sin(4.0 * nnx.merge(graphdef, p, rest)(x).recon))
 
-    grad = jax.jit(jax.grad(loss), static_argnums=1)
-    fast = nnx.to_pure_dict(grad(params, _fast_forward))
-    plain = nnx.to_pure_dict(grad(params, _plain_forward))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), fast, plain)
+        grads[form] = nnx.to_pure_dict(jax.jit(jax.grad(loss))(params))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4),
+        grads["im2col"],
+        grads["xla"],
+    )

@@ -4,27 +4,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import SIZES
 from flax import nnx
 
-from jaxbasics.vqvae.model import (
-    VQVAE,
-    ConvTranspose4x4s2,
-    create_vqvae,
-    vqvae_loss,
-)
-
-SMALL = dict(
-    num_hiddens=16,
-    num_residual_hiddens=4,
-    num_residual_layers=1,
-    embedding_dim=8,
-    num_embeddings=16,
-)
+from jaxbasics.vqvae.layers import ConvTranspose4x4s2
+from jaxbasics.vqvae.model import VQVAE, vqvae_loss
 
 
 @pytest.fixture(scope="module")
-def model():
-    return create_vqvae(0, **SMALL)
+def model(tiny_model):
+    return tiny_model
 
 
 def test_forward_shapes_and_fields(model):
@@ -68,8 +57,8 @@ def test_loss_is_recon_error_plus_vq_loss(model):
 def test_decay_selects_ema_quantizer():
     from jaxbasics.vqvae.quantizer import VectorQuantizer, VectorQuantizerEMA
 
-    assert isinstance(nnx.eval_shape(lambda: VQVAE(**SMALL, rngs=nnx.Rngs(0))).vq, VectorQuantizer)
-    ema = nnx.eval_shape(lambda: VQVAE(**SMALL, decay=0.99, rngs=nnx.Rngs(0)))
+    assert isinstance(nnx.eval_shape(lambda: VQVAE(**SIZES, rngs=nnx.Rngs(0))).vq, VectorQuantizer)
+    ema = nnx.eval_shape(lambda: VQVAE(**SIZES, decay=0.99, rngs=nnx.Rngs(0)))
     assert isinstance(ema.vq, VectorQuantizerEMA)
 
 

@@ -1,20 +1,40 @@
-"""``TrainConfig``: every knob of a run, with the reference CIFAR-10 setting as defaults.
+"""``TrainConfig``: every knob of a run, and the named presets.
 
-Field names are the notes' hyperparameter names. Every field is a flag of
-``experiments/train_vqvae.py`` (``batch_size`` -> ``--batch-size``). The config is
-saved as ``config.json`` in the run's workdir; resuming with a config that differs
-in a field outside :data:`RESUMABLE_FIELDS` is refused.
+Field names are the notes' hyperparameter names where the notes have one. Every field is a
+flag of ``experiments/train_vqvae.py`` (``batch_size`` -> ``--batch-size``), and the
+docstring under each field is that flag's ``--help``. The config is saved as ``config.json``
+in the run's workdir; resuming with a config that differs in a field outside
+:data:`RESUMABLE_FIELDS` is refused.
+
+Presets (:data:`PRESETS`):
+
+* ``quickstart``: the embedded ``shapes`` data at small model sizes; about 90 s on 2 CPU
+  cores. What the CLI runs with no flags.
+* ``cifar10``: the notes' notebook setting on real CIFAR-10 (batch 32, Adam lr 3e-4, EMA
+  decay 0.99, the reference model), with the codebook remedies that measured better turned
+  on. These are also the dataclass defaults: ``TrainConfig() == preset("cifar10")``.
+* ``notes``: the notes' notebook exactly (``cifar10`` with :data:`FAITHFUL` applied): the
+  reference EMA initialisation, straight-through, constant learning rate, no remedies.
+
+``docs/codebook.md`` lists which defaults differ from the notes, and why.
+
+>>> TrainConfig().batch_size, TrainConfig().learning_rate, TrainConfig().decay
+(32, 0.0003, 0.99)
+>>> TrainConfig().replace(batch_size=64) == preset("cifar10", batch_size=64)
+True
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-# Fields that may change between a run and its resumption: they don't change the
-# model, the optimiser or the batches, only how long we go and what we record.
+# Fields that may change between a run and its resumption: they don't change the model, the
+# optimiser or the batches, only how long we go, what we record, where the data lives and
+# which (equivalent) convolution form computes the same function.
 RESUMABLE_FIELDS = frozenset(
     {
         "num_training_updates",
@@ -23,63 +43,128 @@ RESUMABLE_FIELDS = frozenset(
         "checkpoint_every",
         "keep_checkpoints",
         "eval_batches",
-        "debug_nan_step",
         "progress",
+        "data_dir",
+        "conv_form",
     }
 )
 
-
 # Fields that never reach a compiled program (they only steer the loop and the data).
-_RUN_ONLY = RESUMABLE_FIELDS | {
+_RUN_ONLY = RESUMABLE_FIELDS - {"conv_form"} | {
     "dataset",
-    "data_dir",
     "num_train_examples",
     "num_eval_examples",
     "data_seed",
+    "image_size",
+    "eval_fraction",
 }
+
+# The value a field had, in effect, before it existed: a config.json written by an older
+# version lacks the field, and the run it describes behaved like this.
+LEGACY_VALUES: dict[str, Any] = {
+    "estimator": "ste",
+    "ema_init": "notes",
+    "conv_form": "auto",
+    "compute_dtype": "float32",
+    "lr_schedule": "constant",
+    "warmup_steps": 0,
+    "image_size": 32,
+    "eval_fraction": 0.1,
+}
+# Fields older versions wrote that no longer exist; they are dropped when read.
+REMOVED_FIELDS = frozenset({"debug_nan_step"})
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Every knob of a VQ-VAE training run. Defaults: the reference CIFAR-10 setting.
+    """Every knob of a VQ-VAE training run."""
 
-    >>> TrainConfig().batch_size, TrainConfig().num_training_updates, TrainConfig().learning_rate
-    (256, 15000, 0.001)
-    >>> TrainConfig(decay=0.99).replace(batch_size=32).batch_size
-    32
-    """
+    # --- data
+    dataset: Literal["shapes", "cifar10", "folder"] = "cifar10"
+    """Training data: shapes (embedded, no download), cifar10 (--data-dir: a TFDS data dir or
+    a torchvision cifar-10-batches-py folder) or folder (--data-dir: a folder of images)."""
+    data_dir: str | None = None
+    """Where cifar10 or folder data lives. cifar10 without it: TFDS's default data dir."""
+    num_train_examples: int | None = None
+    """shapes: train split size (default 50,000); cifar10/folder: keep only the first N."""
+    num_eval_examples: int | None = None
+    """shapes: test split size (default 10,000); cifar10/folder: keep only the first N."""
+    image_size: int = 32
+    """folder only: images are centre-cropped to a square and resized to this side."""
+    eval_fraction: float = 0.1
+    """folder only, flat layout: share of the files (chosen by a hash of the relative path)
+    that form the test split."""
 
-    # data
-    dataset: str = "shapes"  # "shapes" (embedded, no network) or "cifar10"
-    data_dir: str | None = None  # TFDS data dir or a torchvision cifar-10-batches-py folder
-    num_train_examples: int | None = None  # shapes only: train split size (default 50,000)
-    num_eval_examples: int | None = None  # shapes only: test split size (default 10,000)
-    # the notes' hyperparameters
-    batch_size: int = 256
-    num_training_updates: int = 15_000
-    learning_rate: float = 1e-3
+    # --- model (the notes' hyperparameters)
     num_hiddens: int = 128
+    """Encoder/decoder width."""
     num_residual_hiddens: int = 32
+    """Bottleneck width of the residual blocks."""
     num_residual_layers: int = 2
+    """Residual blocks per stack."""
     embedding_dim: int = 64
+    """Size D of each code vector."""
     num_embeddings: int = 512
+    """Number K of codes in the codebook."""
     commitment_cost: float = 0.25
-    decay: float = 0.0  # 0: plain VQ; > 0: EMA codebook with this decay (notebook: 0.99)
-    # codebook health (jaxbasics.vqvae.codebook); both off by default
-    dead_code_threshold: float = 0.0  # restart codes whose EMA usage (1 = fair share) is below
-    kmeans_init_steps: int = 0  # k-means init of the codebook from this many first batches
-    # randomness: model init, data order and the step RNG all follow from these
+    """beta: weight of the commitment loss that keeps encoder outputs near their codes."""
+    decay: float = 0.99
+    """0 selects the plain VQ quantiser (codebook learnt by the VQ loss); > 0 the EMA
+    quantiser with this decay (the notes' notebook: 0.99)."""
+    estimator: Literal["ste", "rotation"] = "ste"
+    """How gradients cross the quantiser: ste (straight-through, the notes') or rotation (the
+    rotation trick of Fifty et al., 2024)."""
+    ema_init: Literal["notes", "consistent"] = "consistent"
+    """EMA quantiser's initial statistics: notes (ema_w drawn apart from the codebook, zero
+    cluster sizes: unused codes jump to norms of ~1e5 after step 1) or consistent
+    (ema_w = codebook, cluster sizes 1: unused codes stay where they are)."""
+    conv_form: Literal["auto", "xla", "im2col"] = "auto"
+    """How convolutions are evaluated: xla (XLA's own), im2col (fastest on CPU) or auto (im2col
+    on CPU, xla elsewhere). Parameters are the same in every form."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """dtype of the encoder's and decoder's activations and matmuls. Parameters, Adam state,
+    the quantiser and the loss stay float32."""
+
+    # --- optimisation
+    batch_size: int = 32
+    """Global batch size, over all devices and processes."""
+    num_training_updates: int = 25_000
+    """Number of training steps (may be raised when resuming a constant-rate run)."""
+    learning_rate: float = 3e-4
+    """Adam's learning rate (the peak rate under a schedule)."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """constant, or cosine: linear warm-up over --warmup-steps, then cosine decay to 0 at
+    --num-training-updates (optax.warmup_cosine_decay_schedule)."""
+    warmup_steps: int = 0
+    """Warm-up steps of the cosine schedule."""
+
+    # --- codebook health (jaxbasics.vqvae.codebook)
+    dead_code_threshold: float = 0.03
+    """Restart codes whose usage EMA (1 = a fair share N/K of each batch) falls below this,
+    from random encoder outputs of the batch; 0 turns restarts off."""
+    kmeans_init_steps: int = 4
+    """Initialise the codebook by k-means on the encoder outputs of the first N batches of a
+    fresh run; 0 keeps the random init."""
+
+    # --- randomness: model init, data order and the step RNG all follow from these
     seed: int = 0
+    """Seed of the model init and of every random draw of the training steps."""
     data_seed: int = 0
-    # bookkeeping
+    """Seed of the data order (and of the shapes dataset's images)."""
+
+    # --- bookkeeping
     log_every: int = 100
+    """Write metrics.jsonl (and fetch metrics from the device) every N steps."""
     eval_every: int = 1000
-    eval_batches: int = 0  # batches of the test split per periodic eval; 0 = whole split
+    """Evaluate on the test split every N steps."""
+    eval_batches: int = 0
+    """Test batches per periodic evaluation; 0 = the whole split."""
     checkpoint_every: int = 500
+    """Save a checkpoint every N steps (and at the end, and on SIGINT/SIGTERM)."""
     keep_checkpoints: int = 3
-    progress: bool = True  # tqdm progress bar
-    # testing aid: feed a NaN batch at this step to exercise the non-finite-loss guard
-    debug_nan_step: int = -1
+    """How many recent checkpoints to keep."""
+    progress: bool = True
+    """Show a progress bar."""
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (``dataclasses.replace``)."""
@@ -103,6 +188,7 @@ class TrainConfig:
             "eval_every",
             "checkpoint_every",
             "keep_checkpoints",
+            "image_size",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -115,28 +201,43 @@ class TrainConfig:
             )
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"decay must be in [0, 1) (0 = plain VQ), got {self.decay}.")
-        if self.dead_code_threshold < 0 or self.kmeans_init_steps < 0:
+        if self.dead_code_threshold < 0 or self.kmeans_init_steps < 0 or self.warmup_steps < 0:
             raise ValueError(
-                "dead_code_threshold and kmeans_init_steps must be >= 0 (0 = off), got "
-                f"{self.dead_code_threshold} and {self.kmeans_init_steps}."
+                "dead_code_threshold, kmeans_init_steps and warmup_steps must be >= 0 (0 = off), "
+                f"got {self.dead_code_threshold}, {self.kmeans_init_steps}, {self.warmup_steps}."
             )
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
-        if self.dataset not in ("shapes", "cifar10"):
-            raise ValueError(f"dataset must be 'shapes' or 'cifar10', got {self.dataset!r}.")
+        if self.image_size % 4:
+            raise ValueError(
+                f"image_size must be a multiple of 4 (two stride-2 convolutions), got "
+                f"{self.image_size}; try {max(4, self.image_size // 4 * 4)}."
+            )
+        if self.dataset != "folder" and self.image_size != 32:
+            raise ValueError(
+                f"--image-size {self.image_size} applies to --dataset folder only; {self.dataset} "
+                "images are 32x32."
+            )
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}.")
+        for name in ("dataset", "estimator", "ema_init", "conv_form", "compute_dtype"):
+            _check_choice(self, name)
+        _check_choice(self, "lr_schedule")
         return self
 
     def compile_key(self) -> TrainConfig:
         """This config with every field that cannot change a compiled program reset.
 
         Compiled init/train/eval programs are cached under this key, so runs that
-        differ only in length, logging or data location share them.
+        differ only in length, logging or data location share them. Under a cosine
+        schedule the run length shapes the learning rate, so it stays in the key.
 
         >>> TrainConfig(num_training_updates=5).compile_key() == TrainConfig().compile_key()
         True
         """
+        reset = _RUN_ONLY - ({"num_training_updates"} if self.lr_schedule != "constant" else set())
         return dataclasses.replace(
-            self, **{f.name: f.default for f in dataclasses.fields(self) if f.name in _RUN_ONLY}
+            self, **{f.name: f.default for f in dataclasses.fields(self) if f.name in reset}
         )
 
     def to_json(self) -> str:
@@ -145,70 +246,127 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
-        """Inverse of :meth:`to_json`; unknown keys are an error.
+        """Inverse of :meth:`to_json`. Unknown keys are an error.
+
+        A config written by an older version may lack newer fields: they take the value
+        that reproduces what that version did (:data:`LEGACY_VALUES`), not today's default.
+        Fields that no longer exist (:data:`REMOVED_FIELDS`) are dropped.
 
         >>> c = TrainConfig(decay=0.99)
         >>> TrainConfig.from_json(c.to_json()) == c
         True
+        >>> TrainConfig.from_json('{"batch_size": 8}').ema_init
+        'notes'
         """
-        data = json.loads(text)
+        data = {k: v for k, v in json.loads(text).items() if k not in REMOVED_FIELDS}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown config fields {unknown}; known fields: {sorted(names)}")
-        return cls(**data)
+            raise ValueError(
+                f"unknown config fields {unknown}: this config.json was written by a newer "
+                f"version of jaxbasics, or edited by hand. Known fields: {sorted(names)}"
+            )
+        legacy = {k: v for k, v in LEGACY_VALUES.items() if k not in data}
+        return cls(**{**legacy, **data})
+
+
+def _check_choice(config: TrainConfig, name: str) -> None:
+    choices = typing.get_args(typing.get_type_hints(TrainConfig)[name])
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
+
+
+class ConfigMismatchError(ValueError):
+    """The workdir holds a run whose config is incompatible with the requested one."""
+
+
+def check_resumable(config: TrainConfig, workdir: Path) -> None:
+    """Refuse to resume ``workdir`` with an incompatible config; reads, writes nothing."""
+    old = load_config(workdir)
+    diff = incompatible_fields(old, config) if old is not None else {}
+    if diff:
+        lines = "\n".join(
+            f"  {k}: saved {a!r}, requested {b!r}" for k, (a, b) in sorted(diff.items())
+        )
+        raise ConfigMismatchError(
+            f"{workdir} holds a run with a different config; resuming would mix two "
+            f"experiments. Differing fields:\n{lines}\n"
+            "Rerun with the saved values to resume, or pass a new --workdir to start fresh."
+        )
 
 
 def incompatible_fields(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """Fields that differ between ``old`` and ``new`` and forbid resuming.
 
+    Under a cosine schedule the run length is part of the schedule, so it may not change.
+
     >>> incompatible_fields(TrainConfig(), TrainConfig(num_training_updates=5, batch_size=8))
-    {'batch_size': (256, 8)}
+    {'batch_size': (32, 8)}
+    >>> cosine = TrainConfig(lr_schedule="cosine")
+    >>> incompatible_fields(cosine, cosine.replace(num_training_updates=5))
+    {'num_training_updates': (25000, 5)}
     """
+    resumable = RESUMABLE_FIELDS
+    if old.lr_schedule != "constant":
+        resumable = resumable - {"num_training_updates"}
     out = {}
     for f in dataclasses.fields(TrainConfig):
         a, b = getattr(old, f.name), getattr(new, f.name)
-        if a != b and f.name not in RESUMABLE_FIELDS:
+        if a != b and f.name not in resumable:
             out[f.name] = (a, b)
     return out
 
 
+# What the notes' notebook does and our defaults change (docs/codebook.md measures each).
+FAITHFUL: dict[str, Any] = dict(
+    ema_init="notes",
+    estimator="ste",
+    lr_schedule="constant",
+    warmup_steps=0,
+    dead_code_threshold=0.0,
+    kmeans_init_steps=0,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # The reference CIFAR-10 setting (the defaults).
-    "reference": {},
-    # Embedded data, a 3-minute CPU run that visibly learns.
+    # Embedded data, small model: a newcomer's first run, about 90 s on 2 CPU cores.
     "quickstart": dict(
         dataset="shapes",
         num_train_examples=10_000,
         num_eval_examples=1_000,
         batch_size=32,
-        num_training_updates=800,
-        learning_rate=1e-3,
-        decay=0.0,
+        num_training_updates=1_000,
+        learning_rate=2e-3,
         num_hiddens=64,
         num_residual_hiddens=16,
         embedding_dim=32,
         num_embeddings=128,
         log_every=25,
-        eval_every=200,
-        checkpoint_every=200,
+        eval_every=250,
+        checkpoint_every=250,
     ),
+    # The notes' notebook setting on real CIFAR-10, remedies on (the dataclass defaults).
+    "cifar10": {},
+    # The notes' notebook exactly.
+    "notes": dict(FAITHFUL),
 }
 
 
-def preset(name: str, **overrides: Any) -> TrainConfig:
-    """A named preset, with ``overrides`` applied.
+def preset(name: str, *, faithful: bool = False, **overrides: Any) -> TrainConfig:
+    """A named preset, with :data:`FAITHFUL` (if ``faithful``) and then ``overrides`` applied.
 
     >>> preset("quickstart").dataset
     'shapes'
+    >>> preset("quickstart", faithful=True).ema_init
+    'notes'
     >>> preset("nope")
     Traceback (most recent call last):
     ...
-    ValueError: unknown preset 'nope'; choose one of ['quickstart', 'reference'].
+    ValueError: unknown preset 'nope'; choose one of ['cifar10', 'notes', 'quickstart'].
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-    return TrainConfig(**{**PRESETS[name], **overrides})
+    return TrainConfig(**{**PRESETS[name], **(FAITHFUL if faithful else {}), **overrides})
 
 
 def load_config(workdir: str | Path) -> TrainConfig | None:

@@ -17,9 +17,13 @@ class MetricWriter:
     >>> import tempfile
     >>> d = tempfile.mkdtemp()
     >>> w = MetricWriter(d, "metrics", tensorboard=False)
-    >>> w.write(1, {"loss": 0.5}); w.write(2, {"loss": 0.25}); w.truncate_after(1)
+    >>> w.write(1, {"loss": 0.5}); w.write(2, {"loss": 0.25})
+    >>> w.rewind_to(1)  # one record set aside
+    1
     >>> [r["step"] for r in read_jsonl(f"{d}/metrics.jsonl")]
     [1]
+    >>> [r["step"] for r in read_jsonl(f"{d}/metrics.jsonl.rewound-1")]
+    [2]
     """
 
     def __init__(
@@ -48,14 +52,37 @@ class MetricWriter:
                     self._tb.add_scalar(k, v, int(step))
             self._tb.flush()
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (work a resumed run is about to redo), atomically."""
+    def rewind_to(self, step: int) -> int:
+        """Set aside the records past ``step`` (work a resumed run is about to redo).
+
+        Nothing is deleted: the records past ``step`` are appended to
+        ``<name>.jsonl.rewound-<step>`` (flushed to disk first), then the log is replaced,
+        atomically, by the records up to ``step``.
+
+        Returns:
+          How many records were set aside.
+        """
         if not self.enabled or not self.path.exists():
-            return
-        keep = [r for r in read_jsonl(self.path) if r["step"] <= step]
+            return 0
+        lines = self.path.read_text().splitlines(keepends=True)
+        keep, later = [], []
+        for line in lines:
+            try:
+                past = json.loads(line)["step"] > step
+            except (json.JSONDecodeError, KeyError, TypeError):
+                past = True  # a torn or foreign line: set aside, not lost
+            (later if past else keep).append(line if line.endswith("\n") else line + "\n")
+        if not later:
+            return 0
+        side = self.path.with_name(f"{self.path.name}.rewound-{int(step)}")
+        with side.open("a") as f:
+            f.writelines(later)
+            f.flush()
+            os.fsync(f.fileno())
         tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp.write_text("".join(keep))
         os.replace(tmp, self.path)
+        return len(later)
 
     def close(self) -> None:
         """Flush and close the TensorBoard writer, if any."""

@@ -1,15 +1,18 @@
-"""The train state pytree and its initialisation.
+"""The train state pytree, the model structure derived once per config, and the state's init.
 
-The model is split once: ``graphdef`` (static structure) plus arrays. The arrays
-that change during training live in :class:`TrainState`, a plain pytree that
-``jax.jit`` can donate and Orbax can save.
+The model is split once: ``graphdef`` (static structure) plus arrays. The arrays that change
+during training live in :class:`TrainState`, a plain pytree that ``jax.jit`` can donate and
+Orbax can save. Everything static that a config implies (the graphdefs in training and eval
+mode, the optimiser, the abstract state, the compiled programs) is derived once per
+:meth:`~jaxbasics.train.config.TrainConfig.compile_key` by :func:`structure`, the one cache
+of the training shell.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -18,7 +21,8 @@ import optax
 from flax import nnx
 
 from jaxbasics.train.config import TrainConfig
-from jaxbasics.vqvae.model import VQVAE, init_key
+from jaxbasics.vqvae import codebook
+from jaxbasics.vqvae.model import VQVAE
 from jaxbasics.vqvae.quantizer import EMAVariable
 
 
@@ -48,6 +52,28 @@ class TrainState:
     rng: jax.Array
 
 
+class Structure(NamedTuple):
+    """What a config implies before any array exists; see :func:`structure`.
+
+    Attributes:
+      config: the compile key it was derived from.
+      train_def: the model's graphdef in training mode (the EMA quantiser updates).
+      eval_def: the graphdef in eval mode (the EMA statistics are only read).
+      tx: the optimiser.
+      abstract: the :class:`TrainState` as ``jax.ShapeDtypeStruct`` leaves.
+      init: ``init(key) -> TrainState``, compiled.
+      compiled: the compiled steps of :mod:`jaxbasics.train.step`, by name.
+    """
+
+    config: TrainConfig
+    train_def: nnx.GraphDef
+    eval_def: nnx.GraphDef
+    tx: optax.GradientTransformation
+    abstract: TrainState
+    init: Callable[[jax.Array], TrainState]
+    compiled: dict[Any, Callable]
+
+
 def model_kwargs(config: TrainConfig) -> dict[str, Any]:
     """The :class:`VQVAE` constructor arguments a config selects.
 
@@ -62,37 +88,101 @@ def model_kwargs(config: TrainConfig) -> dict[str, Any]:
         num_embeddings=config.num_embeddings,
         commitment_cost=config.commitment_cost,
         decay=config.decay,
+        estimator=config.estimator,
+        ema_init=config.ema_init,
+        conv_form=config.conv_form,
+        compute_dtype=config.compute_dtype,
+    )
+
+
+def learning_rate(config: TrainConfig) -> float | optax.Schedule:
+    """The learning rate: a constant, or warm-up plus cosine decay to 0 over the run.
+
+    >>> sched = learning_rate(TrainConfig(lr_schedule="cosine", warmup_steps=10,
+    ...                                   num_training_updates=110, learning_rate=1.0))
+    >>> [round(float(sched(s)), 3) for s in (0, 5, 10, 60, 110)]
+    [0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        decay_steps=max(config.num_training_updates, config.warmup_steps + 1),
+        end_value=0.0,
     )
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Adam with the config's learning rate, as in the notes (``torch.optim.Adam``).
+    """Adam, as in the notes (``torch.optim.Adam(model.parameters(), lr=learning_rate)``).
 
-    ``amsgrad=False`` and PyTorch's eps 1e-8 match optax's defaults.
+    PyTorch's defaults (betas 0.9/0.999, eps 1e-8, no amsgrad) are optax's. A schedule
+    adds its step count to the optimiser state, so a resumed run continues it exactly.
     """
-    return optax.adam(config.learning_rate)
+    return optax.adam(learning_rate(config))
 
 
-def graphdefs(config: TrainConfig) -> tuple[nnx.GraphDef, nnx.GraphDef]:
-    """Static model structure in training and in eval mode (no arrays are allocated).
+def init_key(seed: int) -> jax.Array:
+    """The PRNG key a run's state is initialised from: ``jax.random.key(seed, impl="rbg")``.
 
-    Eval mode differs only in that the EMA quantiser reads its statistics instead of
-    updating them.
+    XLA:CPU compiles the default threefry generator slowly: initialising this model
+    in one jitted program took ~35 s to compile with threefry keys and ~4 s with
+    "rbg" keys (RngBitGenerator). Values are reproducible for a seed on a given
+    backend; they may differ between CPU and GPU.
+
+    >>> init_key(0).dtype
+    key<rbg>
     """
-    abstract = nnx.eval_shape(lambda: VQVAE(**model_kwargs(config), rngs=nnx.Rngs(0)))
-    abstract.train()
-    train_def = nnx.split(abstract, nnx.Param, EMAVariable)[0]
-    abstract.eval()
-    eval_def = nnx.split(abstract, nnx.Param, EMAVariable)[0]
-    return train_def, eval_def
+    return jax.random.key(seed, impl="rbg")
+
+
+@functools.lru_cache(maxsize=8)
+def _structure(key: TrainConfig) -> Structure:
+    abstract_model = nnx.eval_shape(lambda: VQVAE(**model_kwargs(key), rngs=nnx.Rngs(0)))
+    abstract_model.train()
+    train_def = nnx.split(abstract_model, nnx.Param, EMAVariable)[0]
+    abstract_model.eval()
+    eval_def = nnx.split(abstract_model, nnx.Param, EMAVariable)[0]
+    tx = make_optimizer(key)
+
+    @jax.jit
+    def init(rng: jax.Array) -> TrainState:
+        model_key, state_key = jax.random.split(rng)
+        model = VQVAE(**model_kwargs(key), rngs=nnx.Rngs(params=model_key))
+        _, params, ema = nnx.split(model, nnx.Param, EMAVariable)
+        return TrainState(
+            params=params,
+            ema=ema,
+            opt_state=tx.init(params),
+            code_usage=jnp.ones((key.num_embeddings,), jnp.float32),
+            step=jnp.zeros((), jnp.int32),
+            rng=jax.random.key_data(state_key),
+        )
+
+    abstract = jax.eval_shape(init, init_key(key.seed))
+    return Structure(key, train_def, eval_def, tx, abstract, init, {})
+
+
+def structure(config: TrainConfig) -> Structure:
+    """The :class:`Structure` of ``config``, derived once per compile key and process.
+
+    Runs and tests that differ only in length, logging or data share it, and with it every
+    compiled program, so a resume in the same process compiles nothing again.
+
+    >>> from jaxbasics.train.config import preset
+    >>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
+    ...              num_embeddings=8)
+    >>> structure(cfg) is structure(cfg.replace(num_training_updates=3))
+    True
+    >>> structure(cfg).abstract.code_usage.shape
+    (8,)
+    """
+    return _structure(config.compile_key())
 
 
 def init_state(config: TrainConfig) -> TrainState:
     """A fresh :class:`TrainState` from ``config.seed``, built in one compiled program.
-
-    The compiled initialiser is cached per model configuration, so resumes and tests
-    in one process compile it once. Keys are "rbg" keys (see
-    :func:`jaxbasics.vqvae.model.init_key`): far faster to compile on CPU.
 
     >>> from jaxbasics.train.config import preset
     >>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
@@ -100,44 +190,33 @@ def init_state(config: TrainConfig) -> TrainState:
     >>> int(init_state(cfg).step)
     0
     """
-    return _compiled_init(config.compile_key())(init_key(config.seed))
+    return structure(config).init(init_key(config.seed))
 
 
-@functools.lru_cache(maxsize=8)
-def _compiled_init(config: TrainConfig) -> Callable:
-    tx = make_optimizer(config)
-
-    @jax.jit
-    def init(key):
-        model_key, state_key = jax.random.split(key)
-        model = VQVAE(**model_kwargs(config), rngs=nnx.Rngs(params=model_key))
-        _, params, ema = nnx.split(model, nnx.Param, EMAVariable)
-        return TrainState(
-            params=params,
-            ema=ema,
-            opt_state=tx.init(params),
-            code_usage=jnp.ones((config.num_embeddings,), jnp.float32),
-            step=jnp.zeros((), jnp.int32),
-            rng=jax.random.key_data(state_key),
-        )
-
-    return init
-
-
-def codebook_of(state: TrainState) -> jax.Array:
+def codebook_of(config: TrainConfig, state: TrainState) -> jax.Array:
     """The (K, D) codebook of ``state``: an EMA statistic or a parameter.
 
     >>> from jaxbasics.train.config import preset
     >>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
     ...              num_embeddings=8)
-    >>> codebook_of(init_state(cfg)).shape
+    >>> codebook_of(cfg, init_state(cfg)).shape
     (8, 4)
     """
-    holder = state.ema if "vq" in state.ema else state.params
-    return holder["vq"]["codebook"][...]
+    return codebook.codebook_of(state.params, state.ema, ema_quantizer=config.decay > 0)
 
 
-def to_model(config: TrainConfig, state: TrainState, *, train: bool = False) -> VQVAE:
-    """A :class:`VQVAE` holding ``state``'s arrays (eval mode unless ``train``)."""
-    train_def, eval_def = graphdefs(config)
-    return nnx.merge(train_def if train else eval_def, state.params, state.ema)
+def to_model(config: TrainConfig, params: Any, ema: Any, *, train: bool = False) -> VQVAE:
+    """A :class:`VQVAE` holding ``params`` and ``ema`` (eval mode unless ``train``).
+
+    What :func:`jaxbasics.train.io.load` returns and the tests run; the arrays are used as
+    they are, nothing is copied.
+
+    >>> from jaxbasics.train.config import preset
+    >>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
+    ...              num_embeddings=8)
+    >>> state = init_state(cfg)
+    >>> to_model(cfg, state.params, state.ema).encode(jnp.zeros((1, 32, 32, 3))).shape
+    (1, 8, 8)
+    """
+    s = structure(config)
+    return nnx.merge(s.train_def if train else s.eval_def, params, ema)

@@ -1,0 +1,81 @@
+"""Stopping cleanly: catch SIGTERM/SIGINT, and agree across processes on when to stop.
+
+A signal only sets a flag; the loop finishes the current step, saves a checkpoint and
+returns. With several processes a signal may reach only one of them (a scheduler that
+preempts one host, a Ctrl-C in one terminal), yet every process must stop after the same
+step and write one checkpoint together. :class:`StopAgreement` settles that through the
+devices: each step, every process contributes its flag to a tiny compiled ``max`` over a
+``data``-sharded array, and every process reads the result of the step :data:`LAG` steps
+back, which has long finished, so the loop never waits on the step it just dispatched.
+All processes read the same value at the same step, so they all stop after that step.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# How many steps back the agreed flag is read: the collective of step n is read at step n + LAG.
+LAG = 2
+
+
+class StopFlag:
+    """SIGTERM/SIGINT handler: remember the signal; a second signal stops at once.
+
+    The first SIGTERM or SIGINT sets :attr:`signum`; the loop stops after the current step
+    with a checkpoint. A second one gets the default action (the process ends at once); the
+    last finished checkpoint stays intact, since Orbax renames a checkpoint into place only
+    when it is complete.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        signal.signal(signum, signal.SIG_DFL)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class StopAgreement:
+    """Turn per-process stop flags into one decision that every process takes at the same step.
+
+    With one process, :meth:`update` returns the local flag at once. With several, it returns
+    the largest signal number any process had raised :data:`LAG` steps ago (0 if none).
+
+    Args:
+      shardings: the run's :class:`~jaxbasics.train.sharding.Shardings`.
+    """
+
+    def __init__(self, shardings: Any):
+        self.enabled = jax.process_count() > 1
+        self._sharding = shardings.batch
+        self._queue: collections.deque = collections.deque()
+        if self.enabled:
+            self._max = jax.jit(jnp.max, out_shardings=shardings.replicated)
+
+    def update(self, local_signum: int) -> int:
+        """Contribute this step's flag; return the agreed signal number (0: keep going)."""
+        if not self.enabled:
+            return local_signum
+        from jaxbasics.train.sharding import global_batch
+
+        flags = np.full((jax.local_device_count(),), local_signum, np.int32)
+        self._queue.append(self._max(global_batch(flags, self._sharding)))
+        if len(self._queue) <= LAG:
+            return 0
+        return int(self._queue.popleft())
