@@ -70,8 +70,10 @@ def best_time(fn: Callable[[], Any], reps: int) -> float:
     return best
 
 
-def matmul_gflop_per_s(n: int = 2048, reps: int = 5, torch: Any | None = None) -> dict[str, float]:
-    """GFLOP/s of an n^3 float32 matmul in numpy, XLA and (if given) PyTorch.
+def matmul_gflop_per_s(
+    n: int = 2048, reps: int = 5, torch: Any | None = None, device: str = "cpu"
+) -> dict[str, float]:
+    """GFLOP/s of an n^3 float32 matmul in numpy, XLA and (if given) PyTorch on ``device``.
 
     The machine's rate is the best of them (PyTorch's oneDNN is usually fastest on CPU).
 
@@ -88,25 +90,30 @@ def matmul_gflop_per_s(n: int = 2048, reps: int = 5, torch: Any | None = None) -
     mm = jax.jit(jnp.matmul)
     rates["jax"] = flop / best_time(lambda: mm(ja, jb).block_until_ready(), reps) / 1e9
     if torch is not None:
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        rates["torch"] = flop / best_time(lambda: ta @ tb, reps) / 1e9
+        ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
+        sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+        rates["torch"] = flop / best_time(lambda: (ta @ tb, sync()), reps) / 1e9
     return rates
 
 
-def make_torch_side(torch: Any, config: TrainConfig, data: np.ndarray) -> Callable[[], None]:
-    """One call = one step of the notes' PyTorch loop body on ``data`` (NCHW)."""
+def make_torch_side(
+    torch: Any, config: TrainConfig, data: np.ndarray, device: str = "cpu"
+) -> Callable[[], None]:
+    """One call = one step of the notes' PyTorch loop body on ``data`` (NCHW), on ``device``."""
     from torch_reference import Model, train_step
 
     torch.manual_seed(config.seed)
     sizes = ("num_hiddens", "num_residual_hiddens", "num_residual_layers", "embedding_dim")
     kwargs = {k: getattr(config, k) for k in (*sizes, "num_embeddings", "commitment_cost", "decay")}
-    model = Model(**kwargs)  # the reference takes the same keyword names
+    model = Model(**kwargs).to(device)  # the reference takes the same keyword names
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    batch = torch.from_numpy(data)
+    batch = torch.from_numpy(data).to(device)
 
     def step() -> None:
         train_step(model, optimizer, batch, DATA_VARIANCE)
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     return step
 
@@ -309,7 +316,51 @@ def parse_batches(values: list[str]) -> list[int]:
     return [int(v) for value in values for v in value.split(",") if v.strip()]
 
 
-def main(argv: list[str] | None = None) -> None:
+def loop_line(config: TrainConfig, data: np.ndarray, rounds: int, k: int) -> dict[str, Any]:
+    """ms per step of a training loop that syncs with the host every step, and of one that
+    fetches the metrics only at the end (what ``fit`` does between log boundaries).
+
+    Both feed a host batch through ``device_put`` each step, as the real loop does, and
+    alternate in rounds of ``k`` steps.
+    """
+    sharding = make_shardings(config.batch_size).batch
+    train_step = make_train_step(config, DATA_VARIANCE)
+    images = np.ascontiguousarray(data.transpose(0, 2, 3, 1))  # NHWC on the host
+    holder = [jax.device_put(init_state(config), make_shardings(config.batch_size).replicated)]
+
+    def steps(sync: bool) -> Callable[[], None]:
+        def run() -> None:
+            pending = []
+            for _ in range(k):
+                holder[0], metrics = train_step(holder[0], jax.device_put(images, sharding))
+                if sync:
+                    jax.device_get(metrics)  # the old loop: wait for every step
+                else:
+                    pending.append(metrics)
+            jax.device_get(pending)
+
+        return run
+
+    sides = {"sync": steps(True), "nosync": steps(False)}
+    alternate(sides, 1, 1)
+    times = alternate(sides, rounds, 1)
+    sync_ms, nosync_ms = (1e3 * statistics.median(times[n]) / k for n in ("sync", "nosync"))
+    return {
+        "mode": "loop",
+        "batch": config.batch_size,
+        "sync_ms_per_step": round(sync_ms, 2),
+        "nosync_ms_per_step": round(nosync_ms, 2),
+        "speedup": round(sync_ms / nosync_ms, 3),
+    }
+
+
+def peak_device_mb() -> float | None:
+    """Peak bytes the first device's allocator has held, in MB (None on the CPU)."""
+    stats = jax.local_devices()[0].memory_stats()
+    return round(stats["peak_bytes_in_use"] / 2**20, 1) if stats else None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", action="append", help='batch sizes, e.g. "32,256" (default)')
     p.add_argument("--steps", type=int, default=None, help="timed steps per side (default 20)")
@@ -320,6 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--layers", action="store_true", help="per-layer forward + backward instead of the step"
     )
+    p.add_argument("--loop", action="store_true", help="loop with a host sync per step vs without")
+    p.add_argument("--conv-form", default="auto", choices=["auto", "xla", "im2col"])
+    p.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--torch-device", default="cpu", help="cpu or cuda")
     p.add_argument(
         "--torch-threads", type=int, default=os.cpu_count(), help="default: os.cpu_count()"
     )
@@ -330,7 +385,58 @@ def main(argv: list[str] | None = None) -> None:
         help="simulate N CPU devices and shard the batch over them (measures the "
         "data-parallel overhead; expect no speed-up on 2 cores)",
     )
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def bench_config(args: argparse.Namespace, batch: int) -> TrainConfig:
+    """The notes' model and quantiser at ``batch``, lr 1e-3 (as the PyTorch side)."""
+    return preset(
+        "cifar10",
+        faithful=True,
+        batch_size=batch,
+        learning_rate=1e-3,
+        decay=args.decay,
+        conv_form=args.conv_form,
+        compute_dtype=args.compute_dtype,
+        **(SMALL_SIZES if args.small else {}),
+    )
+
+
+def step_line(args, batch, torch, machine, rounds, k, warmup, notes) -> dict[str, Any]:
+    """One whole-step record: JAX and (if given) PyTorch alternating on the same batch."""
+    config = bench_config(args, batch)
+    data = np.random.default_rng(0).uniform(-0.5, 0.5, (batch, 3, 32, 32)).astype(np.float32)
+    # NCHW -> NHWC, once; sharded over the devices' batch axis like fit() does
+    images = jax.device_put(bchw_to_bhwc(jnp.asarray(data)), make_shardings(batch).batch)
+    jax_step, info, holder = make_jax_side(config, images)
+    sides = {"jax": jax_step}
+    if torch is not None:
+        sides["torch"] = make_torch_side(torch, config, data, args.torch_device)
+    alternate(sides, 1, warmup)
+    times = alternate(sides, rounds, k)
+    out = result_line(batch, times["jax"], times.get("torch"), info, machine)
+    out["eval_images_per_s"] = round(
+        eval_images_per_s(config, holder[0], images, 2 if args.quick else 5), 1
+    )
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["peak_device_mb"] = peak_device_mb()
+    if torch is not None and args.torch_device != "cpu":
+        out["torch_peak_device_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    out.update(
+        decay=args.decay,
+        conv_form=args.conv_form,
+        compute_dtype=args.compute_dtype,
+        device=str(jax.devices()[0].device_kind),
+        devices=jax.device_count(),
+        steps=len(times["jax"]),
+        small=args.small,
+        notes=notes,
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.devices:
         jax.config.update("jax_num_cpu_devices", args.devices)
 
@@ -344,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
     notes = []
     if torch is not None:
         torch.set_num_threads(args.torch_threads)
-        notes.append(f"torch.set_num_threads({args.torch_threads})")
+        notes.append(f"torch.set_num_threads({args.torch_threads}), device {args.torch_device}")
     elif not args.no_torch:
         notes.append("torch is not installed: JAX side only")
         print(json.dumps({"note": notes[-1]}), file=sys.stderr)
@@ -353,41 +459,17 @@ def main(argv: list[str] | None = None) -> None:
             for line in layer_lines(batch, torch, args.small, rounds, k, warmup):
                 print(json.dumps(line), flush=True)
         return
-    machine = matmul_gflop_per_s(1024 if args.quick else 2048, 2 if args.quick else 5, torch)
-
+    if args.loop:
+        for batch in batches:
+            data = np.random.default_rng(0).uniform(-0.5, 0.5, (batch, 3, 32, 32))
+            line = loop_line(bench_config(args, batch), data.astype(np.float32), rounds, 5)
+            print(json.dumps(line), flush=True)
+        return
+    size = 1024 if args.quick else 2048
+    machine = matmul_gflop_per_s(size, 2 if args.quick else 5, torch, args.torch_device)
     for batch in batches:
-        sizes = SMALL_SIZES if args.small else {}
-        # The notes' model and quantiser, at the benchmark's batch and lr 1e-3 (as PyTorch's).
-        config = preset(
-            "cifar10",
-            faithful=True,
-            batch_size=batch,
-            learning_rate=1e-3,
-            decay=args.decay,
-            **sizes,
-        )
-        data = np.random.default_rng(0).uniform(-0.5, 0.5, (batch, 3, 32, 32)).astype(np.float32)
-        # NCHW -> NHWC, once; sharded over the devices' batch axis like fit() does
-        images = jax.device_put(bchw_to_bhwc(jnp.asarray(data)), make_shardings(batch).batch)
-        jax_step, info, holder = make_jax_side(config, images)
-        sides = {"jax": jax_step}
-        if torch is not None:
-            sides["torch"] = make_torch_side(torch, config, data)
-        alternate(sides, 1, warmup)
-        times = alternate(sides, rounds, k)
-        out = result_line(batch, times["jax"], times.get("torch"), info, machine)
-        out["eval_images_per_s"] = round(
-            eval_images_per_s(config, holder[0], images, 2 if args.quick else 5), 1
-        )
-        out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        out.update(
-            decay=args.decay,
-            devices=jax.device_count(),
-            steps=len(times["jax"]),
-            small=args.small,
-            notes=notes,
-        )
-        print(json.dumps(out), flush=True)
+        line = step_line(args, batch, torch, machine, rounds, k, warmup, notes)
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

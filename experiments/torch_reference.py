@@ -34,7 +34,9 @@ class VectorQuantizer(nn.Module):
             - 2 * torch.matmul(flat_input, self._embedding.weight.t())
         )
         encoding_indices = torch.argmin(distances, dim=1).unsqueeze(1)
-        encodings = torch.zeros(encoding_indices.shape[0], self._num_embeddings)
+        encodings = torch.zeros(
+            encoding_indices.shape[0], self._num_embeddings, device=inputs.device
+        )
         encodings.scatter_(1, encoding_indices, 1)
         quantized = torch.matmul(encodings, self._embedding.weight).view(input_shape)
         e_latent_loss = F.mse_loss(quantized.detach(), inputs)
@@ -70,7 +72,9 @@ class VectorQuantizerEMA(nn.Module):
             - 2 * torch.matmul(flat_input, self._embedding.weight.t())
         )
         encoding_indices = torch.argmin(distances, dim=1).unsqueeze(1)
-        encodings = torch.zeros(encoding_indices.shape[0], self._num_embeddings)
+        encodings = torch.zeros(
+            encoding_indices.shape[0], self._num_embeddings, device=inputs.device
+        )
         encodings.scatter_(1, encoding_indices, 1)
         quantized = torch.matmul(encodings, self._embedding.weight).view(input_shape)
         if self.training:

@@ -119,8 +119,8 @@ class TrainConfig:
     cluster sizes: unused codes jump to norms of ~1e5 after step 1) or consistent
     (ema_w = codebook, cluster sizes 1: unused codes stay where they are)."""
     conv_form: Literal["auto", "xla", "im2col"] = "auto"
-    """How convolutions are evaluated: xla (XLA's own), im2col (fastest on CPU) or auto (im2col
-    on CPU, xla elsewhere). Parameters are the same in every form."""
+    """How convolutions are evaluated: xla (XLA's own), im2col (matmul forms, measured fastest on
+    CPU and GPU) or auto (im2col, but xla on TPU). Parameters are the same in every form."""
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     """dtype of the encoder's and decoder's activations and matmuls. Parameters, Adam state,
     the quantiser and the loss stay float32."""

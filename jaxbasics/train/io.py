@@ -1,0 +1,265 @@
+"""Use what was trained: load a model from a run or an export, and export a run's model.
+
+``load(path)`` takes either a training workdir (the newest readable checkpoint, or ``step``)
+or a file written by :func:`export`, and returns the :class:`~jaxbasics.vqvae.model.VQVAE` in
+eval mode together with its config and the data variance. It never reads the optimiser state.
+
+``export(workdir, path)`` writes one self-describing file: a msgpack
+(``flax.serialization``) of the config, the data variance, the step, the parameters and the
+EMA codebook statistics. It holds no optimiser moments or training history, so it is about a
+third of a full checkpoint.
+
+>>> import tempfile
+>>> from jaxbasics.train.config import preset
+>>> from jaxbasics.train.state import init_state
+>>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
+...              num_embeddings=8)
+>>> path = tempfile.mkdtemp() + "/model.msgpack"
+>>> state = init_state(cfg)
+>>> _ = save_model(path, cfg, state.params, state.ema, data_variance=0.06, step=0)
+>>> model, config, variance, step = load(path)
+>>> model.encode(jax.numpy.zeros((1, 32, 32, 3))).shape, variance
+((1, 8, 8), 0.06)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxbasics.train.config import TrainConfig, load_config
+from jaxbasics.vqvae.model import VQVAE
+
+FORMAT = "jaxbasics-vqvae"
+VERSION = 1
+# The config fields that shape the parameters: two models can share weights iff these agree.
+MODEL_FIELDS = (
+    "num_hiddens",
+    "num_residual_hiddens",
+    "num_residual_layers",
+    "embedding_dim",
+    "num_embeddings",
+    "decay",
+)
+
+
+class IncompatibleModelError(ValueError):
+    """A checkpoint or export does not fit the model it is loaded into."""
+
+
+class Loaded(NamedTuple):
+    """What :func:`load` returns.
+
+    Attributes:
+      model: the ``VQVAE`` in eval mode (``model.eval()``: the EMA statistics are only read).
+      config: the run's :class:`~jaxbasics.train.config.TrainConfig`.
+      data_variance: the variance of its training images scaled to [0, 1] (the recon
+        error's denominator).
+      step: the training step the weights come from.
+    """
+
+    model: VQVAE
+    config: TrainConfig
+    data_variance: float
+    step: int
+
+
+def _model_diff(saved: TrainConfig, expected: TrainConfig) -> list[str]:
+    return [
+        f"{k}: saved {getattr(saved, k)!r}, expected {getattr(expected, k)!r}"
+        for k in MODEL_FIELDS
+        if getattr(saved, k) != getattr(expected, k)
+    ]
+
+
+def _check_expected(saved: TrainConfig, expect: TrainConfig | None, where: Path) -> None:
+    if expect is None:
+        return
+    diff = _model_diff(saved, expect)
+    if diff:
+        raise IncompatibleModelError(
+            f"{where} holds a model of other sizes than expected; differing fields:\n  "
+            + "\n  ".join(diff)
+            + "\nLoad it without `expect` to get its own config, or use a model trained with "
+            "these sizes."
+        )
+
+
+def load(path: str | Path, step: int | None = None, *, expect: TrainConfig | None = None) -> Loaded:
+    """Load a trained model from a workdir or an export, like ``model.load_state_dict``.
+
+    Args:
+      path: a training workdir (``config.json`` + ``checkpoints/``) or a file written by
+        :func:`export`.
+      step: for a workdir, the checkpoint to load; None = the newest readable one.
+      expect: if given, a config the model must match in every field that shapes the
+        parameters (:data:`MODEL_FIELDS`); otherwise :class:`IncompatibleModelError` names the
+        differing fields.
+
+    Returns:
+      A :class:`Loaded` ``(model, config, data_variance, step)``.
+
+    Raises:
+      FileNotFoundError: ``path`` is neither; the message says what was looked for.
+      IncompatibleModelError: the stored arrays do not fit the stored (or expected) config.
+    """
+    path = Path(path)
+    if path.is_file():
+        loaded = _load_export(path)
+    elif (path / "config.json").is_file():
+        loaded = _load_workdir(path, step)
+    else:
+        raise FileNotFoundError(
+            f"{path} is neither a training workdir (with config.json and checkpoints/) nor a "
+            "model file written by `jaxbasics.train.io.export` / experiments/export.py."
+        )
+    _check_expected(loaded.config, expect, path)
+    return loaded
+
+
+def _load_workdir(workdir: Path, step: int | None) -> Loaded:
+    from jaxbasics.train.state import to_model
+
+    config, params, ema, variance, step = _restore(workdir, step)
+    return Loaded(to_model(config, params, ema), config, variance, step)
+
+
+def _restore(workdir: Path, step: int | None) -> tuple[TrainConfig, Any, Any, float, int]:
+    """``(config, params, ema, data_variance, step)`` of a workdir's checkpoint."""
+    import orbax.checkpoint as ocp
+
+    from jaxbasics.train.checkpoint import Checkpointer, layout, layout_differences
+    from jaxbasics.train.sharding import abstract_state
+
+    config = load_config(workdir)
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        steps = ckpt.steps()
+        if not steps or (step is not None and step not in steps):
+            raise FileNotFoundError(
+                f"{workdir}/checkpoints holds {steps or 'no checkpoints'}"
+                + (f"; there is no step {step}." if step is not None else ".")
+            )
+        step = steps[-1] if step is None else step
+        abstract = abstract_state(config)
+        target = {"params": abstract.params, "ema": abstract.ema}
+        saved = layout(ckpt.manager.item_metadata(step)["state"])
+        expected = layout(target)
+        diff = layout_differences({k: v for k, v in saved.items() if k in expected}, expected)
+        if diff:
+            raise IncompatibleModelError(
+                f"checkpoint {step} of {workdir} does not fit its config.json:\n  "
+                + "\n  ".join(diff)
+            )
+        # Only params and EMA statistics are read; the optimiser state stays on disk.
+        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
+        manager = ocp.CheckpointManager(
+            ckpt.directory,
+            options=ocp.CheckpointManagerOptions(read_only=True),
+            item_names=("state", "meta"),
+            item_handlers={
+                "state": ocp.PyTreeCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
+        )
+        out = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=target, restore_args=restore_args, partial_restore=True
+                ),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        manager.close()
+    finally:
+        ckpt.close()
+    return config, out.state["params"], out.state["ema"], float(out.meta["data_variance"]), step
+
+
+def save_model(
+    path: str | Path,
+    config: TrainConfig,
+    params: Any,
+    ema: Any,
+    *,
+    data_variance: float,
+    step: int,
+) -> Path:
+    """Write a model's params and EMA statistics, with ``config``, as one export file.
+
+    The file is written next to ``path`` and renamed into place, so it is never half-written.
+    """
+    import flax.serialization
+    from flax import nnx
+
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": json.loads(config.to_json()),
+        "data_variance": float(data_variance),
+        "step": int(step),
+        "params": jax.tree.map(np.asarray, nnx.to_pure_dict(params)),
+        "ema": jax.tree.map(np.asarray, nnx.to_pure_dict(ema)),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(flax.serialization.msgpack_serialize(payload))
+    tmp.replace(path)
+    return path
+
+
+def export(workdir: str | Path, path: str | Path, step: int | None = None) -> Path:
+    """Export the model of a training run (newest checkpoint, or ``step``) to one file.
+
+    Args:
+      workdir: a training workdir.
+      path: the file to write (conventionally ``*.msgpack``).
+      step: the checkpoint to export; None = the newest readable one.
+
+    Returns:
+      ``path``. Read it back with :func:`load`.
+    """
+    config, params, ema, variance, step = _restore(Path(workdir), step)
+    return save_model(path, config, params, ema, data_variance=variance, step=step)
+
+
+def _load_export(path: Path) -> Loaded:
+    import flax.serialization
+    from flax import nnx
+
+    from jaxbasics.train.checkpoint import layout, layout_differences
+    from jaxbasics.train.state import structure, to_model
+
+    try:
+        payload = flax.serialization.msgpack_restore(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 - any decoding failure means "not an export"
+        raise IncompatibleModelError(
+            f"{path} is not a model file written by jaxbasics' export ({type(e).__name__}: {e})."
+        ) from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise IncompatibleModelError(f"{path} is not a {FORMAT} export (no format header).")
+    if payload["version"] > VERSION:
+        raise IncompatibleModelError(
+            f"{path} is a version-{payload['version']} export; this jaxbasics reads up to "
+            f"version {VERSION}. Upgrade jaxbasics."
+        )
+    config = TrainConfig.from_json(json.dumps(payload["config"]))
+    abstract = structure(config).abstract
+    trees = {}
+    for name in ("params", "ema"):
+        state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), getattr(abstract, name))
+        diff = layout_differences(layout(payload[name]), layout(nnx.to_pure_dict(state)))
+        if diff:
+            raise IncompatibleModelError(
+                f"{path}: the stored {name} do not fit the stored config:\n  " + "\n  ".join(diff)
+            )
+        nnx.replace_by_pure_dict(state, payload[name])
+        trees[name] = jax.tree.map(jax.numpy.asarray, state)
+    model = to_model(config, trees["params"], trees["ema"])
+    return Loaded(model, config, float(payload["data_variance"]), int(payload["step"]))
