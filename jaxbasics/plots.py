@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _pyplot():
@@ -40,7 +44,7 @@ def smooth(values: Sequence[float], window: int = 0) -> np.ndarray:
     return num / den
 
 
-def training_curves(recon_errors: Sequence[float], perplexities: Sequence[float]):
+def training_curves(recon_errors: Sequence[float], perplexities: Sequence[float]) -> Figure:
     """The notes' two panels: smoothed NMSE (log scale) and smoothed perplexity per step.
 
     Returns:
@@ -66,7 +70,7 @@ def training_curves(recon_errors: Sequence[float], perplexities: Sequence[float]
     return fig
 
 
-def image_grid(rows: Sequence[np.ndarray], titles: Sequence[str] = ()):
+def image_grid(rows: Sequence[np.ndarray], titles: Sequence[str] = ()) -> Figure:
     """One row of images per entry of ``rows`` (each (N, H, W, 3) in [-0.5, 0.5]).
 
     Returns:
@@ -93,7 +97,7 @@ def image_grid(rows: Sequence[np.ndarray], titles: Sequence[str] = ()):
     return fig
 
 
-def codebook_figure(codebook: np.ndarray, counts: np.ndarray):
+def codebook_figure(codebook: np.ndarray, counts: np.ndarray) -> Figure:
     """Codebook health: usage sorted by frequency, and a PCA map of the codes by usage.
 
     Left: each code's share of the assignments, most used first (log scale; unused
@@ -143,7 +147,7 @@ def codebook_figure(codebook: np.ndarray, counts: np.ndarray):
     return fig
 
 
-def save(fig, path: str | Path) -> Path:
+def save(fig: Figure, path: str | Path) -> Path:
     """Save ``fig`` (format from the suffix) atomically and close it."""
     plt = _pyplot()
     path = Path(path)

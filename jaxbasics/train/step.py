@@ -213,7 +213,9 @@ def make_eval_step(
     """
     s = structure(config)
 
-    def eval_step(state: TrainState, images: jax.Array, mask: jax.Array):
+    def eval_step(
+        state: TrainState, images: jax.Array, mask: jax.Array
+    ) -> tuple[EvalSums, jax.Array]:
         model = nnx.merge(s.eval_def, state.params, state.ema)
         out = model(images)
         w = mask.astype(jnp.float32)

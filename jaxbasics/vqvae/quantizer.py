@@ -13,6 +13,7 @@ to exactly ``embedding_dim`` channels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -29,7 +30,7 @@ ESTIMATORS = {"ste": straight_through, "rotation": rotation_trick}
 EMA_INITS = ("notes", "consistent")
 
 
-def estimator_fn(name: str):
+def estimator_fn(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """The gradient estimator called ``name``: ``"ste"`` or ``"rotation"``.
 
     >>> estimator_fn("rotation").__name__
