@@ -13,7 +13,6 @@ Nothing converts silently: a missing, extra or wrongly-shaped entry raises.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,32 +29,6 @@ _TOP = {
 }
 _VQ = {"_embedding.weight": "codebook", "_ema_w": "ema_w", "_ema_cluster_size": "ema_cluster_size"}
 _BLOCK = {"1": "conv_3x3", "3": "conv_1x1"}
-
-
-def _flax_path(torch_name: str) -> tuple:
-    """Map one reference parameter name to its path in ``nnx.state(VQVAE(...))``."""
-    top, rest = torch_name.split(".", 1)
-    if top not in _TOP:
-        raise KeyError(torch_name)
-    if top == "_vq_vae":
-        if rest not in _VQ:
-            raise KeyError(torch_name)
-        return ("vq", _VQ[rest])
-    m = re.fullmatch(r"_residual_stack\._layers\.(\d+)\._block\.(\d+)\.weight", rest)
-    if m:
-        if m.group(2) not in _BLOCK:
-            raise KeyError(torch_name)
-        stack = (_TOP[top], "residual_stack", "layers", int(m.group(1)))
-        return (*stack, _BLOCK[m.group(2)], "kernel")
-    if top == "_pre_vq_conv":
-        layer, field = "pre_vq_conv", rest
-        path = ("pre_vq_conv",)
-    else:
-        layer, field = rest.rsplit(".", 1)
-        path = (_TOP[top], layer.lstrip("_"))
-    if field not in ("weight", "bias"):
-        raise KeyError(torch_name)
-    return (*path, "kernel" if field == "weight" else "bias")
 
 
 def _to_flax(name: str, value: np.ndarray) -> np.ndarray:
