@@ -30,12 +30,12 @@ TORCH_SIZES = dict(
 VAR = 0.06
 
 
-def _pair(decay, sizes=SIZES, torch_sizes=TORCH_SIZES):
+def _pair(decay, sizes=SIZES, torch_sizes=TORCH_SIZES, form="auto"):
     torch.manual_seed(0)
     tm = tr.Model(**torch_sizes, decay=decay)
     sd = {k: v.detach().numpy() for k, v in tm.state_dict().items()}
     # abstract model: no random init to compute, every array comes from PyTorch
-    model = nnx.eval_shape(lambda: VQVAE(**sizes, decay=decay, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: VQVAE(**sizes, decay=decay, conv_form=form, rngs=nnx.Rngs(0)))
     nnx.update(model, from_torch_state_dict(sd, model))
     return tm, model, sd
 
@@ -45,9 +45,10 @@ def _batch(n=8):
     return x, torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
 
+@pytest.mark.parametrize("form", ["im2col", "xla"])
 @pytest.mark.parametrize("decay", [0.0, 0.99])
-def test_forward_matches_pytorch(decay):
-    tm, model, _ = _pair(decay)
+def test_forward_matches_pytorch(decay, form):
+    tm, model, _ = _pair(decay, form=form)
     x, xt = _batch()
     vq_loss, recon, perplexity = tm(xt)
     out = model(jnp.asarray(x))
@@ -69,9 +70,10 @@ def test_forward_matches_pytorch_at_reference_sizes():
     np.testing.assert_allclose(out.perplexity, perplexity.item(), rtol=1e-4)
 
 
+@pytest.mark.parametrize("form", ["im2col", "xla"])
 @pytest.mark.parametrize("decay", [0.0, 0.99])
-def test_gradients_match_pytorch(decay):
-    tm, model, _ = _pair(decay)
+def test_gradients_match_pytorch(decay, form):
+    tm, model, _ = _pair(decay, form=form)
     x, xt = _batch()
     vq_loss, recon, _ = tm(xt)
     loss = torch.nn.functional.mse_loss(recon, xt) / VAR + vq_loss
