@@ -69,3 +69,28 @@ def test_fast_conv_transpose_matches_flax_conv_transpose():
     ref.kernel[...] = layer.kernel[...]
     x = jax.random.normal(jax.random.key(5), (1, 5, 5, 6))
     np.testing.assert_allclose(layer(x), ref(x), atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_params_quantiser_and_outputs_float32():
+    """Mixed precision: activations and matmuls in bf16; params, distances, EMA in float32."""
+    from conftest import small_config
+
+    from jaxbasics.train.state import init_state, to_model
+    from jaxbasics.train.step import make_train_step
+
+    f32, bf16 = small_config(decay=0.99), small_config(decay=0.99, compute_dtype="bfloat16")
+    state = init_state(f32)
+    m32 = to_model(f32, state.params, state.ema)
+    m16 = to_model(bf16, state.params, state.ema)
+    x = jax.random.uniform(jax.random.key(3), (2, 32, 32, 3), minval=-0.5, maxval=0.5)
+    assert m16.encoder(x).dtype == jnp.bfloat16
+    assert m16.latents(x).dtype == jnp.float32 and m16(x).recon.dtype == jnp.float32
+    np.testing.assert_allclose(m16(x).recon, m32(x).recon, atol=0.05)
+    new, metrics = make_train_step(bf16, 0.06)(init_state(bf16), x)
+    assert {a.dtype for a in jax.tree.leaves(new.params)} == {jnp.dtype("float32")}
+    assert {a.dtype for a in jax.tree.leaves(new.ema)} == {jnp.dtype("float32")}
+    assert {a.dtype for a in jax.tree.leaves(new.opt_state)} <= {
+        jnp.dtype("float32"),
+        jnp.dtype("int32"),
+    }
+    assert bool(metrics.finite) and metrics.loss.dtype == jnp.float32
