@@ -4,6 +4,7 @@ import json
 import re
 import runpy
 
+import decode_benchmark
 import jax
 import numpy as np
 import pytest
@@ -243,6 +244,14 @@ def test_an_unreadable_file_stops_the_pipeline_naming_it(tmp_path):
     it = iter(train_dataset(folder(tmp_path), batch_size=8, seed=0))
     with pytest.raises(ImageReadError, match=r"train/a/005\.png"):
         next(it)
+
+
+def test_decode_benchmark_prints_one_line_per_size(capsys):
+    argv = ["--count", "24", "--source-size", "40", "--image-size", "8,16"]
+    decode_benchmark.main([*argv, "--batch", "4", "--batches", "2"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image_size"] for r in lines] == [8, 16]
+    assert all(r["in_memory"] > 0 and r["pipeline_2_threads"] > 0 for r in lines)
 
 
 # --- training on a folder --------------------------------------------------------------------
