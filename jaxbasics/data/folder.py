@@ -12,9 +12,10 @@ square and resized to ``image_size`` (:func:`read_image`). Two layouts, told apa
   so a file's split depends on its own path only: adding, removing or moving other files never
   moves it to the other split, and the split is the same on every machine. Labels are all 0.
 
-In both layouts files are sorted by their relative POSIX path (Python string order), hidden files
-and folders (a name starting with ``.``) are skipped, and only :data:`IMAGE_EXTENSIONS` count
-(case-insensitive). Symbolic links to files and folders are followed.
+Files are in a fixed order: by their POSIX path relative to ``root`` (Python string order),
+within each class in label order for ImageFolder. Hidden files and folders (a name starting
+with ``.``) are skipped, only :data:`IMAGE_EXTENSIONS` count (case-insensitive), and symbolic
+links to files and folders are followed.
 
 >>> import tempfile
 >>> from PIL import Image
