@@ -16,9 +16,9 @@ from jaxbasics.data.sources import (
 def test_get_source_dispatch():
     src = get_source("shapes", "test", num_examples=3, seed=2)
     assert np.array_equal(src[1]["image"], shapes("test", 3, seed=2)[1]["image"])
-    with pytest.raises(ValueError, match=r"valid names are \('shapes', 'cifar10'\)"):
+    with pytest.raises(ValueError, match=r"valid names are \('shapes', 'cifar10', 'folder'\)"):
         get_source("mnist")
-    assert DATASETS == ("shapes", "cifar10")
+    assert DATASETS == ("shapes", "cifar10", "folder")
 
 
 def test_data_variance_matches_numpy():

@@ -10,6 +10,7 @@ The datasets, each in its own module, picked by name with :func:`get_source`:
 
 * ``shapes`` (:mod:`jaxbasics.data.shapes`): embedded, procedurally generated 32x32 images.
 * ``cifar10`` (:mod:`jaxbasics.data.cifar10`): real CIFAR-10 from a torchvision folder or TFDS.
+* ``folder`` (:mod:`jaxbasics.data.folder`): any folder of images, decoded with Pillow.
 
 For multi-epoch training, :func:`in_memory` reads a source once into an :class:`ArraySource`.
 
@@ -28,20 +29,20 @@ from typing import Any, Protocol, TypedDict
 import numpy as np
 
 SPLITS = ("train", "test")
-DATASETS = ("shapes", "cifar10")
+DATASETS = ("shapes", "cifar10", "folder")
 
 
 class Example(TypedDict):
     """One element of a source."""
 
-    image: np.ndarray  # (32, 32, 3) uint8, NHWC
+    image: np.ndarray  # (H, W, 3) uint8, NHWC; 32x32 except for folder data
     label: int
 
 
 class Batch(TypedDict):
     """A batch read with :func:`read_batch`."""
 
-    image: np.ndarray  # (B, 32, 32, 3) uint8
+    image: np.ndarray  # (B, H, W, 3) uint8
     label: np.ndarray  # (B,) int32
 
 
@@ -88,7 +89,7 @@ def split_batch(batch: Batch) -> list[Example]:
 class ArraySource:
     """A source over in-memory NHWC arrays (what :func:`in_memory` and CIFAR-10 pickles give)."""
 
-    images: np.ndarray = field(repr=False)  # (N, 32, 32, 3) uint8
+    images: np.ndarray = field(repr=False)  # (N, H, W, 3) uint8
     labels: np.ndarray = field(repr=False)  # (N,) int32
     name: str = "arrays"
 
@@ -146,34 +147,49 @@ def get_source(
     data_dir: str | os.PathLike[str] | None = None,
     num_examples: int | None = None,
     seed: int = 0,
+    image_size: int = 32,
+    eval_fraction: float = 0.1,
 ) -> Source:
     """Returns the named dataset's split: the CLI's ``--dataset`` / ``--data-dir`` dispatcher.
 
     Args:
-      name: ``"shapes"`` (embedded) or ``"cifar10"``.
+      name: ``"shapes"`` (embedded), ``"cifar10"`` or ``"folder"``.
       split: ``"train"`` or ``"test"``.
-      data_dir: where CIFAR-10 lives (see :func:`cifar10`); ignored by ``shapes``.
-      num_examples: ``shapes``: how many images to generate; ``cifar10``: keep only the first
-        ``num_examples`` (for quick runs). None keeps the full split.
+      data_dir: where CIFAR-10 lives (see :func:`~jaxbasics.data.cifar10.cifar10`), or the
+        folder of images (see :func:`~jaxbasics.data.folder.folder`); ignored by ``shapes``.
+      num_examples: ``shapes``: how many images to generate; ``cifar10`` and ``folder``: keep
+        only the first ``num_examples`` (for quick runs). None keeps the full split.
       seed: ``shapes`` only: which generated dataset.
+      image_size: ``folder`` only: side of the square images.
+      eval_fraction: ``folder`` only, flat layout: the share of files in the test split.
 
     Returns:
-      A random-access source of ``{"image": uint8 (32, 32, 3), "label": int}``.
+      A random-access source of ``{"image": uint8 (S, S, 3), "label": int}``; ``S`` is 32 but
+      for ``folder``, where it is ``image_size``.
 
     >>> len(get_source("shapes", "test", num_examples=10))
     10
     """
     from jaxbasics.data.cifar10 import cifar10
+    from jaxbasics.data.folder import folder
     from jaxbasics.data.shapes import shapes
 
     if name == "shapes":
         return shapes(split, num_examples=num_examples, seed=seed)
     if name == "cifar10":
         source = cifar10(split, data_dir=data_dir)
-        if num_examples is not None and num_examples < len(source):
-            return _Head(source, int(num_examples))
-        return source
-    raise ValueError(f"Unknown dataset {name!r}; valid names are {DATASETS}.")
+    elif name == "folder":
+        if data_dir is None:
+            raise DatasetNotFoundError(
+                "--dataset folder needs --data-dir: a folder of images (train/<class>/ and "
+                "test/<class>/ folders, or images in any tree)."
+            )
+        source = folder(data_dir, split, image_size=image_size, eval_fraction=eval_fraction)
+    else:
+        raise ValueError(f"Unknown dataset {name!r}; valid names are {DATASETS}.")
+    if num_examples is not None and num_examples < len(source):
+        return _Head(source, int(num_examples))
+    return source
 
 
 def read_batch(source: Source, indices: Sequence[int] | np.ndarray) -> Batch:
