@@ -1,0 +1,49 @@
+"""Decode ``codes.npz`` (from ``encode.py``) back into images: one PNG per code map.
+
+  python experiments/decode.py codes.npz --model runs/quickstart --out decoded/
+
+Codes are only decoded by the model that made them: a model of other sizes (K, code size...)
+or with another codebook is refused. ``<out>/<name>.png`` is bit for bit what
+``reconstruct.py`` writes for that image. Prints one JSON summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from common import add_model_args, fail, load_model, save_png
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("codes", help="a codes.npz written by encode.py")
+    parser.add_argument("--out", required=True, help="output folder")
+    add_model_args(parser, images=False)
+    args = parser.parse_args(argv)
+
+    from jaxbasics.train.codes import check_codes_fit, model_fns, read_codes, run_batched, to_pixels
+
+    loaded = load_model(args.model, args.step)
+    try:
+        codes = read_codes(args.codes)
+        check_codes_fit(codes, loaded.model, loaded.config, args.codes)
+    except (OSError, ValueError) as e:
+        return fail(e)
+    fns = model_fns(loaded.model)
+    images = run_batched(fns.decode, codes.maps, progress=len(codes.maps) > 32, desc="decode")
+    out = Path(args.out)
+    for name, image in zip(codes.names, images, strict=True):
+        save_png(out / name, to_pixels(image), suffix=".png")
+    print(json.dumps({"images": len(images), "out": str(out), "model_step": loaded.step}))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""A trained model on image files: read inputs, encode and decode in batches, ``codes.npz``.
+
+What ``experiments/reconstruct.py``, ``encode.py`` and ``decode.py`` are made of. The model
+runs through two compiled functions, ``encode`` (images -> code maps) and ``decode`` (code maps
+-> images), on batches of a fixed size (the last one padded), grouped by image size in order
+of first appearance. A reconstruction is ``decode(encode(x))``, so decoding the codes that
+``encode.py`` stored gives exactly, bit for bit, what ``reconstruct.py`` shows.
+
+``codes.npz`` holds:
+
+* ``codes``: every code map, flattened and concatenated, in the smallest unsigned integer
+  dtype that holds K (uint8 for K <= 256);
+* ``shapes``: (N, 2) int32, each map's (h, w); :func:`read_codes` splits ``codes`` back;
+* ``names``: (N,) each image's path relative to the input it was found under;
+* ``config``: the model's config as JSON text; ``codebook_sha256``: a fingerprint of the
+  codebook, so that codes are only ever decoded by the model that made them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+BATCH = 32
+
+
+class InputImage(NamedTuple):
+    """An image file found under one of the inputs: its path and its name relative to that."""
+
+    path: Path
+    name: str
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[InputImage]:
+    """The image files given directly or found (recursively, sorted) under the given folders.
+
+    Raises:
+      FileNotFoundError: an input does not exist, or a folder holds no image files.
+
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> d = Path(tempfile.mkdtemp())
+    >>> (d / "a").mkdir(); Image.new("RGB", (8, 8)).save(d / "a" / "x.png")
+    >>> [i.name for i in find_images([d])]
+    ['a/x.png']
+    """
+    from jaxbasics.data.folder import IMAGE_EXTENSIONS
+
+    found = []
+    for given in map(Path, inputs):
+        if given.is_file():
+            found.append(InputImage(given, given.name))
+        elif given.is_dir():
+            files = sorted(
+                p
+                for p in given.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(given).parts)
+            )
+            if not files:
+                raise FileNotFoundError(
+                    f"{given} holds no image files (looked for {', '.join(IMAGE_EXTENSIONS)})."
+                )
+            found += [InputImage(p, p.relative_to(given).as_posix()) for p in files]
+        else:
+            raise FileNotFoundError(f"{given} does not exist.")
+    return found
+
+
+def read_inputs(
+    images: Sequence[InputImage], *, resize: int | None, center_crop: int | None
+) -> list[np.ndarray]:
+    """Read every image as uint8 (H, W, 3), checking that both sides are multiples of 4.
+
+    Raises:
+      ValueError: a side is not a multiple of 4; the message names the file and the fix.
+    """
+    from jaxbasics.data.folder import read_image
+
+    arrays = []
+    for image in images:
+        x = read_image(image.path, resize=resize, center_crop=center_crop)
+        if x.shape[0] % 4 or x.shape[1] % 4:
+            raise ValueError(
+                f"{image.path} is {x.shape[1]}x{x.shape[0]} pixels; the model needs both sides "
+                "to be multiples of 4 (two stride-2 convolutions). Pass --center-crop S or "
+                "--resize S with S a multiple of 4 (e.g. the training --image-size)."
+            )
+        arrays.append(x)
+    return arrays
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [-0.5, 0.5], the notes' ``x / 255 - 0.5``.
+
+    >>> to_model_input(np.array([0, 255], np.uint8)).tolist()
+    [-0.5, 0.5]
+    """
+    return np.asarray(images, np.float32) / 255 - 0.5
+
+
+def to_pixels(images: np.ndarray) -> np.ndarray:
+    """Model output in [-0.5, 0.5] -> uint8 pixels (rounded, clipped).
+
+    >>> to_pixels(np.array([-0.6, 0.0, 0.5])).tolist()
+    [0, 128, 255]
+    """
+    return np.clip(np.rint((np.asarray(images, np.float32) + 0.5) * 255), 0, 255).astype(np.uint8)
+
+
+class ModelFns(NamedTuple):
+    """The two compiled functions of a loaded model (see :func:`model_fns`)."""
+
+    encode: Callable[[np.ndarray], jax.Array]
+    decode: Callable[[np.ndarray], jax.Array]
+
+
+def model_fns(model: Any) -> ModelFns:
+    """``encode(images) -> codes`` and ``decode(codes) -> images``, jit-compiled once."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    encode = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))
+    decode = jax.jit(lambda s, c: nnx.merge(graphdef, s).decode_indices(c))
+    return ModelFns(lambda x: encode(state, x), lambda c: decode(state, c))
+
+
+def batches(shapes: Sequence[tuple[int, ...]], size: int = BATCH) -> Iterator[list[int]]:
+    """Index batches: same-shape items together (groups in order of first appearance), at
+    most ``size`` each, items in input order within a group.
+
+    >>> list(batches([(4, 4), (8, 8), (4, 4), (4, 4)], size=2))
+    [[0, 2], [3], [1]]
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(i)
+    for members in groups.values():
+        for start in range(0, len(members), size):
+            yield members[start : start + size]
+
+
+def run_batched(
+    fn: Callable[[np.ndarray], jax.Array],
+    items: Sequence[np.ndarray],
+    *,
+    size: int = BATCH,
+    progress: bool = False,
+    desc: str = "",
+) -> list[np.ndarray]:
+    """``fn`` over ``items`` in padded batches of ``size``; one result per item, in order.
+
+    Every batch has exactly ``size`` rows (the last is padded with copies of its first item),
+    so every image goes through one and the same compiled program, whatever the other images.
+    """
+    from tqdm.auto import tqdm
+
+    out: list[Any] = [None] * len(items)
+    groups = list(batches([x.shape for x in items], size))
+    for members in tqdm(groups, desc=desc, unit="batch", disable=not progress):
+        stack = np.stack([items[i] for i in members])
+        if len(members) < size:
+            stack = np.concatenate([stack, np.repeat(stack[:1], size - len(members), 0)])
+        result = np.asarray(fn(stack))
+        for row, i in enumerate(members):
+            out[i] = result[row]
+    return out
+
+
+def codebook_fingerprint(model: Any) -> str:
+    """SHA-256 of the model's codebook (float32 bytes): which model codes belong to."""
+    return hashlib.sha256(np.asarray(model.vq.codebook[...], np.float32).tobytes()).hexdigest()
+
+
+def code_dtype(num_embeddings: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds codes 0..K-1.
+
+    >>> code_dtype(256), code_dtype(257), code_dtype(70000)
+    (dtype('uint8'), dtype('uint16'), dtype('uint32'))
+    """
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if num_embeddings - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"num_embeddings {num_embeddings} does not fit in 32 bits.")
+
+
+def write_codes(
+    path: str | Path, names: Sequence[str], codes: Sequence[np.ndarray], model: Any, config: Any
+) -> Path:
+    """Write ``codes.npz`` (see the module docstring) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        codes=np.concatenate([c.reshape(-1) for c in codes]).astype(
+            code_dtype(config.num_embeddings)
+        ),
+        shapes=np.array([c.shape for c in codes], np.int32).reshape(-1, 2),
+        names=np.array(list(names), dtype=str),
+        config=np.array(config.to_json()),
+        codebook_sha256=np.array(codebook_fingerprint(model)),
+    )
+    tmp.replace(path)
+    return path
+
+
+class Codes(NamedTuple):
+    """What :func:`read_codes` returns: names, (h, w) code maps, and the encoding model's
+    config and codebook fingerprint."""
+
+    names: list[str]
+    maps: list[np.ndarray]
+    config: Any
+    codebook_sha256: str
+
+
+def read_codes(path: str | Path) -> Codes:
+    """Read a ``codes.npz`` written by :func:`write_codes` (or ``experiments/encode.py``)."""
+    from jaxbasics.train.config import TrainConfig
+
+    with np.load(path, allow_pickle=False) as f:
+        missing = {"codes", "shapes", "names", "config", "codebook_sha256"} - set(f.files)
+        if missing:
+            raise ValueError(
+                f"{path} is not a codes.npz from encode.py: it lacks {sorted(missing)}."
+            )
+        flat, shapes = f["codes"].astype(np.int32), f["shapes"]
+        ends = np.cumsum([h * w for h, w in shapes])
+        maps = [
+            m.reshape(shape) for m, shape in zip(np.split(flat, ends[:-1]), shapes, strict=True)
+        ]
+        return Codes(
+            [str(n) for n in f["names"]],
+            maps,
+            TrainConfig.from_json(str(f["config"])),
+            str(f["codebook_sha256"]),
+        )
+
+
+def check_codes_fit(codes: Codes, model: Any, config: Any, where: str | Path) -> None:
+    """Refuse codes made by another model: other K or code size, or another codebook.
+
+    Raises:
+      ValueError: naming what differs and what to do.
+    """
+    from jaxbasics.train.io import MODEL_FIELDS
+
+    diff = [
+        f"{k}: codes {getattr(codes.config, k)!r}, model {getattr(config, k)!r}"
+        for k in MODEL_FIELDS
+        if getattr(codes.config, k) != getattr(config, k)
+    ]
+    if diff:
+        raise ValueError(
+            f"{where} was encoded by a model of other sizes than this one:\n  "
+            + "\n  ".join(diff)
+            + "\nDecode it with --model pointing at the run or export that encoded it."
+        )
+    if codes.codebook_sha256 != codebook_fingerprint(model):
+        raise ValueError(
+            f"{where} was encoded by another model: the codebooks differ (same sizes, other "
+            "weights), so its codes would decode to nonsense. Decode it with --model pointing "
+            "at the run (and step) or export that encoded it."
+        )
+    top = max((int(m.max()) for m in codes.maps if m.size), default=0)
+    if top >= config.num_embeddings:
+        raise ValueError(f"{where} holds code {top}, but the model has {config.num_embeddings}.")

@@ -1,0 +1,205 @@
+"""Your own images through a trained model: reconstruct.py, encode.py, decode.py, export.py.
+
+One real run (in-process, tiny) is shared; the scripts' `main` runs in-process (sharing its
+compiled programs) for the many input cases, and once as a subprocess, as a user runs it.
+"""
+
+import json
+import sys
+
+import decode as decode_script
+import encode as encode_script
+import export as export_script
+import numpy as np
+import pytest
+import reconstruct as reconstruct_script
+from conftest import EXPERIMENTS, run, small_config
+from PIL import Image
+
+from jaxbasics.train.codes import code_dtype, read_codes
+from jaxbasics.train.loop import fit
+
+CONFIG = small_config(num_training_updates=10)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    w = tmp_path_factory.mktemp("run")
+    fit(CONFIG, w)
+    return w
+
+
+def _rgb(size, seed):
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """PNG and JPEG, grey, palette and RGBA images, in a folder with a subfolder."""
+    d = tmp_path / "photos"
+    (d / "sub").mkdir(parents=True)
+    Image.fromarray(_rgb(32, 0)).save(d / "rgb.png")
+    Image.fromarray(_rgb(32, 1)).save(d / "photo.jpg", quality=90)
+    Image.fromarray(_rgb(32, 2)[..., 0]).save(d / "sub" / "grey.png")  # mode L
+    Image.fromarray(_rgb(32, 3)).convert("P").save(d / "sub" / "palette.png")
+    rgba = np.dstack([_rgb(32, 4), np.full((32, 32), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(d / "sub" / "alpha.png")
+    Image.fromarray(_rgb(64, 5)).save(d / "big.png")  # 64x64: a 16x16 code map
+    return d
+
+
+def _main(script, capsys, *args):
+    code = script.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out.strip().splitlines()[-1]) if code == 0 else None), err
+
+
+def _pixels(path):
+    return np.asarray(Image.open(path))
+
+
+def test_reconstruct_encode_decode_agree_bitwise(workdir, photos, tmp_path, capsys):
+    code, summary, _ = _main(
+        reconstruct_script, capsys, photos, "--model", workdir, "--out", tmp_path / "recon"
+    )
+    assert code == 0 and summary["images"] == 6 and summary["mean_recon_error"] > 0
+    lines = [
+        json.loads(x) for x in (tmp_path / "recon/recon_errors.jsonl").read_text().splitlines()
+    ]
+    assert sorted(r["name"] for r in lines) == sorted(
+        ["big.png", "photo.jpg", "rgb.png", "sub/alpha.png", "sub/grey.png", "sub/palette.png"]
+    )
+    assert summary["mean_recon_error"] == pytest.approx(np.mean([r["recon_error"] for r in lines]))
+    # grids by size, in order of first appearance: big.png (64x64) first, then five 32x32 pairs
+    assert _pixels(tmp_path / "recon/grids/grid_000.png").shape == (128, 64, 3)
+    assert _pixels(tmp_path / "recon/grids/grid_001.png").shape == (64, 5 * 32, 3)
+
+    code, summary, _ = _main(
+        encode_script, capsys, photos, "--model", workdir, "--out", tmp_path / "codes.npz"
+    )
+    assert code == 0 and summary["code_shapes"] == [[8, 8], [16, 16]]
+    with np.load(tmp_path / "codes.npz") as f:
+        assert f["codes"].dtype == code_dtype(16) == np.uint8
+    codes = read_codes(tmp_path / "codes.npz")
+    assert codes.config == CONFIG and dict(
+        zip(codes.names, [m.shape for m in codes.maps], strict=True)
+    )["big.png"] == (16, 16)
+
+    code, summary, _ = _main(
+        decode_script,
+        capsys,
+        tmp_path / "codes.npz",
+        "--model",
+        workdir,
+        "--out",
+        tmp_path / "decoded",
+    )
+    assert code == 0 and summary["images"] == 6
+    for r in lines:
+        name = r["name"].rsplit(".", 1)[0] + ".png"
+        np.testing.assert_array_equal(
+            _pixels(tmp_path / "decoded" / name), _pixels(tmp_path / "recon" / name)
+        )
+
+
+def test_grey_palette_and_rgba_inputs_become_rgb(workdir, photos, tmp_path, capsys):
+    code, _, _ = _main(
+        reconstruct_script, capsys, photos / "sub", "--model", workdir, "--out", tmp_path / "r"
+    )
+    assert code == 0
+    assert all(_pixels(p).shape == (32, 32, 3) for p in (tmp_path / "r").glob("*.png"))
+
+
+def test_a_side_not_a_multiple_of_4_names_the_file_and_the_fix(workdir, tmp_path, capsys):
+    Image.fromarray(_rgb(30, 6)).save(tmp_path / "odd.png")
+    code, _, err = _main(
+        encode_script, capsys, tmp_path / "odd.png", "--model", workdir, "--out", tmp_path / "c.npz"
+    )
+    assert code == 1 and "odd.png is 30x30 pixels" in err and "--center-crop" in err
+    code, summary, _ = _main(
+        encode_script,
+        capsys,
+        tmp_path / "odd.png",
+        "--model",
+        workdir,
+        "--out",
+        tmp_path / "c.npz",
+        "--center-crop",
+        "28",
+    )
+    assert code == 0 and summary["code_shapes"] == [[7, 7]]
+    code, summary, _ = _main(
+        encode_script,
+        capsys,
+        tmp_path / "odd.png",
+        "--model",
+        workdir,
+        "--out",
+        tmp_path / "c.npz",
+        "--resize",
+        "64",
+    )
+    assert code == 0 and summary["code_shapes"] == [[16, 16]]
+
+
+def test_bad_inputs_fail_with_a_message(workdir, tmp_path, capsys):
+    jpeg = tmp_path / "broken.jpg"
+    Image.fromarray(_rgb(32, 7)).save(jpeg, quality=90)
+    jpeg.write_bytes(jpeg.read_bytes()[:300])  # truncated
+    code, _, err = _main(reconstruct_script, capsys, jpeg, "--model", workdir, "--out", tmp_path)
+    assert code == 1 and "broken.jpg" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = _main(
+        reconstruct_script, capsys, tmp_path / "empty", "--model", workdir, "--out", tmp_path / "o"
+    )
+    assert code == 1 and "holds no image files" in err
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no images here")
+    code, _, err = _main(
+        encode_script, capsys, tmp_path / "notes", "--model", workdir, "--out", tmp_path / "c.npz"
+    )
+    assert code == 1 and "holds no image files" in err
+
+
+def test_codes_from_another_model_are_refused(workdir, tmp_path, capsys):
+    Image.fromarray(_rgb(32, 8)).save(tmp_path / "a.png")
+    _main(
+        encode_script,
+        capsys,
+        tmp_path / "a.png",
+        "--model",
+        workdir,
+        "--out",
+        tmp_path / "codes.npz",
+    )
+    other = tmp_path / "other"  # other K
+    fit(CONFIG.replace(num_embeddings=32, num_training_updates=2), other)
+    code, _, err = _main(
+        decode_script, capsys, tmp_path / "codes.npz", "--model", other, "--out", tmp_path / "d"
+    )
+    assert code == 1 and "num_embeddings: codes 16, model 32" in err
+    retrained = tmp_path / "retrained"  # same sizes, other weights
+    fit(CONFIG.replace(seed=1, num_training_updates=2), retrained)
+    code, _, err = _main(
+        decode_script, capsys, tmp_path / "codes.npz", "--model", retrained, "--out", tmp_path / "d"
+    )
+    assert code == 1 and "the codebooks differ" in err
+
+
+def test_export_then_use_the_export_as_a_user_would(workdir, tmp_path, capsys):
+    code, summary, _ = _main(export_script, capsys, workdir, tmp_path / "model.msgpack")
+    assert code == 0 and summary["checkpoint_bytes"] / summary["bytes"] >= 2.5
+    Image.fromarray(_rgb(32, 9)).save(tmp_path / "x.png")
+    r = run(
+        [
+            sys.executable,
+            str(EXPERIMENTS / "reconstruct.py"),
+            str(tmp_path / "x.png"),
+            "--model",
+            str(tmp_path / "model.msgpack"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images"] == 1 and (tmp_path / "out" / "x.png").exists()
