@@ -24,7 +24,13 @@ from pathlib import Path
 
 from simple_parsing import ArgumentParser, DashVariant, SimpleHelpFormatter
 
-from jaxbasics.train.config import PRESETS, TrainConfig, load_config, preset
+from jaxbasics.train.config import (
+    PRESETS,
+    TrainConfig,
+    load_config,
+    preset,
+    whole_splits_on_other_data,
+)
 
 log = logging.getLogger("jaxbasics")
 
@@ -174,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(pre.preset, pre.faithful)
     args = parser.parse_args(argv)
     workdir = Path(args.workdir or f"runs/{args.preset}")
+    explicit = explicit_fields(argv)
     try:
-        config = resolve_config(args.config, explicit_fields(argv), workdir).validate()
+        requested = whole_splits_on_other_data(args.config, args.preset, explicit)
+        config = resolve_config(requested, explicit, workdir).validate()
     except ValueError as e:
         parser.error(str(e))
     setup_logging()

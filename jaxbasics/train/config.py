@@ -359,6 +359,8 @@ def preset(name: str, *, faithful: bool = False, **overrides: Any) -> TrainConfi
     'shapes'
     >>> preset("quickstart", faithful=True).ema_init
     'notes'
+    >>> preset("quickstart", dataset="folder", data_dir="photos").num_train_examples is None
+    True
     >>> preset("nope")
     Traceback (most recent call last):
     ...
@@ -366,7 +368,22 @@ def preset(name: str, *, faithful: bool = False, **overrides: Any) -> TrainConfi
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-    return TrainConfig(**{**PRESETS[name], **(FAITHFUL if faithful else {}), **overrides})
+    config = TrainConfig(**{**PRESETS[name], **(FAITHFUL if faithful else {}), **overrides})
+    return whole_splits_on_other_data(config, name, set(overrides))
+
+
+def whole_splits_on_other_data(config: TrainConfig, name: str, given: set[str]) -> TrainConfig:
+    """Drop preset ``name``'s example counts when the dataset is not the preset's own.
+
+    The quickstart's 10,000 / 1,000 are sizes of the generated ``shapes`` splits; on CIFAR-10
+    or a folder they would silently keep only the first files (in a sorted ImageFolder: the
+    first classes). Counts in ``given`` (set explicitly) are kept.
+    """
+    own = PRESETS[name].get("dataset", TrainConfig.dataset)
+    if config.dataset == own:
+        return config
+    counts = ("num_train_examples", "num_eval_examples")
+    return config.replace(**{k: None for k in counts if k not in given and k in PRESETS[name]})
 
 
 def load_config(workdir: str | Path) -> TrainConfig | None:
