@@ -86,3 +86,25 @@ def test_layer_lines_time_every_layer_and_sum(monkeypatch):
     # records are rounded to 0.01 ms, the sum is taken before rounding: 5 roundings of <= 0.005
     expected = 4 * lines[0]["jax_ms"] + lines[1]["jax_ms"]
     assert lines[-1]["jax_ms"] == pytest.approx(expected, rel=0.01, abs=0.03)
+
+
+def test_device_check_runs_end_to_end_in_quick_mode():
+    """experiments/device_check.sh stays ready to run: every stage prints its JSON lines."""
+    env = {**os.environ, "DEVICE_CHECK_QUICK": "1", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        ["bash", str(ROOT / "experiments" / "device_check.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert lines[0]["check"] == "device" and lines[0]["platform"] == "cpu"
+    assert {r.get("conv_form") for r in lines if "jax_ms_per_step" in r} >= {"auto", "im2col"}
+    assert any(r.get("compute_dtype") == "bfloat16" and "jax_ms_per_step" in r for r in lines)
+    assert any(r.get("mode") == "loop" for r in lines)
+    runs = [r for r in lines if r.get("check", "").startswith("shapes_")]
+    assert [r["compute_dtype"] for r in runs] == ["float32", "bfloat16"]
+    assert all(r["returncode"] == 0 and r["recon_error"] > 0 for r in runs)
