@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxbasics.train.state import codebook_of
 
     try:
-        data = sources(config, workdir)
+        data = sources(config, workdir, load_train=False)
     except DatasetNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

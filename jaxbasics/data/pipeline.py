@@ -3,7 +3,7 @@
 Both pipelines pick a whole batch of indices first and then read and transform it at once: sources
 render or gather a whole batch with a few vectorised NumPy ops, and the transform (by default the
 notes' ``x / 255 - 0.5``) runs once per batch, not once per image. Batches are
-``{"image": float32 (B, 32, 32, 3), "label": int32 (B,)}`` (plus ``"mask"`` for evaluation).
+``{"image": float32 (B, H, W, 3), "label": int32 (B,)}`` (plus ``"mask"`` for evaluation).
 
 The training iterator is checkpointable. Its state is a small JSON-able dict, in Grain 0.2.18
 ``{"next_index": k}`` where ``k`` is the number of batches already produced, i.e. the step:
@@ -140,7 +140,7 @@ def train_dataset(
       ``np.random.default_rng``, so different seeds give unrelated orders;
     * batches never straddle epochs, and the last ``len(source) % batch_size`` examples of each
       epoch's permutation are dropped (``drop_remainder=True``), so every batch has one shape;
-    * ``transform`` runs once per batch, on the uint8 ``(b, 32, 32, 3)`` images;
+    * ``transform`` runs once per batch, on the uint8 ``(b, H, W, 3)`` images;
     * with several processes, every process draws the same global batch of ``batch_size``
       indices and reads only its own contiguous ``batch_size // process_count`` of them: shards
       are disjoint, together they are exactly the single-process batch, and all processes take
@@ -157,7 +157,7 @@ def train_dataset(
       prefetch: number of batches read ahead.
 
     Returns:
-      A ``grain.IterDataset`` of ``{"image": float32 (b, 32, 32, 3), "label": int32 (b,)}`` with
+      A ``grain.IterDataset`` of ``{"image": float32 (b, H, W, 3), "label": int32 (b,)}`` with
       ``b = batch_size // process_count``. ``iter(ds)`` gives a checkpointable iterator; see the
       module docstring.
 
@@ -224,7 +224,7 @@ def eval_dataset(
 
     Returns:
       A finite ``grain.IterDataset`` of ``ceil(len(source) / batch_size)`` batches
-      ``{"image": float32 (b, 32, 32, 3), "label": int32 (b,), "mask": bool (b,)}`` with
+      ``{"image": float32 (b, H, W, 3), "label": int32 (b,), "mask": bool (b,)}`` with
       ``b = batch_size // process_count``.
 
     >>> from jaxbasics.data.shapes import shapes

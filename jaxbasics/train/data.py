@@ -26,7 +26,9 @@ class Sources(NamedTuple):
     variance: float
 
 
-def sources(config: TrainConfig, workdir: Path | None = None) -> Sources:
+def sources(
+    config: TrainConfig, workdir: Path | None = None, *, load_train: bool = True
+) -> Sources:
     """The run's train and test splits and the data variance.
 
     Each split is read into memory once (:func:`~jaxbasics.data.sources.in_memory`) when its
@@ -34,6 +36,12 @@ def sources(config: TrainConfig, workdir: Path | None = None) -> Sources:
     otherwise it stays a source that decodes on read. The variance (the notes'
     ``np.var(train_images / 255)``) is read from ``workdir/data_stats.json`` when a run already
     wrote it, else computed: for a split left on disk that is one pass over its files.
+
+    Args:
+      config: the run's config (dataset, data dir, sizes, seeds).
+      workdir: the run's directory, where ``data_stats.json`` may hold the variance.
+      load_train: read the train split into memory; evaluation passes False, as it needs
+        the variance only, which it then reads from ``data_stats.json`` when it can.
 
     Raises:
       ValueError: the train split has fewer images than one batch.
@@ -55,11 +63,13 @@ def sources(config: TrainConfig, workdir: Path | None = None) -> Sources:
             "--num-train-examples) or a smaller --batch-size."
         )
     test = get_source(config.dataset, "test", num_examples=config.num_eval_examples, **kw)
-    train, test = _load(train, config.image_size), _load(test, config.image_size)
+    test = _load(test, config.image_size)
     stats = workdir / "data_stats.json" if workdir is not None else None
     if stats is not None and stats.exists():
         variance = float(json.loads(stats.read_text())["data_variance"])
+        train = _load(train, config.image_size) if load_train else train
     else:
+        train = _load(train, config.image_size)
         variance = float(data_variance(train))
     return Sources(train, test, variance)
 
