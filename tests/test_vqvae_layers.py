@@ -13,7 +13,9 @@ import pytest
 from flax import nnx
 
 from jaxbasics.train.state import init_state, to_model
+from jaxbasics.vqvae import layers
 from jaxbasics.vqvae.layers import (
+    chunked_wgrad_conv2d,
     conv,
     conv2d,
     conv2d_reference,
@@ -67,6 +69,41 @@ def test_conv2d_equals_lax_conv(k, stride, padding, cin, cout, hw, bias):
 
     for g_fast, g_plain in zip(_grads(fast, *args), _grads(plain, *args), strict=True):
         np.testing.assert_allclose(g_fast, g_plain, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "batch, chunk_positions, padding, cin, cout",
+    [
+        (5, 32, 1, 6, 4),  # 2 images per chunk: chunks of 2, 2, 1
+        (4, 16, 1, 3, 5),  # one image per chunk
+        (3, 4, 0, 4, 4),  # fewer positions per chunk than one image: still one image
+        (2, 10**6, 1, 4, 3),  # one chunk: the plain convolution
+    ],
+)
+def test_chunked_wgrad_conv_equals_lax_conv(batch, chunk_positions, padding, cin, cout):
+    rng = np.random.default_rng(batch * 10 + cin)
+    x = jnp.asarray(rng.normal(size=(batch, 4, 4, cin)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) / np.sqrt(9 * cin), jnp.float32)
+
+    def chunked(x, w):
+        return chunked_wgrad_conv2d(x, w, padding, chunk_positions)
+
+    def plain(x, w):
+        return conv2d_reference(x, w, None, 1, padding)
+
+    np.testing.assert_allclose(jax.jit(chunked)(x, w), jax.jit(plain)(x, w), atol=1e-5)
+    for g_fast, g_plain in zip(_grads(chunked, x, w), _grads(plain, x, w), strict=True):
+        np.testing.assert_allclose(g_fast, g_plain, atol=1e-4, rtol=1e-4)
+
+
+def test_chunked_wgrad_conv_keeps_the_compute_dtype():
+    x = jnp.ones((4, 4, 4, 2), jnp.bfloat16)
+    w = jnp.ones((3, 3, 2, 3), jnp.bfloat16)
+    dw = jax.grad(lambda w: jnp.sum(chunked_wgrad_conv2d(x, w, 1, 16), dtype=jnp.float32))(w)
+    dw_plain = jax.grad(lambda w: jnp.sum(conv2d_reference(x, w, None, 1, 1), dtype=jnp.float32))
+    dw_plain = dw_plain(w)
+    assert dw.dtype == jnp.bfloat16
+    np.testing.assert_allclose(dw.astype(np.float32), dw_plain.astype(np.float32))
 
 
 @pytest.mark.parametrize("form", ["im2col", "xla"])
@@ -149,7 +186,10 @@ def test_whole_model_equals_plain_layers(form):
     np.testing.assert_allclose(fast, plain, atol=1e-5)
 
 
-def test_whole_model_parameter_gradients_agree_across_forms():
+def test_whole_model_parameter_gradients_agree_across_forms(monkeypatch):
+    # 16 positions, less than one 8x8 latent map: one image per chunk, so the stride-1 convs'
+    # kernel gradients (chunked on the CPU in the im2col form) are sums of two chunks
+    monkeypatch.setattr(layers, "WGRAD_CHUNK_POSITIONS", 16)
     x = jax.random.uniform(jax.random.key(4), (2, 32, 32, 3), minval=-0.5, maxval=0.5)
     grads = {}
     for form in ("im2col", "xla"):
