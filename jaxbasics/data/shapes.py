@@ -158,6 +158,38 @@ def _background(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return img, mean
 
 
+def _slot_alpha(kind: np.ndarray, s: np.ndarray, main: bool) -> np.ndarray:
+    """Anti-aliased coverage (a, 32, 32) of one shape slot; ``kind`` sorted, ``s`` its draws."""
+    spread = 0.45 if main else 0.8
+    cx, cy = (2 * s[:, 1] - 1) * spread, (2 * s[:, 2] - 1) * spread
+    radius = 0.38 + 0.32 * s[:, 3] if main else 0.12 + 0.22 * s[:, 3]
+    aspect = 0.75 + 0.55 * s[:, 4]
+    rx, ry = radius * aspect, radius / aspect
+    angle = s[:, 5] * np.float32(2 * np.pi)
+    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+    dx, dy = _XX - cx[:, None, None], _YY - cy[:, None, None]
+    p = dx * cos
+    p += dy * sin
+    p /= rx[:, None, None]  # (a, 32, 32)
+    q = dy * cos
+    q -= dx * sin
+    q /= ry[:, None, None]
+    # One unit of the metric spans `width` pixels; alpha ramps over one pixel at the edge.
+    edge_px = (np.minimum(rx, ry) * _PX_PER_UNIT)[:, None, None]
+    alpha = np.empty_like(p)
+    bounds = np.searchsorted(kind, np.arange(len(SHAPES_CLASSES) + 1))
+    for k in range(len(SHAPES_CLASSES)):
+        lo, hi = bounds[k], bounds[k + 1]
+        if lo == hi:
+            continue
+        m, scale = _metric(k, p[lo:hi], q[lo:hi])
+        width = scale * edge_px[lo:hi]
+        m *= -width
+        m += width + 0.5
+        np.clip(m, 0.0, 1.0, out=alpha[lo:hi])
+    return alpha
+
+
 def _render_chunk(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(b, K) draws -> (b, 3, 32, 32) float32 images in [0, 1] (before clipping), (b,) labels."""
     batch = len(u)
@@ -177,37 +209,11 @@ def _render_chunk(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(kind, kind="stable")
         active, kind = active[order], kind[order]
         s = u[active, c : c + _SLOT_W]
-        spread = 0.45 if main else 0.8
-        cx, cy = (2 * s[:, 1] - 1) * spread, (2 * s[:, 2] - 1) * spread
-        radius = 0.38 + 0.32 * s[:, 3] if main else 0.12 + 0.22 * s[:, 3]
-        aspect = 0.75 + 0.55 * s[:, 4]
-        rx, ry = radius * aspect, radius / aspect
-        angle = s[:, 5] * np.float32(2 * np.pi)
         colour = s[:, 6:9]
         # A colour too close to the background's mean moves half-way around the colour cube.
         close = np.linalg.norm(colour - bg_mean[active], axis=1) < 0.45
         colour = np.where(close[:, None], (colour + 0.5) % 1.0, colour)
-        cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
-        dx, dy = _XX - cx[:, None, None], _YY - cy[:, None, None]
-        p = dx * cos
-        p += dy * sin
-        p /= rx[:, None, None]  # (a, 32, 32)
-        q = dy * cos
-        q -= dx * sin
-        q /= ry[:, None, None]
-        # One unit of the metric spans `width` pixels; alpha ramps over one pixel at the edge.
-        edge_px = (np.minimum(rx, ry) * _PX_PER_UNIT)[:, None, None]
-        alpha = np.empty_like(p)
-        bounds = np.searchsorted(kind, np.arange(len(SHAPES_CLASSES) + 1))
-        for k in range(len(SHAPES_CLASSES)):
-            lo, hi = bounds[k], bounds[k + 1]
-            if lo == hi:
-                continue
-            m, scale = _metric(k, p[lo:hi], q[lo:hi])
-            width = scale * edge_px[lo:hi]
-            m *= -width
-            m += width + 0.5
-            np.clip(m, 0.0, 1.0, out=alpha[lo:hi])
+        alpha = _slot_alpha(kind, s, main)
         # In-place updates: on fresh temporaries these ops run several times slower.
         if main:
             inverse = np.argsort(order)
