@@ -22,8 +22,8 @@ from flax import nnx
 
 from jaxbasics.train.config import TrainConfig
 from jaxbasics.vqvae import codebook
+from jaxbasics.vqvae.ema import EMAVariable
 from jaxbasics.vqvae.model import VQVAE
-from jaxbasics.vqvae.quantizer import EMAVariable
 
 
 @flax.struct.dataclass

@@ -34,8 +34,9 @@ from jaxbasics.vqvae.codebook import (
     set_codes,
     usage_update,
 )
+from jaxbasics.vqvae.ema import EMAVariable
 from jaxbasics.vqvae.model import VQVAE, recon_error
-from jaxbasics.vqvae.quantizer import EMAVariable, code_counts, perplexity
+from jaxbasics.vqvae.quantizer import code_counts, perplexity
 
 # fold_in data of the k-means key; train steps use fold_in(key, step), step < 2**32 - 1.
 KMEANS_STREAM = 2**32 - 1

@@ -20,14 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxbasics.vqvae.ema import VectorQuantizerEMA
 from jaxbasics.vqvae.layers import ConvTranspose4x4s2, conv
-from jaxbasics.vqvae.quantizer import (
-    VectorQuantizer,
-    VectorQuantizerEMA,
-    assign,
-    lookup,
-    mse,
-)
+from jaxbasics.vqvae.quantizer import VectorQuantizer, assign, lookup, mse
 
 
 class Residual(nnx.Module):
