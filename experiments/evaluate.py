@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from jaxbasics.data.sources import DatasetNotFoundError
     from jaxbasics.train.checkpoint import Checkpointer, IncompatibleCheckpointError
-    from jaxbasics.train.evaluate import evaluate, save_figures
     from jaxbasics.train.data import sources
+    from jaxbasics.train.evaluate import evaluate, save_figures
     from jaxbasics.train.sharding import abstract_state, make_shardings
     from jaxbasics.train.state import codebook_of
 
