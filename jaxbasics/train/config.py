@@ -49,11 +49,13 @@ RESUMABLE_FIELDS = frozenset(
     }
 )
 
-# Fields that never reach a compiled program (they only steer the loop and the data).
+# Fields that never reach a compiled program as a constant: they steer the loop and the data,
+# or (seed) enter as an argument: the initial key is passed to the compiled init.
 _RUN_ONLY = RESUMABLE_FIELDS - {"conv_form"} | {
     "dataset",
     "num_train_examples",
     "num_eval_examples",
+    "seed",
     "data_seed",
     "image_size",
     "eval_fraction",
@@ -233,6 +235,8 @@ class TrainConfig:
         schedule the run length shapes the learning rate, so it stays in the key.
 
         >>> TrainConfig(num_training_updates=5).compile_key() == TrainConfig().compile_key()
+        True
+        >>> TrainConfig(seed=1).compile_key() == TrainConfig().compile_key()  # key: an argument
         True
         """
         reset = _RUN_ONLY - ({"num_training_updates"} if self.lr_schedule != "constant" else set())
