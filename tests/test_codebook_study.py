@@ -16,11 +16,10 @@ def test_doctests():
 
 @pytest.fixture
 def tiny_preset(monkeypatch):
-    presets = {**config_module.PRESETS, "tiny": {**config_module.PRESETS["quickstart"], **SIZES}}
-    monkeypatch.setitem(presets["tiny"], "batch_size", RUN["batch_size"])
-    monkeypatch.setitem(presets["tiny"], "num_train_examples", RUN["num_train_examples"])
-    monkeypatch.setitem(presets["tiny"], "num_eval_examples", RUN["num_eval_examples"])
-    monkeypatch.setattr(config_module, "PRESETS", presets)
+    """The quickstart at the test sizes (and the test runs' data and schedule)."""
+    run = {k: v for k, v in RUN.items() if k in config_module.PRESETS["quickstart"]}
+    tiny = {**config_module.PRESETS["quickstart"], **SIZES, **run}
+    monkeypatch.setattr(config_module, "PRESETS", {**config_module.PRESETS, "tiny": tiny})
     return "tiny"
 
 
