@@ -167,11 +167,13 @@ def rotation_trick(inputs: ArrayLike, quantized: ArrayLike, eps: float = 1e-6) -
     angles to their code receive different updates. When ``q == z``, ``lambda R`` is the
     identity and the trick reduces to straight-through.
 
-    The forward value is exactly ``quantized``: the result is ``sg(q) + (y - sg(y))`` with
-    ``y = (lambda R) z``, and ``y - sg(y)`` is exactly zero. R is never built as a matrix:
-    ``R z = z - 2 r (r . z) + 2 q_hat (e . z)``, O(D) per vector. Vectors shorter than
-    ``eps`` fall back to straight-through. Nothing flows into ``quantized``, as with
-    straight-through; train the codebook with the VQ loss or the EMA update.
+    The forward value is exactly ``quantized``, bit for bit: the result is
+    ``sg(q) - (sg(y) - y)`` with ``y = (lambda R) z``; ``sg(y) - y`` is exactly +0.0, and
+    subtracting +0.0 leaves every float as it is, -0.0 included (adding it would not).
+    R is never built as a matrix: ``R z = z - 2 r (r . z) + 2 q_hat (e . z)``, O(D) per
+    vector. Vectors shorter than ``eps`` fall back to straight-through. Nothing flows into
+    ``quantized``, as with straight-through; train the codebook with the VQ loss or the EMA
+    update.
 
     Args:
       inputs: the encoder output z, (..., D).
@@ -210,4 +212,4 @@ def rotation_trick(inputs: ArrayLike, quantized: ArrayLike, eps: float = 1e-6) -
 
     rotated = lam * (z - 2.0 * r * dot(r, z) + 2.0 * q_hat * dot(e, z))  # (lambda R) z
     y = jnp.where(safe, rotated, z)
-    return sg(q) + (y - sg(y))
+    return sg(q) - (sg(y) - y)

@@ -144,8 +144,9 @@ def test_every_flag_is_documented_and_the_preset_sets_the_defaults():
         assert doc and "".join(doc.split()) in squeezed, name  # --help says what it does
     for flag in ("--workdir", "--preset", "--faithful", "--dataset", "--data-dir"):
         assert flag in text
-    assert "Global batch size, over all devices and processes. (default: 32)" in text
-    assert "Encoder/decoder width. (default: 64)" in text  # the quickstart's value
+    # the quickstart's values
+    assert "Global batch size, over all devices and processes. (default: 16)" in text
+    assert "Encoder/decoder width. (default: 64)" in text
     cifar = " ".join(run([sys.executable, TRAIN, "--preset", "cifar10", "--help"]).stdout.split())
     assert "Encoder/decoder width. (default: 128)" in cifar
     assert "(default: 25000)" in cifar

@@ -6,10 +6,12 @@ These run in-process with one small config, so the compiled steps are shared.
 import hashlib
 import json
 import logging
+import signal
 from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 from conftest import small_config
 
@@ -103,6 +105,40 @@ def test_incompatible_config_is_refused_with_field_names(tmp_path):
     assert "learning_rate" in str(e.value) and "--workdir" in str(e.value)
     # a longer run of the same experiment is fine
     assert fit(SMALL.replace(num_training_updates=6), tmp_path).step == 6
+
+
+COSINE = SMALL.replace(lr_schedule="cosine", warmup_steps=3)
+
+
+def _interrupt_after(monkeypatch, config, steps):
+    """Make fit() stop after ``steps`` steps, as if Ctrl-C had been pressed during the last."""
+    calls = []
+
+    def batch_then_signal(local, sharding):
+        calls.append(1)  # the k-means init's batches come first
+        if len(calls) == config.kmeans_init_steps + steps:
+            signal.raise_signal(signal.SIGINT)  # fit's handler: stop after this step
+        return jax.make_array_from_process_local_data(sharding, local)
+
+    monkeypatch.setattr(loop, "global_batch", batch_then_signal)
+
+
+def test_cosine_schedule_resumes_exactly_and_refuses_a_new_length(tmp_path, monkeypatch):
+    straight = fit(COSINE, tmp_path / "a")
+    with monkeypatch.context() as m:
+        _interrupt_after(m, COSINE, 5)
+        stopped = fit(COSINE, tmp_path / "b")
+    assert stopped.interrupted == signal.SIGINT and stopped.step == 5
+    resumed = fit(COSINE, tmp_path / "b")
+    assert resumed.step == 10
+    for x, y in zip(_leaves(straight.state), _leaves(resumed.state), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # the schedule's position is the optimiser's own step count, saved with it
+    counts = [s.count for s in resumed.state.opt_state if isinstance(s, optax.ScaleByScheduleState)]
+    assert [int(c) for c in counts] == [10]
+    # the run's length is part of its schedule: a longer cosine run is another experiment
+    with pytest.raises(ConfigMismatchError, match=r"num_training_updates: saved 10, requested 20"):
+        fit(COSINE.replace(num_training_updates=20), tmp_path / "b")
 
 
 @pytest.mark.parametrize("change", ["layout", "sizes"])

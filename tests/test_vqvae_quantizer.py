@@ -140,3 +140,30 @@ def test_ema_statistics_are_not_params():
     vq = q.VectorQuantizerEMA(6, 3, 0.25, rngs=nnx.Rngs(0))
     assert len(jax.tree.leaves(nnx.state(vq, nnx.Param))) == 0
     assert len(jax.tree.leaves(nnx.state(vq, q.EMAVariable))) == 3
+
+
+def _norm_growth(init, steps=5):
+    """Largest ||e_k|| after / before ``steps`` EMA updates on small latents, over all codes."""
+    vq = q.VectorQuantizerEMA(64, 8, 0.25, decay=0.99, init=init, rngs=nnx.Rngs(0))
+    before = np.linalg.norm(np.asarray(vq.codebook[...]), axis=1)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):  # early encoder outputs: small, far inside the N(0, 1) codebook
+        vq(jnp.asarray(0.1 * rng.normal(size=(4, 4, 4, 8)), jnp.float32))
+    after = np.linalg.norm(np.asarray(vq.codebook[...]), axis=1)
+    return float(np.max(after / before)), float(np.max(after))
+
+
+def test_consistent_ema_init_keeps_unused_codes_where_they_are():
+    growth, largest = _norm_growth("consistent")
+    assert growth < 10.0 and largest < 10.0, (growth, largest)
+
+
+def test_notes_ema_init_throws_unused_codes_to_norm_1e5():
+    """Documents the reference's bug: ema_w drawn apart from the codebook and cluster sizes 0.
+
+    After the first update every code the batch did not choose has a Laplace-smoothed
+    cluster size of ~epsilon = 1e-5, so e = ema_w / N has a norm of ~1e5: out of reach of
+    every encoder output until ema_w decays (hundreds of steps at decay 0.99).
+    """
+    growth, largest = _norm_growth("notes")
+    assert growth > 1e4 and largest > 1e4, (growth, largest)

@@ -167,14 +167,17 @@ def _structure(key: TrainConfig) -> Structure:
 def structure(config: TrainConfig) -> Structure:
     """The :class:`Structure` of ``config``, derived once per compile key and process.
 
-    Runs and tests that differ only in length, logging or data share it, and with it every
-    compiled program, so a resume in the same process compiles nothing again.
+    Runs and tests that differ only in seed, logging, data or (at a constant learning rate)
+    length share it, and with it every compiled program, so a resume in the same process
+    compiles nothing again.
 
     >>> from jaxbasics.train.config import preset
     >>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
     ...              num_embeddings=8)
-    >>> structure(cfg) is structure(cfg.replace(num_training_updates=3))
+    >>> structure(cfg) is structure(cfg.replace(eval_every=3, seed=1))
     True
+    >>> cfg.lr_schedule, structure(cfg) is structure(cfg.replace(num_training_updates=3))
+    ('cosine', False)
     >>> structure(cfg).abstract.code_usage.shape
     (8,)
     """
