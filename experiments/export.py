@@ -2,9 +2,10 @@
 
   python experiments/export.py runs/quickstart model.msgpack [--step N]
 
-The file holds the config, the data variance, the step, the parameters and the EMA codebook
-statistics (no optimiser state or history); ``jaxbasics.train.load`` and every script's
-``--model`` read it. Prints one JSON line with both sizes.
+The file holds the config, the data variance, the step, the parameters and the codebook: what
+encoding and decoding need, and no training state (no optimiser moments or history, no EMA
+running sums); ``jaxbasics.train.load`` and every script's ``--model`` read it. Prints one
+JSON line with its size and the newest checkpoint's.
 """
 
 from __future__ import annotations

@@ -6,8 +6,12 @@ eval mode together with its config and the data variance. It never reads the opt
 
 ``export(workdir, path)`` writes one self-describing file: a msgpack
 (``flax.serialization``) of the config, the data variance, the step, the parameters and the
-EMA codebook statistics. It holds no optimiser moments or training history, so it is about a
-third of a full checkpoint.
+codebook. It holds what encoding and decoding need, and no training state: no optimiser
+moments, no history, and of the EMA quantiser's statistics only the codebook itself (its
+running sums ``ema_w`` and cluster sizes are training state, like Adam's moments; :func:`load`
+sets them consistently, ``ema_w = codebook`` and sizes 1, as the ``consistent`` init does).
+That makes an export about 2.9x smaller than a checkpoint of the same run (quickstart:
+801 kB against 2.3 MB).
 
 >>> import tempfile
 >>> from jaxbasics.train.config import preset
@@ -190,8 +194,9 @@ def save_model(
     data_variance: float,
     step: int,
 ) -> Path:
-    """Write a model's params and EMA statistics, with ``config``, as one export file.
+    """Write a model's params and codebook, with ``config``, as one export file.
 
+    Of ``ema`` (the EMA quantiser's statistics; empty for plain VQ) only the codebook is kept.
     The file is written next to ``path`` and renamed into place, so it is never half-written.
     """
     import flax.serialization
@@ -204,7 +209,7 @@ def save_model(
         "data_variance": float(data_variance),
         "step": int(step),
         "params": jax.tree.map(np.asarray, nnx.to_pure_dict(params)),
-        "ema": jax.tree.map(np.asarray, nnx.to_pure_dict(ema)),
+        "ema": _codebook_only(nnx.to_pure_dict(ema)),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +217,26 @@ def save_model(
     tmp.write_bytes(flax.serialization.msgpack_serialize(payload))
     tmp.replace(path)
     return path
+
+
+def _codebook_only(ema: dict) -> dict:
+    """The EMA statistics an export keeps: the quantiser's codebook, by name."""
+    from jaxbasics.vqvae.codebook import QUANTIZER
+
+    if not ema:
+        return {}
+    return {QUANTIZER: {"codebook": np.asarray(ema[QUANTIZER]["codebook"])}}
+
+
+def _with_statistics(ema: dict) -> dict:
+    """Running sums for a loaded codebook: ``ema_w = codebook``, cluster sizes 1."""
+    from jaxbasics.vqvae.codebook import QUANTIZER
+
+    if not ema:
+        return {}
+    book = ema[QUANTIZER]["codebook"]
+    stats = {"codebook": book, "ema_w": book, "ema_cluster_size": np.ones(len(book), book.dtype)}
+    return {QUANTIZER: stats}
 
 
 def export(workdir: str | Path, path: str | Path, step: int | None = None) -> Path:
@@ -252,14 +277,15 @@ def _load_export(path: Path) -> Loaded:
     config = TrainConfig.from_json(json.dumps(payload["config"]))
     abstract = structure(config).abstract
     trees = {}
+    stored = {"params": payload["params"], "ema": _with_statistics(payload["ema"])}
     for name in ("params", "ema"):
         state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), getattr(abstract, name))
-        diff = layout_differences(layout(payload[name]), layout(nnx.to_pure_dict(state)))
+        diff = layout_differences(layout(stored[name]), layout(nnx.to_pure_dict(state)))
         if diff:
             raise IncompatibleModelError(
                 f"{path}: the stored {name} do not fit the stored config:\n  " + "\n  ".join(diff)
             )
-        nnx.replace_by_pure_dict(state, payload[name])
+        nnx.replace_by_pure_dict(state, stored[name])
         trees[name] = jax.tree.map(jax.numpy.asarray, state)
     model = to_model(config, trees["params"], trees["ema"])
     return Loaded(model, config, float(payload["data_variance"]), int(payload["step"]))
