@@ -13,9 +13,8 @@ import pytest
 from flax import nnx
 
 from jaxbasics.train.state import init_state, to_model
-from jaxbasics.vqvae import layers
+from jaxbasics.vqvae import wgrad
 from jaxbasics.vqvae.layers import (
-    chunked_wgrad_conv2d,
     conv,
     conv2d,
     conv2d_reference,
@@ -24,6 +23,7 @@ from jaxbasics.vqvae.layers import (
     resolve_form,
 )
 from jaxbasics.vqvae.model import VQVAE
+from jaxbasics.vqvae.wgrad import chunked_wgrad_conv2d
 
 
 def _grads(fn, *args):
@@ -189,7 +189,7 @@ def test_whole_model_equals_plain_layers(form):
 def test_whole_model_parameter_gradients_agree_across_forms(monkeypatch):
     # 16 positions, less than one 8x8 latent map: one image per chunk, so the stride-1 convs'
     # kernel gradients (chunked on the CPU in the im2col form) are sums of two chunks
-    monkeypatch.setattr(layers, "WGRAD_CHUNK_POSITIONS", 16)
+    monkeypatch.setattr(wgrad, "WGRAD_CHUNK_POSITIONS", 16)
     x = jax.random.uniform(jax.random.key(4), (2, 32, 32, 3), minval=-0.5, maxval=0.5)
     grads = {}
     for form in ("im2col", "xla"):

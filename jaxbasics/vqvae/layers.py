@@ -28,13 +28,14 @@ the convolution, while the parameters themselves stay float32 (``nnx.Conv``'s ``
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from jaxbasics.vqvae.wgrad import chunked_wgrad_conv_general_dilated, padding_pairs
 
 ConvForm = Literal["auto", "xla", "im2col"]
 FORMS = ("auto", "xla", "im2col")
@@ -89,7 +90,7 @@ def conv2d(
     ((2, 4, 4, 5), True)
     """
     kh, kw, cin, cout = kernel.shape
-    (top, bottom), (left, right) = _pairs(padding)
+    (top, bottom), (left, right) = padding_pairs(padding)
     if top or bottom or left or right:
         x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     b, h, w, _ = x.shape
@@ -104,13 +105,6 @@ def conv2d(
     y = patches.reshape(-1, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
     y = y.reshape(b, ho, wo, cout)
     return y if bias is None else y + bias
-
-
-def _pairs(padding: int | Sequence[tuple[int, int]]) -> tuple[tuple[int, int], tuple[int, int]]:
-    if isinstance(padding, int):
-        return (padding, padding), (padding, padding)
-    (top, bottom), (left, right) = padding
-    return (int(top), int(bottom)), (int(left), int(right))
 
 
 def conv2d_reference(
@@ -131,7 +125,7 @@ def conv2d_reference(
         x,
         kernel,
         (stride, stride),
-        list(_pairs(padding)),
+        list(padding_pairs(padding)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     return y if bias is None else y + bias
@@ -178,122 +172,6 @@ def im2col_conv_general_dilated(
     if isinstance(padding, str):
         padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
     return conv2d(lhs, rhs, None, strides[0], padding)
-
-
-# Output positions (images x rows x columns) per chunk of a stride-1 convolution's weight
-# gradient on the CPU: 32 images of the model's 8x8 feature maps (see chunked_wgrad_conv2d).
-WGRAD_CHUNK_POSITIONS = 2048
-
-
-def chunked_wgrad_conv2d(
-    x: jax.Array,
-    kernel: jax.Array,
-    padding: int | Sequence[tuple[int, int]] = 0,
-    chunk_positions: int | None = None,
-) -> jax.Array:
-    """A stride-1 NHWC/HWIO convolution whose kernel gradient is summed over batch chunks.
-
-    The forward pass and the input gradient are XLA's convolutions of the whole batch, exactly
-    as in :func:`conv2d_reference`. Only the kernel gradient ``sum_b x_b (*) g_b`` is taken
-    chunk by chunk, each chunk of ``chunk_positions // (Ho * Wo)`` images by XLA's own
-    weight-gradient convolution, and summed (in float32). XLA:CPU runs that convolution near
-    the machine's rate while a chunk's operands stay in cache (batch 32 at 8x8), but 2-3x
-    slower per image at batch 256 (enc conv3 128->128, forward + backward: 115 vs 280 ms);
-    see ``docs/speed.md``. A batch of one chunk or less is just the plain convolution.
-
-    Args:
-      x: (B, H, W, cin).
-      kernel: (kH, kW, cin, cout), ``nnx.Conv``'s HWIO kernel.
-      padding: zeros added on every spatial side, or ``((top, bottom), (left, right))``.
-      chunk_positions: output positions per kernel-gradient chunk (at least one image);
-        default :data:`WGRAD_CHUNK_POSITIONS`.
-
-    Returns:
-      (B, Ho, Wo, cout), the same as ``conv2d_reference(x, kernel, None, 1, padding)``.
-
-    >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 3))
-    >>> k = jax.random.normal(jax.random.key(2), (3, 3, 3, 2))
-    >>> g = jax.grad(lambda k: jnp.sum(chunked_wgrad_conv2d(x, k, 1, 16) ** 2))(k)
-    >>> g_plain = jax.grad(lambda k: jnp.sum(conv2d_reference(x, k, None, 1, 1) ** 2))(k)
-    >>> bool(jnp.allclose(g, g_plain, atol=1e-4))
-    True
-    """
-    pads = _pairs(padding)
-    (top, bottom), (left, right) = pads
-    ho = x.shape[1] + top + bottom - kernel.shape[0] + 1
-    wo = x.shape[2] + left + right - kernel.shape[1] + 1
-    if chunk_positions is None:
-        chunk_positions = WGRAD_CHUNK_POSITIONS
-    images = max(1, chunk_positions // max(1, ho * wo))
-    if x.shape[0] <= images:
-        return conv2d_reference(x, kernel, None, 1, pads)
-    return _chunked_wgrad_conv(x, kernel, pads, images)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _chunked_wgrad_conv(x, kernel, pads, images):
-    return conv2d_reference(x, kernel, None, 1, pads)
-
-
-def _chunked_wgrad_conv_fwd(x, kernel, pads, images):
-    return conv2d_reference(x, kernel, None, 1, pads), (x, kernel)
-
-
-def _chunked_wgrad_conv_bwd(pads, images, residuals, g):
-    x, kernel = residuals
-    _, input_vjp = jax.vjp(lambda x: conv2d_reference(x, kernel, None, 1, pads), x)
-    (dx,) = input_vjp(g)
-    dk = jnp.zeros(kernel.shape, jnp.float32)
-    for start in range(0, x.shape[0], images):
-        xs, gs = x[start : start + images], g[start : start + images]
-        _, kernel_vjp = jax.vjp(lambda k, xs=xs: conv2d_reference(xs, k, None, 1, pads), kernel)
-        dk = dk + kernel_vjp(gs)[0].astype(jnp.float32)
-    return dx, dk.astype(kernel.dtype)
-
-
-_chunked_wgrad_conv.defvjp(_chunked_wgrad_conv_fwd, _chunked_wgrad_conv_bwd)
-
-
-def chunked_wgrad_conv_general_dilated(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides: Sequence[int],
-    padding: str | Sequence[tuple[int, int]],
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    precision: Any = None,
-    **kwargs: Any,
-) -> jax.Array:
-    """``lax.conv_general_dilated``'s signature, evaluated by :func:`chunked_wgrad_conv2d`.
-
-    What ``nnx.Conv(..., conv_general_dilated=...)`` calls for the stride-1 convolutions of
-    the ``"im2col"`` form on the CPU. Only 2-D NHWC/HWIO stride-1 convolutions without
-    dilation or groups are supported; anything else raises.
-
-    >>> layer = nnx.Conv(3, 4, (3, 3), padding=1, rngs=nnx.Rngs(0),
-    ...                  conv_general_dilated=chunked_wgrad_conv_general_dilated)
-    >>> plain = nnx.Conv(3, 4, (3, 3), padding=1, rngs=nnx.Rngs(0))
-    >>> x = jnp.ones((1, 8, 8, 3))
-    >>> bool(jnp.allclose(layer(x), plain(x), atol=1e-5))
-    True
-    """
-    dilations = (tuple(lhs_dilation or (1, 1)), tuple(rhs_dilation or (1, 1)))
-    if (
-        lhs.ndim != 4
-        or tuple(window_strides) != (1, 1)
-        or dilations != ((1, 1), (1, 1))
-        or feature_group_count != 1
-    ):
-        raise NotImplementedError(
-            "the chunked weight-gradient convolution supports 2-D stride-1 convolutions with "
-            f"no dilation and no feature groups; got strides {tuple(window_strides)}, "
-            f"dilations {dilations}, groups {feature_group_count}. Use conv_form='xla'."
-        )
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
-    return chunked_wgrad_conv2d(lhs, rhs, padding)
 
 
 def conv(
