@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,6 +23,41 @@ def add_model_args(parser: argparse.ArgumentParser, *, images: bool) -> None:
         parser.add_argument(
             "--center-crop", type=int, default=None, help="keep the central S x S pixels"
         )
+
+
+def image_args(doc: str, out_help: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line of a script that runs a model on images: inputs, --out, --model..."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--out", required=True, help=out_help)
+    add_model_args(parser, images=True)
+    return parser.parse_args(argv)
+
+
+class Inputs(NamedTuple):
+    """A loaded model and the images to run it on."""
+
+    loaded: Any  # jaxbasics.train.io.Loaded
+    fns: Any  # its jitted encode / decode (jaxbasics.train.codes.model_fns)
+    images: list  # the found files (jaxbasics.train.codes.find_images)
+    pixels: list[np.ndarray]  # their uint8 (H, W, 3) pixels, as read
+    x: list[np.ndarray]  # the same as model inputs
+
+
+def model_and_images(args: argparse.Namespace) -> Inputs:
+    """Load ``--model`` and read ``args.inputs``, ending the script politely if either fails."""
+    from jaxbasics.train.codes import find_images, model_fns, read_inputs, to_model_input
+
+    loaded = load_model(args.model, args.step)
+    try:
+        images = find_images(args.inputs)
+        pixels = read_inputs(images, resize=args.resize, center_crop=args.center_crop)
+    except (OSError, ValueError) as e:
+        sys.exit(fail(e))
+    x = [to_model_input(p) for p in pixels]
+    return Inputs(loaded, model_fns(loaded.model), images, pixels, x)
 
 
 def fail(error: BaseException) -> int:

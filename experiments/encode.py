@@ -10,42 +10,19 @@ into images. Prints one JSON summary line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
-from common import add_model_args, fail, load_model
+from common import image_args, model_and_images
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--out", required=True, help="the .npz file to write")
-    add_model_args(parser, images=True)
-    args = parser.parse_args(argv)
+    args = image_args(__doc__, "the .npz file to write", argv)
+    from jaxbasics.train.codes import run_batched, write_codes
 
-    from jaxbasics.train.codes import (
-        find_images,
-        model_fns,
-        read_inputs,
-        run_batched,
-        to_model_input,
-        write_codes,
-    )
-
-    loaded = load_model(args.model, args.step)
-    try:
-        images = find_images(args.inputs)
-        pixels = read_inputs(images, resize=args.resize, center_crop=args.center_crop)
-    except (OSError, ValueError) as e:
-        return fail(e)
-    fns = model_fns(loaded.model)
-    codes = run_batched(
-        fns.encode, [to_model_input(p) for p in pixels], progress=len(images) > 32, desc="encode"
-    )
+    loaded, fns, images, _, x = model_and_images(args)
+    codes = run_batched(fns.encode, x, progress=len(images) > 32, desc="encode")
     path = write_codes(args.out, [i.name for i in images], codes, loaded.model, loaded.config)
     shapes = sorted({tuple(c.shape) for c in codes})
     summary = {

@@ -11,14 +11,13 @@ over reconstructions, 16 per grid) and ``<out>/recon_errors.jsonl`` (each image'
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
-from common import add_model_args, fail, load_model, save_png
+from common import image_args, model_and_images, save_png
 
 GRID = 16
 
@@ -37,32 +36,11 @@ def save_grids(out: Path, originals: list[np.ndarray], recons: list[np.ndarray])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--out", required=True, help="output folder")
-    add_model_args(parser, images=True)
-    args = parser.parse_args(argv)
+    args = image_args(__doc__, "output folder", argv)
+    from jaxbasics.train.codes import run_batched, to_pixels
 
-    from jaxbasics.train.codes import (
-        find_images,
-        model_fns,
-        read_inputs,
-        run_batched,
-        to_model_input,
-        to_pixels,
-    )
-
-    loaded = load_model(args.model, args.step)
-    try:
-        images = find_images(args.inputs)
-        pixels = read_inputs(images, resize=args.resize, center_crop=args.center_crop)
-    except (OSError, ValueError) as e:
-        return fail(e)
-    fns = model_fns(loaded.model)
+    loaded, fns, images, pixels, x = model_and_images(args)
     many = len(images) > 32
-    x = [to_model_input(p) for p in pixels]
     codes = run_batched(fns.encode, x, progress=many, desc="encode")
     recons = run_batched(fns.decode, codes, progress=many, desc="decode")
     out = Path(args.out)

@@ -49,7 +49,11 @@ def photos(tmp_path):
 
 
 def _main(script, capsys, *args):
-    code = script.main([str(a) for a in args])
+    """Run a script's main in-process: its exit status (returned or sys.exit), summary, stderr."""
+    try:
+        code = script.main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
     out, err = capsys.readouterr()
     return code, (json.loads(out.strip().splitlines()[-1]) if code == 0 else None), err
 
