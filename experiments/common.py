@@ -50,12 +50,12 @@ def model_and_images(args: argparse.Namespace) -> Inputs:
     """Load ``--model`` and read ``args.inputs``, ending the script politely if either fails."""
     from jaxbasics.train.codes import find_images, model_fns, read_inputs, to_model_input
 
-    loaded = load_model(args.model, args.step)
-    try:
+    try:  # the images first: a typo in a path should not wait for the model to load
         images = find_images(args.inputs)
         pixels = read_inputs(images, resize=args.resize, center_crop=args.center_crop)
     except (OSError, ValueError) as e:
         sys.exit(fail(e))
+    loaded = load_model(args.model, args.step)
     x = [to_model_input(p) for p in pixels]
     return Inputs(loaded, model_fns(loaded.model), images, pixels, x)
 

@@ -28,6 +28,7 @@ expects *before* reading any array:
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -98,6 +99,29 @@ def layout_differences(saved: dict, expected: dict, limit: int = 12) -> list[str
     return lines
 
 
+def _drop_read_only_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+def read_only_options(ocp: Any) -> Any:
+    """Orbax options to read checkpoints, already in the form Orbax's read-only mode wants.
+
+    (Given as they are, Orbax does not log a warning for each setting it would override; its
+    one remaining notice, that the directory is read-only, is what was asked for and dropped.)
+    """
+    absl = logging.getLogger("absl")
+    if _drop_read_only_notice not in absl.filters:
+        absl.addFilter(_drop_read_only_notice)
+    return ocp.CheckpointManagerOptions(
+        read_only=True,
+        create=False,
+        max_to_keep=None,
+        save_interval_steps=0,
+        save_root_metadata=False,
+        cleanup_tmp_directories=False,
+    )
+
+
 class Checkpointer:
     """Save and restore a run's checkpoints under ``workdir/checkpoints``.
 
@@ -117,12 +141,10 @@ class Checkpointer:
         self.read_only = read_only
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep,
-                create=not read_only,
-                read_only=read_only,
-                save_root_metadata=False,
-                cleanup_tmp_directories=not read_only,
+            options=read_only_options(ocp)
+            if read_only
+            else ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, save_root_metadata=False
             ),
             item_names=ITEMS,
             item_handlers={

@@ -136,7 +136,12 @@ def _restore(workdir: Path, step: int | None) -> tuple[TrainConfig, Any, Any, fl
     """``(config, params, ema, data_variance, step)`` of a workdir's checkpoint."""
     import orbax.checkpoint as ocp
 
-    from jaxbasics.train.checkpoint import Checkpointer, layout, layout_differences
+    from jaxbasics.train.checkpoint import (
+        Checkpointer,
+        layout,
+        layout_differences,
+        read_only_options,
+    )
     from jaxbasics.train.sharding import abstract_state
 
     config = load_config(workdir)
@@ -163,7 +168,7 @@ def _restore(workdir: Path, step: int | None) -> tuple[TrainConfig, Any, Any, fl
         restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
         manager = ocp.CheckpointManager(
             ckpt.directory,
-            options=ocp.CheckpointManagerOptions(read_only=True),
+            options=read_only_options(ocp),
             item_names=("state", "meta"),
             item_handlers={
                 "state": ocp.PyTreeCheckpointHandler(),
