@@ -57,8 +57,6 @@ if TYPE_CHECKING:
 # torchvision's IMG_EXTENSIONS: what ImageFolder users already have, all of which Pillow reads.
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
-# Modes whose alpha channel is composited on black by read_image.
-_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 # A JPEG is decoded at a reduced scale (1/2, 1/4 or 1/8, in the DCT) only down to twice the
 # final side, so the antialiased resize still does the last reduction of at least 2x: Pillow's
@@ -79,24 +77,28 @@ def read_image(
 ) -> np.ndarray:
     """Reads one image file as uint8 RGB, NHWC: what ``PIL.Image.open(path).convert("RGB")`` gives.
 
-    Every mode Pillow opens comes out RGB: grey (``L``, ``1``, 16-bit ``I;16``, whose top 8 bits
-    are kept), palette (``P``), ``CMYK`` and ``YCbCr`` are converted; images with transparency
-    (``RGBA``, ``LA``, a palette or colour key with a transparent entry) are composited on black,
-    i.e. each colour is multiplied by its alpha, so a fully transparent pixel is black whatever
-    colour it happens to store. Multi-frame files (GIF, TIFF) give their first frame. EXIF
-    orientation is not applied (as in torchvision's loader).
+    Every mode Pillow opens comes out RGB through Pillow's own ``convert("RGB")``, as in
+    torchvision's ``ImageFolder`` loader: grey (``L``, ``1``), palette (``P``), ``CMYK`` and
+    ``YCbCr`` are converted, and an alpha channel (``RGBA``, ``LA``, ``PA``) is dropped, keeping
+    the colours stored under it. The one exception is 16-bit grey (``I;16``), which Pillow would
+    clip at 255 (most of such an image white): its top 8 bits are kept instead. Multi-frame files
+    (GIF, TIFF) give their first frame. EXIF orientation is not applied (as in torchvision).
 
-    Geometry, in pixels (Pillow's LANCZOS filter, antialiased when shrinking):
+    Geometry, in pixels (Pillow's bilinear filter, antialiased when shrinking: torchvision's
+    ``Resize`` default on PIL images):
 
     * ``image_size=S``: centre-crop the largest square, then resize it to ``S x S``. This is
       what :func:`folder` does; it cannot be combined with the other two.
     * ``resize=S``: scale so the shorter side is ``S``, keeping the aspect ratio; the longer
       side becomes ``int(S * long / short)`` (torchvision's ``Resize(S)``).
-    * ``center_crop=C``: cut the central ``C x C`` (offsets ``(W - C) // 2``, ``(H - C) // 2``;
-      torchvision's ``CenterCrop(C)``, except that an image smaller than ``C`` is an error, not
-      padded). With ``resize`` too, the resize comes first.
+    * ``center_crop=C``: cut the central ``C x C`` (offsets ``round((W - C) / 2)`` and
+      ``round((H - C) / 2)`` with Python's rounding: torchvision's ``CenterCrop(C)``, except
+      that an image smaller than ``C`` is an error, not padded). With ``resize`` too, the
+      resize comes first, so ``resize=S, center_crop=S`` is torchvision's
+      ``Compose([Resize(S), CenterCrop(S)])`` pixel for pixel.
 
-    When shrinking a JPEG, Pillow decodes it at 1/2, 1/4 or 1/8 scale directly (``Image.draft``),
+    With ``image_size`` (training on a folder, where decoding speed matters), when shrinking a
+    JPEG Pillow decodes it at 1/2, 1/4 or 1/8 scale directly (``Image.draft``),
     never below twice the final side, so the final resize still does an antialiased 2x or more.
     A 1024x1024 photo decodes several times faster; pixels differ from a full-scale decode by
     less than one grey level on average.
@@ -136,14 +138,13 @@ def read_image(
             f"resize; got image_size={image_size} with center_crop={center_crop}, "
             f"resize={resize}. Pass image_size alone, or resize and center_crop."
         )
-    shrink_to = image_size or resize
     try:
         # The whole decode runs inside the try: Pillow reads lazily, so a truncated or corrupt
         # file only fails in load(). ImageFile.LOAD_TRUNCATED_IMAGES is left False, its
         # default: True would fill the missing part with grey and train on it silently.
         with Image.open(path) as im:
-            if shrink_to is not None:
-                im.draft(None, (_DRAFT_MARGIN * shrink_to, _DRAFT_MARGIN * shrink_to))
+            if image_size is not None:
+                im.draft(None, (_DRAFT_MARGIN * image_size, _DRAFT_MARGIN * image_size))
             im.load()
             rgb = _to_rgb(im, path)
     except ImageReadError:
@@ -162,13 +163,13 @@ def read_image(
     if image_size is not None:
         w, h = rgb.size
         side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
+        left, top = _offset(w, side), _offset(h, side)
         rgb = rgb.crop((left, top, left + side, top + side))
-        rgb = rgb.resize((image_size, image_size), Image.Resampling.LANCZOS)
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
     if resize is not None:
         w, h = rgb.size
         size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
-        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
     if center_crop is not None:
         w, h = rgb.size
         if center_crop > min(w, h):
@@ -176,13 +177,18 @@ def read_image(
                 f"center_crop={center_crop} is larger than {path} ({w}x{h} after resizing). "
                 f"Pass resize={center_crop} as well, or use image_size={center_crop}."
             )
-        left, top = (w - center_crop) // 2, (h - center_crop) // 2
+        left, top = _offset(w, center_crop), _offset(h, center_crop)
         rgb = rgb.crop((left, top, left + center_crop, top + center_crop))
     return np.array(rgb, dtype=np.uint8)
 
 
+def _offset(size: int, crop: int) -> int:
+    """Where a centred crop starts: torchvision's ``int(round((size - crop) / 2.0))``."""
+    return int(round((size - crop) / 2.0))
+
+
 def _to_rgb(im: Image.Image, path: str | os.PathLike[str]) -> Image.Image:
-    """A decoded image in any mode -> RGB, transparency composited on black."""
+    """A decoded image in any mode -> RGB (``convert("RGB")``, 16-bit grey scaled, not clipped)."""
     from PIL import Image
 
     if im.mode.startswith("I;16"):
@@ -195,11 +201,6 @@ def _to_rgb(im: Image.Image, path: str | os.PathLike[str]) -> Image.Image:
             f"{path} has {im.mode} pixels (32-bit {'integer' if im.mode == 'I' else 'float'}), "
             "which have no fixed range to map to 0..255. Save it as an 8-bit image."
         )
-    if im.mode in _ALPHA_MODES or "transparency" in im.info:
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint32)
-        # round(colour * alpha / 255), in integers.
-        rgb = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
-        return Image.fromarray(rgb.astype(np.uint8))
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
