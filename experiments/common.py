@@ -46,18 +46,37 @@ class Inputs(NamedTuple):
     x: list[np.ndarray]  # the same as model inputs
 
 
-def model_and_images(args: argparse.Namespace) -> Inputs:
-    """Load ``--model`` and read ``args.inputs``, ending the script politely if either fails."""
+def model_and_images(args: argparse.Namespace, out_folder: str | None = None) -> Inputs:
+    """Load ``--model`` and read ``args.inputs``, ending the script politely if either fails.
+
+    With ``out_folder``, an output folder that is or holds one of the inputs is refused (its
+    PNGs could overwrite the images), and one inside an input folder is not read as input.
+    """
     from jaxbasics.train.codes import find_images, model_fns, read_inputs, to_model_input
 
     try:  # the images first: a typo in a path should not wait for the model to load
-        images = find_images(args.inputs)
+        if out_folder is not None:
+            check_out_folder(out_folder, args.inputs)
+        images = find_images(args.inputs, exclude=out_folder)
         pixels = read_inputs(images, resize=args.resize, center_crop=args.center_crop)
     except (OSError, ValueError) as e:
         sys.exit(fail(e))
     loaded = load_model(args.model, args.step)
     x = [to_model_input(p) for p in pixels]
     return Inputs(loaded, model_fns(loaded.model), images, pixels, x)
+
+
+def check_out_folder(out: str, inputs: list[str]) -> None:
+    """Refuse an output folder that is a file, or that is or holds one of the inputs."""
+    folder = Path(out).absolute()
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a folder (it is created if needed).")
+    for given in map(lambda i: Path(i).absolute(), inputs):
+        if given == folder or given.is_relative_to(folder):
+            raise ValueError(
+                f"--out {out} holds the input {given}: the PNGs written there could overwrite "
+                "your images. Choose a new folder (a subfolder of the inputs is fine)."
+            )
 
 
 def fail(error: BaseException) -> int:
@@ -72,7 +91,7 @@ def load_model(path: str, step: int | None = None) -> Any:
 
     try:
         return load(path, step)
-    except (FileNotFoundError, IncompatibleModelError) as e:
+    except (FileNotFoundError, ValueError, IncompatibleModelError) as e:
         sys.exit(fail(e))
 
 

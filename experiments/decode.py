@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from common import add_model_args, fail, load_model, save_png
+from common import add_model_args, check_out_folder, fail, load_model, save_png
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,19 +27,32 @@ def main(argv: list[str] | None = None) -> int:
     add_model_args(parser, images=False)
     args = parser.parse_args(argv)
 
-    from jaxbasics.train.codes import check_codes_fit, model_fns, read_codes, run_batched, to_pixels
+    from jaxbasics.train.codes import (
+        CODE_BUDGET,
+        check_codes_fit,
+        model_fns,
+        output_names,
+        read_codes,
+        run_batched,
+        to_pixels,
+    )
 
-    loaded = load_model(args.model, args.step)
-    try:
+    try:  # the codes first: a wrong path should not wait for the model to load
         codes = read_codes(args.codes)
-        check_codes_fit(codes, loaded.model, loaded.config, args.codes)
+        check_out_folder(args.out, [])
     except (OSError, ValueError) as e:
         return fail(e)
+    loaded = load_model(args.model, args.step)
+    try:
+        check_codes_fit(codes, loaded.model, loaded.config, args.codes)
+    except ValueError as e:
+        return fail(e)
     fns = model_fns(loaded.model)
-    images = run_batched(fns.decode, codes.maps, progress=len(codes.maps) > 32, desc="decode")
+    many = len(codes.maps) > 32
+    images = run_batched(fns.decode, codes.maps, budget=CODE_BUDGET, progress=many, desc="decode")
     out = Path(args.out)
-    for name, image in zip(codes.names, images, strict=True):
-        save_png(out / name, to_pixels(image), suffix=".png")
+    for name, image in zip(output_names(codes.names), images, strict=True):
+        save_png(out / name, to_pixels(image))
     print(json.dumps({"images": len(images), "out": str(out), "model_step": loaded.step}))
     return 0
 

@@ -14,16 +14,22 @@ import json
 import os
 import sys
 
-from common import image_args, model_and_images
+from common import fail, image_args, model_and_images
 
 
 def main(argv: list[str] | None = None) -> int:
     args = image_args(__doc__, "the .npz file to write", argv)
-    from jaxbasics.train.codes import run_batched, write_codes
+    from jaxbasics.train.codes import PIXEL_BUDGET, run_batched, write_codes
 
     loaded, fns, images, _, x = model_and_images(args)
-    codes = run_batched(fns.encode, x, progress=len(images) > 32, desc="encode")
-    path = write_codes(args.out, [i.name for i in images], codes, loaded.model, loaded.config)
+    codes = run_batched(
+        fns.encode, x, budget=PIXEL_BUDGET, progress=len(images) > 32, desc="encode"
+    )
+    names = [i.name for i in images]
+    try:
+        path = write_codes(args.out, names, codes, loaded.model, loaded.config)
+    except OSError as e:
+        return fail(e)
     shapes = sorted({tuple(c.shape) for c in codes})
     summary = {
         "images": len(images),

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         path = export(args.workdir, args.out, args.step)
-    except (FileNotFoundError, IncompatibleModelError) as e:
+    except (OSError, ValueError, IncompatibleModelError) as e:
         return fail(e)
     checkpoints = Path(args.workdir) / "checkpoints"
     newest = max((p for p in checkpoints.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))

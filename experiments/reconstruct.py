@@ -37,22 +37,29 @@ def save_grids(out: Path, originals: list[np.ndarray], recons: list[np.ndarray])
 
 def main(argv: list[str] | None = None) -> int:
     args = image_args(__doc__, "output folder", argv)
-    from jaxbasics.train.codes import run_batched, to_pixels
+    from jaxbasics.train.codes import (
+        CODE_BUDGET,
+        PIXEL_BUDGET,
+        output_names,
+        run_batched,
+        to_pixels,
+    )
 
-    loaded, fns, images, pixels, x = model_and_images(args)
+    loaded, fns, images, pixels, x = model_and_images(args, out_folder=args.out)
     many = len(images) > 32
-    codes = run_batched(fns.encode, x, progress=many, desc="encode")
-    recons = run_batched(fns.decode, codes, progress=many, desc="decode")
+    codes = run_batched(fns.encode, x, budget=PIXEL_BUDGET, progress=many, desc="encode")
+    recons = run_batched(fns.decode, codes, budget=CODE_BUDGET, progress=many, desc="decode")
     out = Path(args.out)
     errors = []
     with_errors = out / "recon_errors.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     with with_errors.open("w") as f:
-        for image, xi, ri in zip(images, x, recons, strict=True):
+        names = output_names([i.name for i in images])
+        for image, name, xi, ri in zip(images, names, x, recons, strict=True):
             error = float(np.mean((ri - xi) ** 2) / loaded.data_variance)
             errors.append(error)
-            f.write(json.dumps({"name": image.name, "recon_error": error}) + "\n")
-            save_png(out / image.name, to_pixels(ri), suffix=".png")
+            f.write(json.dumps({"name": image.name, "png": name, "recon_error": error}) + "\n")
+            save_png(out / name, to_pixels(ri))
     grids = save_grids(out, pixels, [to_pixels(r) for r in recons])
     summary = {
         "images": len(images),

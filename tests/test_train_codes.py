@@ -150,8 +150,10 @@ def test_bad_inputs_fail_with_a_message(workdir, tmp_path, capsys):
     jpeg = tmp_path / "broken.jpg"
     Image.fromarray(_rgb(32, 7)).save(jpeg, quality=90)
     jpeg.write_bytes(jpeg.read_bytes()[:300])  # truncated
-    code, _, err = _main(reconstruct_script, capsys, jpeg, "--model", workdir, "--out", tmp_path)
-    assert code == 1 and "broken.jpg" in err and "Traceback" not in err
+    code, _, err = _main(
+        reconstruct_script, capsys, jpeg, "--model", workdir, "--out", tmp_path / "o"
+    )
+    assert code == 1 and "cannot read" in err and "broken.jpg" in err and "Traceback" not in err
     (tmp_path / "empty").mkdir()
     code, _, err = _main(
         reconstruct_script, capsys, tmp_path / "empty", "--model", workdir, "--out", tmp_path / "o"
@@ -207,3 +209,58 @@ def test_export_then_use_the_export_as_a_user_would(workdir, tmp_path, capsys):
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["images"] == 1 and (tmp_path / "out" / "x.png").exists()
+
+
+def _tree(d):
+    return {
+        p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()
+    }
+
+
+def test_outputs_never_overwrite_inputs_or_each_other(workdir, photos, tmp_path, capsys):
+    Image.fromarray(_rgb(32, 10)).save(photos / "rgb.jpg", quality=90)  # next to rgb.png
+    before = _tree(photos)
+    code, _, err = _main(reconstruct_script, capsys, photos, "--model", workdir, "--out", photos)
+    assert code == 1 and "could overwrite your images" in err and _tree(photos) == before
+    # A subfolder of the inputs is fine, and what an earlier run wrote there is not re-read.
+    for _ in range(2):
+        code, summary, _ = _main(
+            reconstruct_script, capsys, photos, "--model", workdir, "--out", photos / "recon"
+        )
+        assert code == 0 and summary["images"] == len(before)
+    written = {n for n in _tree(photos / "recon") if not n.startswith("grids/")}
+    assert {"rgb.jpg.png", "rgb.png.png", "photo.png", "sub/grey.png"} <= written
+    assert len(written) == len(before) + 1  # one PNG per image, plus recon_errors.jsonl
+    assert {k: v for k, v in _tree(photos).items() if not k.startswith("recon/")} == before
+    # The same name in two input folders: named by their paths under the common folder.
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(_rgb(32, 11)).save(tmp_path / name / "x.png")
+    code, summary, _ = _main(
+        encode_script,
+        capsys,
+        tmp_path / "a",
+        tmp_path / "b",
+        "--model",
+        workdir,
+        "--out",
+        tmp_path / "c.npz",
+    )
+    assert code == 0 and read_codes(tmp_path / "c.npz").names == ["a/x.png", "b/x.png"]
+
+
+def test_wrong_output_paths_fail_cleanly(workdir, tmp_path, capsys):
+    Image.fromarray(_rgb(32, 12)).save(tmp_path / "x.png")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("")
+    for script, args in [
+        (export_script, [workdir, tmp_path / "dir"]),
+        (encode_script, [tmp_path / "x.png", "--model", workdir, "--out", tmp_path / "dir"]),
+        (reconstruct_script, [tmp_path / "x.png", "--model", workdir, "--out", tmp_path / "file"]),
+        (decode_script, [tmp_path / "x.png", "--model", workdir, "--out", tmp_path / "d"]),
+    ]:
+        code, _, err = _main(script, capsys, *args)
+        assert code == 1 and "Traceback" not in err, err
+    assert "not a codes.npz" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file", "x.png"]  # no leftovers
+    assert not any((tmp_path / "dir").iterdir())

@@ -104,8 +104,12 @@ def test_an_export_whose_arrays_misfit_its_config_is_refused(workdir, tmp_path):
     (tmp_path / "junk.msgpack").write_bytes(b"not a model")
     with pytest.raises(IncompatibleModelError, match="is not a model file"):
         load(tmp_path / "junk.msgpack")
-    with pytest.raises(FileNotFoundError, match="neither a training workdir"):
+    with pytest.raises(FileNotFoundError, match="missing does not exist"):
         load(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="neither a training workdir"):
+        load(tmp_path)
+    with pytest.raises(ValueError, match="pass the training workdir to choose a checkpoint"):
+        load(tmp_path / "junk.msgpack", step=3)
 
 
 def test_the_readme_snippet_runs(workdir):

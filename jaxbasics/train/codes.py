@@ -19,6 +19,10 @@ of first appearance. A reconstruction is ``decode(encode(x))``, so decoding the 
 from __future__ import annotations
 
 import hashlib
+import math
+import os
+import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,8 +40,15 @@ class InputImage(NamedTuple):
     name: str
 
 
-def find_images(inputs: Sequence[str | Path]) -> list[InputImage]:
+def find_images(
+    inputs: Sequence[str | Path], *, exclude: str | Path | None = None
+) -> list[InputImage]:
     """The image files given directly or found (recursively, sorted) under the given folders.
+
+    Each image is named by its path relative to the deepest folder that holds every input (a
+    single folder's images by their path inside it), so two inputs never share a name. Hidden
+    files and folders, non-image files and anything under ``exclude`` (e.g. the output folder
+    of an earlier run) are skipped; a file given twice is read once.
 
     Raises:
       FileNotFoundError: an input does not exist, or a folder holds no image files.
@@ -46,31 +57,49 @@ def find_images(inputs: Sequence[str | Path]) -> list[InputImage]:
     >>> from PIL import Image
     >>> d = Path(tempfile.mkdtemp())
     >>> (d / "a").mkdir(); Image.new("RGB", (8, 8)).save(d / "a" / "x.png")
-    >>> [i.name for i in find_images([d])]
-    ['a/x.png']
+    >>> [i.name for i in find_images([d])], [i.name for i in find_images([d / "a", d / "a/x.png"])]
+    (['a/x.png'], ['x.png'])
     """
     from jaxbasics.data.folder import IMAGE_EXTENSIONS
 
-    found = []
-    for given in map(Path, inputs):
-        if given.is_file():
-            found.append(InputImage(given, given.name))
-        elif given.is_dir():
+    given = [Path(os.path.abspath(i)) for i in inputs]
+    skip = Path(os.path.abspath(exclude)) if exclude is not None else None
+    for path in given:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist.")
+    root = Path(os.path.commonpath([g if g.is_dir() else g.parent for g in given]))
+    found: dict[Path, InputImage] = {}
+    for path in given:
+        if path.is_file():
+            files = [path]
+        else:
             files = sorted(
                 p
-                for p in given.rglob("*")
+                for p in path.rglob("*")
                 if p.is_file()
                 and p.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(given).parts)
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and (skip is None or not p.is_relative_to(skip))
             )
             if not files:
                 raise FileNotFoundError(
-                    f"{given} holds no image files (looked for {', '.join(IMAGE_EXTENSIONS)})."
+                    f"{path} holds no image files (looked for {', '.join(IMAGE_EXTENSIONS)})."
                 )
-            found += [InputImage(p, p.relative_to(given).as_posix()) for p in files]
-        else:
-            raise FileNotFoundError(f"{given} does not exist.")
-    return found
+        for p in files:
+            found.setdefault(p, InputImage(p, p.relative_to(root).as_posix()))
+    return list(found.values())
+
+
+def output_names(names: Sequence[str]) -> list[str]:
+    """Where each image's PNG goes: its name with ``.png`` for its suffix, or, where two names
+    would meet (``x.jpg`` and ``x.png``), the whole name plus ``.png``.
+
+    >>> output_names(["a/x.jpg", "x.jpg", "y.jpg", "y.png"])
+    ['a/x.png', 'x.png', 'y.jpg.png', 'y.png.png']
+    """
+    plain = [str(Path(n).with_suffix(".png")) for n in names]
+    counts = Counter(plain)
+    return [p if counts[p] == 1 else n + ".png" for n, p in zip(names, plain, strict=True)]
 
 
 def read_inputs(
@@ -131,19 +160,40 @@ def model_fns(model: Any) -> ModelFns:
     return ModelFns(lambda x: encode(state, x), lambda c: decode(state, c))
 
 
-def batches(shapes: Sequence[tuple[int, ...]], size: int = BATCH) -> Iterator[list[int]]:
+def batches(
+    shapes: Sequence[tuple[int, ...]], size: int = BATCH, budget: int | None = None
+) -> Iterator[list[int]]:
     """Index batches: same-shape items together (groups in order of first appearance), at
-    most ``size`` each, items in input order within a group.
+    most ``size`` each, items in input order within a group. With ``budget``, a group's
+    batches hold at most ``budget // (h * w)`` items (at least one), ``(h, w)`` being the
+    first two sides of its shape, so large images go through in small batches.
 
     >>> list(batches([(4, 4), (8, 8), (4, 4), (4, 4)], size=2))
     [[0, 2], [3], [1]]
+    >>> list(batches([(4, 4), (8, 8), (4, 4), (8, 8)], size=4, budget=64))
+    [[0, 2], [1], [3]]
     """
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, shape in enumerate(shapes):
         groups.setdefault(tuple(shape), []).append(i)
-    for members in groups.values():
-        for start in range(0, len(members), size):
-            yield members[start : start + size]
+    for shape, members in groups.items():
+        n = batch_rows(shape, size, budget)
+        for start in range(0, len(members), n):
+            yield members[start : start + n]
+
+
+def batch_rows(shape: tuple[int, ...], size: int = BATCH, budget: int | None = None) -> int:
+    """How many items of ``shape`` one batch holds (see :func:`batches`)."""
+    if budget is None:
+        return size
+    return max(1, min(size, budget // max(1, math.prod(shape[:2]))))
+
+
+# Pixels per encode batch: 32 images of 64x64. Bigger images go through fewer at a time, so
+# memory stays about that of a 64x64 batch (a 1024x768 photo alone, not padded to 32 copies).
+PIXEL_BUDGET = BATCH * 64 * 64
+# The same for decode batches, counted in code positions (one per 4x4 pixels).
+CODE_BUDGET = PIXEL_BUDGET // 16
 
 
 def run_batched(
@@ -151,22 +201,25 @@ def run_batched(
     items: Sequence[np.ndarray],
     *,
     size: int = BATCH,
+    budget: int | None = None,
     progress: bool = False,
     desc: str = "",
 ) -> list[np.ndarray]:
-    """``fn`` over ``items`` in padded batches of ``size``; one result per item, in order.
+    """``fn`` over ``items`` in padded batches; one result per item, in order.
 
-    Every batch has exactly ``size`` rows (the last is padded with copies of its first item),
-    so every image goes through one and the same compiled program, whatever the other images.
+    Items of one shape go in batches of exactly :func:`batch_rows` ``(shape, size, budget)``
+    rows (the last is padded with copies of its first item), so every image of a given size
+    goes through one and the same compiled program, whatever the other images.
     """
     from tqdm.auto import tqdm
 
     out: list[Any] = [None] * len(items)
-    groups = list(batches([x.shape for x in items], size))
+    groups = list(batches([x.shape for x in items], size, budget))
     for members in tqdm(groups, desc=desc, unit="batch", disable=not progress):
+        rows = batch_rows(items[members[0]].shape, size, budget)
         stack = np.stack([items[i] for i in members])
-        if len(members) < size:
-            stack = np.concatenate([stack, np.repeat(stack[:1], size - len(members), 0)])
+        if len(members) < rows:
+            stack = np.concatenate([stack, np.repeat(stack[:1], rows - len(members), 0)])
         result = np.asarray(fn(stack))
         for row, i in enumerate(members):
             out[i] = result[row]
@@ -196,7 +249,20 @@ def write_codes(
     """Write ``codes.npz`` (see the module docstring) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name, e.g. {path}/codes.npz.")
     tmp = path.with_name(path.name + ".tmp.npz")
+    try:
+        _save_codes(tmp, codes, names, model, config)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _save_codes(
+    tmp: Path, codes: Sequence[np.ndarray], names: Sequence[str], model: Any, config: Any
+) -> None:
     np.savez_compressed(
         tmp,
         codes=np.concatenate([c.reshape(-1) for c in codes]).astype(
@@ -207,8 +273,6 @@ def write_codes(
         config=np.array(config.to_json()),
         codebook_sha256=np.array(codebook_fingerprint(model)),
     )
-    tmp.replace(path)
-    return path
 
 
 class Codes(NamedTuple):
@@ -225,7 +289,18 @@ def read_codes(path: str | Path) -> Codes:
     """Read a ``codes.npz`` written by :func:`write_codes` (or ``experiments/encode.py``)."""
     from jaxbasics.train.config import TrainConfig
 
-    with np.load(path, allow_pickle=False) as f:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        if isinstance(e, FileNotFoundError):
+            raise FileNotFoundError(f"{path} does not exist.") from e
+        raise ValueError(
+            f"{path} is not a codes.npz written by encode.py (it is not an .npz archive). "
+            "Pass the file encode.py --out wrote."
+        ) from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is a single .npy array, not a codes.npz written by encode.py.")
+    with npz as f:
         missing = {"codes", "shapes", "names", "config", "codebook_sha256"} - set(f.files)
         if missing:
             raise ValueError(

@@ -112,7 +112,14 @@ def load(path: str | Path, step: int | None = None, *, expect: TrainConfig | Non
       IncompatibleModelError: the stored arrays do not fit the stored (or expected) config.
     """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: pass a training workdir or an export.")
     if path.is_file():
+        if step is not None:
+            raise ValueError(
+                f"{path} is an exported model, which holds one step ({step} was asked for); "
+                "pass the training workdir to choose a checkpoint."
+            )
         loaded = _load_export(path)
     elif (path / "config.json").is_file():
         loaded = _load_workdir(path, step)
@@ -217,10 +224,15 @@ def save_model(
         "ema": _codebook_only(nnx.to_pure_dict(ema)),
     }
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name, e.g. {path}/model.msgpack.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(flax.serialization.msgpack_serialize(payload))
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(flax.serialization.msgpack_serialize(payload))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
