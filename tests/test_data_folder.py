@@ -315,3 +315,19 @@ def test_fit_refuses_a_train_split_smaller_than_a_batch(photos, tmp_path):
     config = small_config(dataset="folder", data_dir=str(photos), num_train_examples=5)
     with pytest.raises(ValueError, match=r"has 5 images, fewer than one batch of 8"):
         fit(config, tmp_path)
+
+
+def test_resume_refuses_changed_images_and_skips_its_own_workdir(tmp_path):
+    root = tmp_path / "flat"
+    for i in range(40):
+        _save(root / f"{i:03}.png", _noise((36, 36, 3), 200 + i))
+    config = small_config(dataset="folder", data_dir=str(root), num_training_updates=2)
+    workdir = root / "run"  # kept inside the data folder: its PNGs must not become data
+    fit(config, workdir)
+    assert (workdir / "reconstructions.png").exists()
+    assert fit(config.replace(num_training_updates=3), workdir).step == 3
+    _save(root / "new.png", _noise((36, 36, 3), 300))
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="the training data changed since this run started"):
+        fit(config.replace(num_training_updates=4), workdir)
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before

@@ -14,8 +14,10 @@ square and resized to ``image_size`` (:func:`read_image`). Two layouts, told apa
 
 Files are in a fixed order: by their POSIX path relative to ``root`` (Python string order),
 within each class in label order for ImageFolder. Hidden files and folders (a name starting
-with ``.``) are skipped, only :data:`IMAGE_EXTENSIONS` count (case-insensitive), and symbolic
-links to files and folders are followed.
+with ``.``) are skipped, and so are training workdirs (a folder holding ``config.json`` and
+``checkpoints/``: a run kept next to its data does not train on its own plots); only
+:data:`IMAGE_EXTENSIONS` count (case-insensitive), and symbolic links to files and folders are
+followed.
 
 >>> import tempfile
 >>> from PIL import Image
@@ -302,7 +304,9 @@ class _Listing:
 def _list_images(top: Path) -> _Listing:
     images, others = [], collections.Counter()
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames[:] = [
+            d for d in dirnames if not d.startswith(".") and not _is_workdir(Path(dirpath, d))
+        ]
         rel = Path(dirpath).relative_to(top).as_posix()
         prefix = "" if rel == "." else rel + "/"
         for name in filenames:
@@ -314,6 +318,11 @@ def _list_images(top: Path) -> _Listing:
             else:
                 others[suffix or "(no extension)"] += 1
     return _Listing(sorted(images), others)
+
+
+def _is_workdir(path: Path) -> bool:
+    """A training run's folder (``config.json`` and ``checkpoints/``): its plots are not data."""
+    return (path / "config.json").is_file() and (path / "checkpoints").is_dir()
 
 
 def _no_images(where: Path, listing: _Listing, fix: str) -> DatasetNotFoundError:

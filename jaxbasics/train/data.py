@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,11 +20,13 @@ IN_MEMORY_BYTES = 1 << 30
 
 
 class Sources(NamedTuple):
-    """A run's data: the (train, test) splits and the train variance."""
+    """A run's data: the (train, test) splits, the train variance, and for a folder of images
+    a fingerprint of its file list (None for the other datasets)."""
 
     train: Any
     test: Any
     variance: float
+    files_sha256: str | None = None
 
 
 def sources(
@@ -63,15 +66,42 @@ def sources(
             "--num-train-examples) or a smaller --batch-size."
         )
     test = get_source(config.dataset, "test", num_examples=config.num_eval_examples, **kw)
+    files = files_sha256(train, test)
     test = _load(test, config.image_size)
     stats = workdir / "data_stats.json" if workdir is not None else None
     if stats is not None and stats.exists():
-        variance = float(json.loads(stats.read_text())["data_variance"])
+        saved = json.loads(stats.read_text())
+        if load_train:
+            _check_same_data(saved, len(train), files, config)
+        variance = float(saved["data_variance"])
         train = _load(train, config.image_size) if load_train else train
     else:
         train = _load(train, config.image_size)
         variance = float(data_variance(train))
-    return Sources(train, test, variance)
+    return Sources(train, test, variance, files)
+
+
+def files_sha256(train: Any, test: Any) -> str | None:
+    """SHA-256 of a folder dataset's file lists (train, then test); None for other sources."""
+    if not hasattr(train, "files"):
+        return None
+    text = "\n".join(train.files) + "\0" + "\n".join(test.files)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_same_data(saved: dict, num_train: int, files: str | None, config: TrainConfig) -> None:
+    """Refuse to resume on other data than the run started with (exact resume needs it)."""
+    then = saved.get("num_examples", num_train)
+    if then == num_train and saved.get("files_sha256", files) == files:
+        return
+    where = config.data_dir or config.dataset
+    raise ValueError(
+        f"the training data changed since this run started: it had {then} train images, "
+        f"{where} now gives {num_train}"
+        + ("" if then != num_train else " with other file names")
+        + ". Resuming needs the same images for the same batches: put the data back as it "
+        "was, or train on the new data in a new --workdir."
+    )
 
 
 def _load(source: Any, image_size: int) -> Any:

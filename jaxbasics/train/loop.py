@@ -132,6 +132,8 @@ def _setup(config: TrainConfig, workdir: Path) -> _Run:
     if is_main:
         _write_atomic(workdir / "config.json", config.to_json())
         stats = {"data_variance": data.variance, "num_examples": len(data.train)}
+        if data.files_sha256 is not None:
+            stats["files_sha256"] = data.files_sha256
         _write_atomic(workdir / "data_stats.json", json.dumps(stats))
     state, step, batches, history = _start(config, restored, dataset, shardings)
     if restored is not None:
