@@ -212,3 +212,16 @@ def test_cifar10_through_tfds_mock(tmp_path):
         )
     assert result.step == 3 and np.isfinite(result.eval_metrics["recon_error"])
     assert json.loads(Path(tmp_path / "config.json").read_text())["dataset"] == "cifar10"
+
+
+def test_evaluation_pictures_leave_out_the_padding_rows(tmp_path):
+    from jaxbasics.train.data import sources
+    from jaxbasics.train.evaluate import evaluate
+
+    config = SMALL.replace(num_training_updates=1, num_eval_examples=5)  # batch 8: 3 padding
+    result = fit(config, tmp_path)
+    data = sources(config)
+    evaluation = evaluate(config, result.state, data.test, data.variance)
+    assert evaluation.originals.shape[0] == evaluation.reconstructions.shape[0] == 5
+    expected = np.stack([data.test[i]["image"] for i in range(5)]) / 255.0 - 0.5
+    np.testing.assert_allclose(evaluation.originals, expected, atol=1e-6)

@@ -22,7 +22,8 @@ class Evaluation(NamedTuple):
     Attributes:
       metrics: ``recon_error``, ``perplexity``, ``split_perplexity``, ``used_codes``,
         ``usage_entropy`` (see :func:`finalize_eval`).
-      originals: (b, H, W, 3) the first batch's images (this process's rows), in [-0.5, 0.5].
+      originals: (b, H, W, 3) the first batch's images (this process's rows, padding left
+        out), in [-0.5, 0.5].
       reconstructions: (b, H, W, 3) their reconstructions.
       counts: (K,) how often each code was chosen over the evaluated batches.
     """
@@ -97,8 +98,9 @@ def evaluate(
             images, mask = global_batch(images, sharding), global_batch(mask, sharding)
         s, recon = eval_step(state, images, mask)
         sums.append(s)
-        if first is None:
-            first = (np.asarray(batch["image"]), host_local(recon, sharding))
+        if first is None:  # the real images only, not the rows padding the last batch
+            real = np.asarray(batch["mask"]).astype(bool)
+            first = (np.asarray(batch["image"])[real], host_local(recon, sharding)[real])
     sums = jax.device_get(sums)
     counts = np.sum([np.asarray(s.code_counts) for s in sums], axis=0)
     return Evaluation(finalize_eval(sums, variance), first[0], first[1], counts)
