@@ -176,8 +176,9 @@ def read_image(
         w, h = rgb.size
         if center_crop > min(w, h):
             raise ValueError(
-                f"center_crop={center_crop} is larger than {path} ({w}x{h} after resizing). "
-                f"Pass resize={center_crop} as well, or use image_size={center_crop}."
+                f"cannot crop the central {center_crop}x{center_crop} pixels of {path}: it is "
+                f"{w}x{h}{' after resizing' if resize is not None else ''}. Resize it to at "
+                f"least {center_crop} first (--resize {center_crop}, or resize={center_crop})."
             )
         left, top = _offset(w, center_crop), _offset(h, center_crop)
         rgb = rgb.crop((left, top, left + center_crop, top + center_crop))

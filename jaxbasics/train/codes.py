@@ -117,7 +117,9 @@ def read_inputs(
         x = read_image(image.path, resize=resize, center_crop=center_crop)
         if x.shape[0] % 4 or x.shape[1] % 4:
             raise ValueError(
-                f"{image.path} is {x.shape[1]}x{x.shape[0]} pixels; the model needs both sides "
+                f"{image.path} is {x.shape[1]}x{x.shape[0]} pixels"
+                f"{' after resizing / cropping' if resize or center_crop else ''}; the model "
+                "needs both sides "
                 "to be multiples of 4 (two stride-2 convolutions). Pass --center-crop S or "
                 "--resize S with S a multiple of 4 (e.g. the training --image-size)."
             )

@@ -88,9 +88,11 @@ class TrainConfig:
     data_dir: str | None = None
     """Where cifar10 or folder data lives. cifar10 without it: TFDS's default data dir."""
     num_train_examples: int | None = None
-    """shapes: train split size (default 50,000); cifar10/folder: keep only the first N."""
+    """shapes: train split size (default 50,000; a preset's value applies to shapes only).
+    cifar10/folder: every image, or if given only the first N in file order."""
     num_eval_examples: int | None = None
-    """shapes: test split size (default 10,000); cifar10/folder: keep only the first N."""
+    """shapes: test split size (default 10,000; a preset's value applies to shapes only).
+    cifar10/folder: every image, or if given only the first N in file order."""
     image_size: int = 32
     """folder only: images are centre-cropped to a square and resized to this side."""
     eval_fraction: float = 0.1
@@ -293,9 +295,16 @@ def check_resumable(config: TrainConfig, workdir: Path) -> None:
         lines = "\n".join(
             f"  {k}: saved {a!r}, requested {b!r}" for k, (a, b) in sorted(diff.items())
         )
+        why = ""
+        if "num_training_updates" in diff and old.lr_schedule != "constant":
+            why = (
+                f"(num_training_updates cannot change under the {old.lr_schedule} learning-rate "
+                "schedule: its decay ends at the saved step count. A run meant to be extended "
+                "uses --lr-schedule constant.)\n"
+            )
         raise ConfigMismatchError(
             f"{workdir} holds a run with a different config; resuming would mix two "
-            f"experiments. Differing fields:\n{lines}\n"
+            f"experiments. Differing fields:\n{lines}\n{why}"
             "Rerun with the saved values to resume, or pass a new --workdir to start fresh."
         )
 
