@@ -13,6 +13,7 @@ All processes read the same value at the same step, so they all stop after that 
 from __future__ import annotations
 
 import collections
+import os
 import signal
 from typing import Any
 
@@ -43,8 +44,16 @@ class StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:  # the second signal: say so, then the default action ends the process
+            os.write(2, b"\nSecond stop signal: stopping now; the last saved checkpoint is kept.\n")
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self.signum = signum
-        signal.signal(signum, signal.SIG_DFL)
+        os.write(
+            2,
+            b"\nStopping after this step, with a checkpoint (signal again to stop at once).\n",
+        )
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
