@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import os
 import unicodedata
 from collections.abc import Sequence
@@ -321,6 +322,15 @@ def _list_images(top: Path) -> _Listing:
     return _Listing(sorted(images), others)
 
 
+def _report_skipped(where: Path, others: collections.Counter[str]) -> None:
+    """Log how many files under ``where`` are not images and were left out, by suffix."""
+    if others:
+        kinds = ", ".join(f"{n} {suffix}" for suffix, n in others.most_common(5))
+        logging.getLogger(__name__).info(
+            "%s: left out %d files that are not images (%s)", where, sum(others.values()), kinds
+        )
+
+
 def _is_workdir(path: Path) -> bool:
     """A training run's folder (``config.json`` and ``checkpoints/``): its plots are not data."""
     return (path / "config.json").is_file() and (path / "checkpoints").is_dir()
@@ -362,6 +372,8 @@ def _image_folder(root: Path, split: str, image_size: int) -> FolderSource:
             files += [f"{base.name}/{name}/{f}" for f in listing.images]
             labels += [label] * len(listing.images)
             others += listing.others
+    if split == "train":
+        _report_skipped(base, others)
     if not files:
         loose = _list_images(base).images  # the class folders hold none: these lie in base
         hint = f" ({len(loose)} images lie directly in {base}, outside any class folder)"
@@ -395,6 +407,8 @@ def _flat(root: Path, split: str, image_size: int, eval_fraction: float) -> Fold
     listing = _list_images(root)
     if not listing.images:
         raise _no_images(root, listing, "Put images in it (in any subfolders).")
+    if split == "train":
+        _report_skipped(root, listing.others)
     files = tuple(
         f for f in listing.images if (split_fraction(f) < eval_fraction) == (split == "test")
     )
