@@ -26,6 +26,7 @@ from simple_parsing import ArgumentParser, DashVariant, SimpleHelpFormatter
 
 from jaxbasics.train.config import (
     PRESETS,
+    RESUMABLE_FIELDS,
     TrainConfig,
     load_config,
     preset,
@@ -133,6 +134,15 @@ def explicit_fields(argv: list[str]) -> set[str]:
     return out
 
 
+def preset_given(argv: list[str]) -> bool:
+    """Whether ``argv`` names a preset (``--preset``) or ``--faithful`` itself.
+
+    >>> preset_given(["--preset=cifar10"]), preset_given(["--batch-size", "8"])
+    (True, False)
+    """
+    return any(a in ("--preset", "--faithful") or a.startswith("--preset=") for a in argv)
+
+
 def resolve_config(requested: TrainConfig, explicit: set[str], workdir: Path) -> TrainConfig:
     """The config to run: ``requested`` for a new workdir; for an existing run, its saved
     config with only the explicitly given flags applied (fit refuses incompatible ones)."""
@@ -180,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(pre.preset, pre.faithful)
     args = parser.parse_args(argv)
     workdir = Path(args.workdir or f"runs/{args.preset}")
-    explicit = explicit_fields(argv)
+    given = explicit_fields(argv)
+    explicit = set(given)
+    if preset_given(argv):  # an explicit preset asks for all its values, even on a saved run
+        explicit |= {f.name for f in dataclasses.fields(TrainConfig)} - RESUMABLE_FIELDS
     try:
-        requested = whole_splits_on_other_data(args.config, args.preset, explicit)
+        requested = whole_splits_on_other_data(args.config, args.preset, given)
         config = resolve_config(requested, explicit, workdir).validate()
     except ValueError as e:
         parser.error(str(e))
@@ -211,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
     ) as e:
         log.error("error: %s", e)
+        if isinstance(e, ConfigMismatchError) and preset_given(argv):
+            log.error(
+                "(--preset and --faithful set every setting to the preset's value; leave them "
+                "out to resume with the saved config.)"
+            )
         return 1
     if result.interrupted:
         return 128 + result.interrupted

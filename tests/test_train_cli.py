@@ -118,6 +118,16 @@ def test_incompatible_config_is_refused_by_the_cli(tmp_path, xla_cache):
     r = run(train_cmd(tmp_path, xla_cache, num_training_updates=2, num_embeddings=32))
     assert r.returncode == 1
     assert "num_embeddings: saved 16, requested 32" in r.stderr
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    # A preset named on the command line asks for all of its values, so it is refused too.
+    for flags in (["--preset", "cifar10"], ["--faithful"]):
+        r = run([sys.executable, TRAIN, "--workdir", str(tmp_path), *flags])
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "leave them out to resume with the saved config" in r.stderr
+    assert "num_hiddens: saved 16, requested 128" in run(
+        [sys.executable, TRAIN, "--workdir", str(tmp_path), "--preset", "cifar10"]
+    ).stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_an_existing_run_keeps_its_saved_config(tmp_path, xla_cache):
