@@ -66,8 +66,34 @@ def test_torchvision_loader_refuses_foreign_pickles(tmp_path):
     folder.mkdir()
     with open(folder / "test_batch", "wb") as f:
         pickle.dump({b"data": print, b"labels": []}, f)  # a global outside the allow-list
-    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+    with pytest.raises(
+        ValueError, match="test_batch cannot be read as a CIFAR-10 batch.*not allowed"
+    ):
         cifar10("test", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "a list"])
+def test_damaged_torchvision_batches_name_the_file(tmp_path, damage):
+    _write_torchvision_folder(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    raw = path.read_bytes()
+    path.write_bytes(
+        {
+            "garbage": b"\x05" + raw[1:200],
+            "truncated": raw[: len(raw) // 2],
+            "empty": b"",
+            "a list": pickle.dumps([1, 2, 3]),
+        }[damage]
+    )
+    with pytest.raises(ValueError, match=f"{path}.* (cannot be read as|is not) a CIFAR-10 batch"):
+        cifar10("test", data_dir=tmp_path)
+
+
+def test_damaged_tfds_dir_is_reported_not_a_traceback(tmp_path):
+    _write_tfds_dir(tmp_path, {"train": 2, "test": 2})
+    (next(tmp_path.glob("cifar10/*")) / "dataset_info.json").write_text("{}")
+    with pytest.raises(DatasetNotFoundError, match="cannot be read by TFDS"):
+        cifar10("train", data_dir=tmp_path)
 
 
 def test_torchvision_folder_missing_files(tmp_path):

@@ -124,9 +124,10 @@ def test_incompatible_config_is_refused_by_the_cli(tmp_path, xla_cache):
         r = run([sys.executable, TRAIN, "--workdir", str(tmp_path), *flags])
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert "leave them out to resume with the saved config" in r.stderr
-    assert "num_hiddens: saved 16, requested 128" in run(
-        [sys.executable, TRAIN, "--workdir", str(tmp_path), "--preset", "cifar10"]
-    ).stderr
+    assert (
+        "num_hiddens: saved 16, requested 128"
+        in run([sys.executable, TRAIN, "--workdir", str(tmp_path), "--preset", "cifar10"]).stderr
+    )
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 

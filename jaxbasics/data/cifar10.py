@@ -105,9 +105,19 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def _load_torchvision_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch -> (N, 32, 32, 3) uint8 NHWC images and (N,) int32 labels."""
-    with path.open("rb") as f:
-        # latin1, as torchvision does, so Python 2 pickles of NumPy arrays load.
-        d = _CifarUnpickler(f, encoding="latin1").load()
+    try:
+        with path.open("rb") as f:
+            # latin1, as torchvision does, so Python 2 pickles of NumPy arrays load.
+            d = _CifarUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise ValueError(
+            f"{path} cannot be read as a CIFAR-10 batch ({type(e).__name__}: {e}); it is damaged "
+            "or not the official cifar-10-batches-py data. Download and extract it again."
+        ) from e
+    if not isinstance(d, dict):
+        raise ValueError(
+            f"{path} is not a CIFAR-10 batch: expected a pickled dict, got {type(d).__name__}."
+        )
     d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
     if "data" not in d or "labels" not in d:
         raise ValueError(
@@ -256,7 +266,14 @@ def cifar10(split: str = "train", data_dir: str | os.PathLike[str] | None = None
     version_dir = _tfds_version_dir(root, split)  # fails fast, before tfds is even imported
     import tensorflow_datasets as tfds
 
-    source = tfds.data_source(
-        f"cifar10:{version_dir.name}", split=split, data_dir=str(root), download=False
-    )
+    try:
+        source = tfds.data_source(
+            f"cifar10:{version_dir.name}", split=split, data_dir=str(root), download=False
+        )
+    except Exception as e:  # TFDS raises many kinds (protobuf, assertion...) for damaged files
+        raise DatasetNotFoundError(
+            f"CIFAR-10 in {version_dir} cannot be read by TFDS ({type(e).__name__}: {e}). Its "
+            "files look damaged: prepare it again into a new data dir, or pass --data-dir a "
+            "torchvision cifar-10-batches-py download."
+        ) from e
     return TfdsSource(source)
