@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     from jaxbasics.train.config import ConfigMismatchError
     from jaxbasics.train.loop import NonFiniteError, fit
 
+    if workdir.exists() and not workdir.is_dir():
+        log.error("error: --workdir %s is a file; give a folder (created if needed).", workdir)
+        return 1
     log.info("workdir: %s  devices: %s", workdir.absolute(), jax.devices())
     try:
         result = fit(config, workdir)
@@ -222,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         IncompatibleCheckpointError,
         NonFiniteError,
         ValueError,
+        OSError,  # a workdir that cannot be written (a file, read-only, a full disk)
     ) as e:
         log.error("error: %s", e)
         if isinstance(e, ConfigMismatchError) and preset_given(argv):

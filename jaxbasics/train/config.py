@@ -1,4 +1,4 @@
-"""``TrainConfig``: every knob of a run, and the named presets.
+"""``TrainConfig``: every knob of a run, its validation and the rules for resuming.
 
 Field names are the notes' hyperparameter names where the notes have one. Every field is a
 flag of ``experiments/train_vqvae.py`` (``batch_size`` -> ``--batch-size``), and the
@@ -6,20 +6,13 @@ docstring under each field is that flag's ``--help``. The config is saved as ``c
 in the run's workdir; resuming with a config that differs in a field outside
 :data:`RESUMABLE_FIELDS` is refused.
 
-Presets (:data:`PRESETS`):
-
-* ``quickstart``: the embedded ``shapes`` data at small model sizes; about 90 s on 2 CPU
-  cores. What the CLI runs with no flags.
-* ``cifar10``: the notes' notebook setting on real CIFAR-10 (batch 32, Adam lr 3e-4, EMA
-  decay 0.99, the reference model), with the codebook remedies that measured better turned
-  on. These are also the dataclass defaults: ``TrainConfig() == preset("cifar10")``.
-* ``notes``: the notes' notebook exactly (``cifar10`` with :data:`FAITHFUL` applied): the
-  reference EMA initialisation, straight-through, constant learning rate, no remedies.
-
-``docs/codebook.md`` lists which defaults differ from the notes, and why.
+The named presets (``quickstart``, ``cifar10``, ``notes``) are in
+:mod:`jaxbasics.train.presets` (also importable from here); the dataclass defaults are the
+``cifar10`` preset. ``docs/codebook.md`` lists which defaults differ from the notes, and why.
 
 >>> TrainConfig().batch_size, TrainConfig().learning_rate, TrainConfig().decay
 (32, 0.0003, 0.99)
+>>> from jaxbasics.train.presets import preset
 >>> TrainConfig().replace(batch_size=64) == preset("cifar10", batch_size=64)
 True
 """
@@ -28,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -210,8 +204,7 @@ class TrainConfig:
                 "dead_code_threshold, kmeans_init_steps and warmup_steps must be >= 0 (0 = off), "
                 f"got {self.dead_code_threshold}, {self.kmeans_init_steps}, {self.warmup_steps}."
             )
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        _check_rates_and_counts(self)
         if self.image_size % 4:
             raise ValueError(
                 f"image_size must be a multiple of 4 (two stride-2 convolutions), got "
@@ -276,6 +269,31 @@ class TrainConfig:
         return cls(**{**legacy, **data})
 
 
+def _check_rates_and_counts(c: TrainConfig) -> None:
+    """The learning rate, commitment cost, example counts and warm-up: values that can work.
+
+    >>> _check_rates_and_counts(TrainConfig(learning_rate=float("nan")))
+    Traceback (most recent call last):
+    ...
+    ValueError: learning_rate must be a finite number > 0, got nan.
+    """
+    if not (math.isfinite(c.learning_rate) and c.learning_rate > 0):
+        raise ValueError(f"learning_rate must be a finite number > 0, got {c.learning_rate}.")
+    if not (math.isfinite(c.commitment_cost) and c.commitment_cost >= 0):
+        raise ValueError(f"commitment_cost must be a finite number >= 0, got {c.commitment_cost}.")
+    for name in ("num_train_examples", "num_eval_examples"):
+        if getattr(c, name) is not None and getattr(c, name) < 1:
+            raise ValueError(
+                f"{name} must be >= 1 (or left out: every example), got {getattr(c, name)}."
+            )
+    if c.lr_schedule == "cosine" and 0 < c.num_training_updates <= c.warmup_steps:
+        raise ValueError(
+            f"warmup_steps ({c.warmup_steps}) must be fewer than num_training_updates "
+            f"({c.num_training_updates}) under the cosine schedule, or the rate never leaves "
+            "the warm-up."
+        )
+
+
 def _check_choice(config: TrainConfig, name: str) -> None:
     choices = typing.get_args(typing.get_type_hints(TrainConfig)[name])
     value = getattr(config, name)
@@ -331,81 +349,16 @@ def incompatible_fields(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[A
     return out
 
 
-# What the notes' notebook does and our defaults change (docs/codebook.md measures each).
-FAITHFUL: dict[str, Any] = dict(
-    ema_init="notes",
-    estimator="ste",
-    lr_schedule="constant",
-    warmup_steps=0,
-    dead_code_threshold=0.0,
-    kmeans_init_steps=0,
-)
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Embedded data, small model: a newcomer's first run, about 90 s on 2 CPU cores. Measured
-    # in docs/codebook.md: on a CPU batch 16 trains as many images per second as 32 and makes
-    # twice the updates; the codebook size bounds the error (128 -> 1024 codes: 0.186 ->
-    # 0.146 at 1000 steps), so the codes get the budget, not the convolutions; warm-up and
-    # cosine decay beat a constant rate in every seed (0.111 vs 0.118 at 5000 steps).
-    "quickstart": dict(
-        dataset="shapes",
-        num_train_examples=10_000,
-        num_eval_examples=1_000,
-        batch_size=16,
-        num_training_updates=4_500,
-        learning_rate=2e-3,
-        lr_schedule="cosine",
-        warmup_steps=100,
-        num_hiddens=64,
-        num_residual_hiddens=16,
-        embedding_dim=32,
-        num_embeddings=1024,
-        log_every=50,
-        eval_every=1_000,
-        checkpoint_every=1_000,
-    ),
-    # The notes' notebook setting on real CIFAR-10, remedies on (the dataclass defaults).
-    "cifar10": {},
-    # The notes' notebook exactly.
-    "notes": dict(FAITHFUL),
-}
-
-
-def preset(name: str, *, faithful: bool = False, **overrides: Any) -> TrainConfig:
-    """A named preset, with :data:`FAITHFUL` (if ``faithful``) and then ``overrides`` applied.
-
-    >>> preset("quickstart").dataset
-    'shapes'
-    >>> preset("quickstart", faithful=True).ema_init
-    'notes'
-    >>> preset("quickstart", dataset="folder", data_dir="photos").num_train_examples is None
-    True
-    >>> preset("nope")
-    Traceback (most recent call last):
-    ...
-    ValueError: unknown preset 'nope'; choose one of ['cifar10', 'notes', 'quickstart'].
-    """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-    config = TrainConfig(**{**PRESETS[name], **(FAITHFUL if faithful else {}), **overrides})
-    return whole_splits_on_other_data(config, name, set(overrides))
-
-
-def whole_splits_on_other_data(config: TrainConfig, name: str, given: set[str]) -> TrainConfig:
-    """Drop preset ``name``'s example counts when the dataset is not the preset's own.
-
-    The quickstart's 10,000 / 1,000 are sizes of the generated ``shapes`` splits; on CIFAR-10
-    or a folder they would silently keep only the first files (in a sorted ImageFolder: the
-    first classes). Counts in ``given`` (set explicitly) are kept.
-    """
-    own = PRESETS[name].get("dataset", TrainConfig.dataset)
-    if config.dataset == own:
-        return config
-    counts = ("num_train_examples", "num_eval_examples")
-    return config.replace(**{k: None for k in counts if k not in given and k in PRESETS[name]})
-
-
 def load_config(workdir: str | Path) -> TrainConfig | None:
     """The config saved in ``workdir/config.json``, or None if there is none."""
     path = Path(workdir) / "config.json"
     return TrainConfig.from_json(path.read_text()) if path.exists() else None
+
+
+def __getattr__(name: str) -> Any:
+    """The presets live in :mod:`jaxbasics.train.presets`; importable from here too."""
+    if name in ("FAITHFUL", "PRESETS", "preset", "whole_splits_on_other_data"):
+        from jaxbasics.train import presets
+
+        return getattr(presets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

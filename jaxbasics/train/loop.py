@@ -39,6 +39,7 @@ import numpy as np
 
 from jaxbasics.train.config import TrainConfig, check_resumable
 from jaxbasics.train.data import Sources, sources
+from jaxbasics.train.metrics import open_writers, write_atomic
 from jaxbasics.train.sharding import Shardings, abstract_state, global_batch, make_shardings
 from jaxbasics.train.signals import StopAgreement, StopFlag
 
@@ -92,12 +93,6 @@ class _Run:
         self.last_saved = self.step
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _setup(config: TrainConfig, workdir: Path) -> _Run:
     """Check, then restore or initialise. Writes nothing until every check has passed."""
     from jaxbasics.data.pipeline import train_dataset
@@ -125,21 +120,27 @@ def _setup(config: TrainConfig, workdir: Path) -> _Run:
                 e,
             ),
         )
+        if restored is not None and restored.step > config.num_training_updates:
+            raise ValueError(
+                f"{workdir} is at step {restored.step}, past --num-training-updates "
+                f"{config.num_training_updates}: a run cannot go back. Give at least "
+                f"{restored.step} (or leave it out), or use a new --workdir."
+            )
     except BaseException:
         ckpt.close()
         raise
     is_main = jax.process_index() == 0  # one process writes logs and plots
     if is_main:
-        _write_atomic(workdir / "config.json", config.to_json())
+        write_atomic(workdir / "config.json", config.to_json())
         stats = {"data_variance": data.variance, "num_examples": len(data.train)}
         if data.files_sha256 is not None:
             stats["files_sha256"] = data.files_sha256
-        _write_atomic(workdir / "data_stats.json", json.dumps(stats))
+        write_atomic(workdir / "data_stats.json", json.dumps(stats))
     state, step, batches, history = _start(config, restored, dataset, shardings)
     if restored is not None:
         log.info("Resuming from checkpoint at step %d in %s", step, workdir)
     run = _Run(config, workdir, data, shardings, ckpt, batches, state, step, history, {}, is_main)
-    run.writers = _writers(workdir, is_main, step)
+    run.writers = open_writers(workdir, is_main, step)
     return run
 
 
@@ -154,18 +155,6 @@ def _start(config: TrainConfig, restored: Any, dataset: Any, shardings: Sharding
     history["loss"] = restored.meta["loss"]
     batches = restore_iterator(dataset, restored.data_iter)
     return restored.state, restored.step, batches, history
-
-
-def _writers(workdir: Path, is_main: bool, step: int) -> dict[str, Any]:
-    """The run's metric writers, their records past ``step`` set aside (work to be redone)."""
-    from jaxbasics.train.metrics import MetricWriter
-
-    writers = {name: MetricWriter(workdir, name, enabled=is_main) for name in ("metrics", "eval")}
-    writers["usage"] = MetricWriter(workdir, "codebook_usage", tensorboard=False, enabled=is_main)
-    for name, w in writers.items():
-        if n := w.rewind_to(step):
-            log.info("set aside %d %s records past step %d in %s", n, name, step, w.path.name)
-    return writers
 
 
 def _fresh_state(config: TrainConfig, dataset: Any, shardings: Shardings) -> Any:
@@ -227,11 +216,15 @@ def _flush(run: _Run, pending: list[Any], interval: _Interval) -> None:
     first = run.step - len(pending) + 1
     for i, m in enumerate(jax.device_get(pending)):
         if not bool(m.finite):
+            kept = (
+                f"The last good checkpoint (step {run.last_saved}) is kept in {run.ckpt.directory}."
+                if run.last_saved > 0 or run.ckpt.steps()
+                else "No checkpoint had been written yet."
+            )
             raise NonFiniteError(
-                f"step {first + i} produced a non-finite loss ({float(m.loss)}), parameter or "
-                f"EMA statistic; training stopped and nothing after step {run.last_saved} "
-                f"was saved. The last good checkpoint (step {run.last_saved}) is kept in "
-                f"{run.ckpt.directory}. Try a lower --learning-rate, or check the data."
+                f"step {first + i} produced a non-finite loss ({float(m.loss)}), parameters or "
+                f"EMA statistics; training stopped and nothing after step {run.last_saved} "
+                f"was saved. {kept} Try a lower --learning-rate, or check the data."
             )
         run.history["train_res_recon_error"].append(float(m.recon_error))
         run.history["train_res_perplexity"].append(float(m.perplexity))
@@ -321,6 +314,7 @@ def _finish(run: _Run) -> None:
     """Final evaluation (unless the last step just had one) and the run's figures."""
     from jaxbasics import plots
     from jaxbasics.train.evaluate import save_figures
+    from jaxbasics.train.metrics import read_jsonl
     from jaxbasics.train.state import codebook_of
 
     c = run.config
@@ -328,7 +322,10 @@ def _finish(run: _Run) -> None:
     if run.last_eval_step != run.step:
         ev = _evaluate(run, 0)
         run.eval_metrics = ev.metrics
-        run.writers["eval"].write(run.step, ev.metrics)
+        path = run.writers["eval"].path
+        logged = read_jsonl(path) if path.exists() else []
+        if not logged or logged[-1].get("step") != run.step:  # a finished run rerun: logged
+            run.writers["eval"].write(run.step, ev.metrics)
     if run.is_main:
         h = run.history
         plots.save(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class MetricWriter:
@@ -99,3 +102,22 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` all at once (written aside, renamed); unchanged: untouched."""
+    if path.exists() and path.read_text() == text:
+        return  # unchanged (and a finished run can be rerun in a read-only workdir)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def open_writers(workdir: Path, is_main: bool, step: int) -> dict[str, Any]:
+    """The run's metric writers, their records past ``step`` set aside (work to be redone)."""
+    writers = {name: MetricWriter(workdir, name, enabled=is_main) for name in ("metrics", "eval")}
+    writers["usage"] = MetricWriter(workdir, "codebook_usage", tensorboard=False, enabled=is_main)
+    for name, w in writers.items():
+        if n := w.rewind_to(step):
+            log.info("set aside %d %s records past step %d in %s", n, name, step, w.path.name)
+    return writers
