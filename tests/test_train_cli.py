@@ -167,5 +167,10 @@ def test_every_flag_is_documented_and_the_preset_sets_the_defaults():
 def test_bad_flag_values_are_explained(tmp_path):
     r = run([sys.executable, TRAIN, "--batch-size", "0", "--workdir", str(tmp_path)])
     assert r.returncode == 2 and "batch_size must be >= 1" in r.stderr
+    r = run([sys.executable, TRAIN, "--learning-rate", "nan", "--workdir", str(tmp_path)])
+    assert r.returncode == 2 and "learning_rate must be a finite number > 0" in r.stderr
+    (tmp_path / "a-file").write_text("")
+    r = run([sys.executable, TRAIN, "--workdir", str(tmp_path / "a-file")])
+    assert r.returncode == 1 and "is a file" in r.stderr and "Traceback" not in r.stderr
     r = run([sys.executable, TRAIN, "--estimator", "magic", "--workdir", str(tmp_path)])
     assert r.returncode == 2 and "invalid choice: 'magic'" in r.stderr

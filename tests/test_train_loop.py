@@ -74,6 +74,14 @@ def test_resume_continues_exactly_in_process(tmp_path):
     resumed = fit(SMALL, tmp_path / "b")
     for x, y in zip(_leaves(straight.state), _leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(x, y)
+    # Rerunning the finished run changes no record and no setting; going back is refused.
+    logs = {n: (tmp_path / "b" / n).read_bytes() for n in ("eval.jsonl", "metrics.jsonl")}
+    again = fit(SMALL, tmp_path / "b")
+    assert again.step == 10 and again.eval_metrics == resumed.eval_metrics
+    assert {n: (tmp_path / "b" / n).read_bytes() for n in logs} == logs
+    with pytest.raises(ValueError, match="is at step 10, past --num-training-updates 5"):
+        fit(SMALL.replace(num_training_updates=5), tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["num_training_updates"] == 10
 
 
 def test_truncated_newest_checkpoint_is_quarantined_and_logs_kept(tmp_path, caplog):
