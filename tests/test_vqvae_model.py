@@ -38,6 +38,11 @@ def test_nchw_input_names_the_converter(model):
         model(jnp.zeros((2, 3, 32, 32)))
 
 
+def test_integer_pixels_are_refused_with_the_scaling(model):
+    with pytest.raises(ValueError, match=r"got uint8 values.*x / 255 - 0.5"):
+        model.encode(jnp.zeros((2, 32, 32, 3), jnp.uint8))
+
+
 @pytest.mark.parametrize(
     "shape, match",
     [((2, 32, 32, 4), "3 channels"), ((2, 30, 32, 3), "divisible by 4"), ((32, 32, 3), "batch")],

@@ -205,6 +205,12 @@ def check_images(x: jax.Array, in_channels: int = 3) -> None:
             f"image height and width must be divisible by 4 (two stride-2 convs), got "
             f"{shape[1]}x{shape[2]}. Crop or resize the images, e.g. to 32x32."
         )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"expected float images scaled as in training, x / 255 - 0.5, got {x.dtype} "
+            "values. Convert uint8 pixels with x / 255 - 0.5 "
+            "(jaxbasics.data.transforms.cifar_transform()(x))."
+        )
 
 
 class VQVAE(nnx.Module):
