@@ -120,8 +120,9 @@ def read_inputs(
                 f"{image.path} is {x.shape[1]}x{x.shape[0]} pixels"
                 f"{' after resizing / cropping' if resize or center_crop else ''}; the model "
                 "needs both sides "
-                "to be multiples of 4 (two stride-2 convolutions). Pass --center-crop S or "
-                "--resize S with S a multiple of 4 (e.g. the training --image-size)."
+                "to be multiples of 4 (two stride-2 convolutions). Pass --resize S --center-crop S "
+                "with S a multiple of 4, e.g. the training --image-size (--resize alone keeps "
+                "the aspect ratio, so the longer side may still not fit)."
             )
         arrays.append(x)
     return arrays
