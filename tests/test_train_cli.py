@@ -110,6 +110,7 @@ def test_missing_cifar10_fails_fast_with_instructions(tmp_path, xla_cache):
     assert "cifar-10-batches-py" in r.stderr
     assert "Traceback" not in r.stderr
     assert time.time() - t < 120
+    assert not (tmp_path / "run").exists()  # a run that cannot start leaves no workdir
 
 
 def test_incompatible_config_is_refused_by_the_cli(tmp_path, xla_cache):

@@ -108,6 +108,7 @@ def _setup(config: TrainConfig, workdir: Path) -> _Run:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    workdir.mkdir(parents=True, exist_ok=True)  # the data is there: a run can start
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
         restored = ckpt.restore_latest(
@@ -361,9 +362,7 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     config.validate()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    run = _setup(config, workdir)
+    run = _setup(config, Path(workdir))
     show = config.progress and run.is_main
     bar = tqdm(
         total=config.num_training_updates,
