@@ -11,13 +11,8 @@ import pytest
 from conftest import EVALUATE, small_config
 from PIL import Image
 
-from jaxbasics.data.folder import (
-    FolderSource,
-    ImageReadError,
-    folder,
-    read_image,
-    split_fraction,
-)
+from jaxbasics.data.folder import FolderSource, folder, split_fraction
+from jaxbasics.data.images import ImageReadError, read_image
 from jaxbasics.data.pipeline import train_dataset
 from jaxbasics.data.sources import DATASETS, ArraySource, DatasetNotFoundError, get_source
 from jaxbasics.train import data as train_data

@@ -60,7 +60,7 @@ def find_images(
     >>> [i.name for i in find_images([d])], [i.name for i in find_images([d / "a", d / "a/x.png"])]
     (['a/x.png'], ['x.png'])
     """
-    from jaxbasics.data.folder import IMAGE_EXTENSIONS
+    from jaxbasics.data.images import IMAGE_EXTENSIONS
 
     given = [Path(os.path.abspath(i)) for i in inputs]
     skip = Path(os.path.abspath(exclude)) if exclude is not None else None
@@ -110,7 +110,7 @@ def read_inputs(
     Raises:
       ValueError: a side is not a multiple of 4; the message names the file and the fix.
     """
-    from jaxbasics.data.folder import read_image
+    from jaxbasics.data.images import read_image
 
     arrays = []
     for image in images:

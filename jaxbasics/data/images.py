@@ -1,0 +1,166 @@
+"""One image file as uint8 RGB, read with Pillow the way torchvision's loader reads it.
+
+:func:`read_image` is what :mod:`jaxbasics.data.folder` decodes a training image with, and
+what ``experiments/reconstruct.py`` and ``encode.py`` read your images with.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# torchvision's IMG_EXTENSIONS: what ImageFolder users already have, all of which Pillow reads.
+IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+
+
+# A JPEG is decoded at a reduced scale (1/2, 1/4 or 1/8, in the DCT) only down to twice the
+# final side, so the antialiased resize still does the last reduction of at least 2x: Pillow's
+# own Image.thumbnail uses the same margin (its reducing_gap).
+_DRAFT_MARGIN = 2
+
+
+class ImageReadError(ValueError):
+    """An image file could not be decoded; the message names the file and what to do."""
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    *,
+    image_size: int | None = None,
+    center_crop: int | None = None,
+    resize: int | None = None,
+) -> np.ndarray:
+    """Reads one image file as uint8 RGB, NHWC: what ``PIL.Image.open(path).convert("RGB")`` gives.
+
+    Every mode Pillow opens comes out RGB through Pillow's own ``convert("RGB")``, as in
+    torchvision's ``ImageFolder`` loader: grey (``L``, ``1``), palette (``P``), ``CMYK`` and
+    ``YCbCr`` are converted, and an alpha channel (``RGBA``, ``LA``, ``PA``) is dropped, keeping
+    the colours stored under it. The one exception is 16-bit grey (``I;16``), which Pillow would
+    clip at 255 (most of such an image white): its top 8 bits are kept instead. Multi-frame files
+    (GIF, TIFF) give their first frame. EXIF orientation is not applied (as in torchvision).
+
+    Geometry, in pixels (Pillow's bilinear filter, antialiased when shrinking: torchvision's
+    ``Resize`` default on PIL images):
+
+    * ``image_size=S``: centre-crop the largest square, then resize it to ``S x S``. This is
+      what :func:`folder` does; it cannot be combined with the other two.
+    * ``resize=S``: scale so the shorter side is ``S``, keeping the aspect ratio; the longer
+      side becomes ``int(S * long / short)`` (torchvision's ``Resize(S)``).
+    * ``center_crop=C``: cut the central ``C x C`` (offsets ``round((W - C) / 2)`` and
+      ``round((H - C) / 2)`` with Python's rounding: torchvision's ``CenterCrop(C)``, except
+      that an image smaller than ``C`` is an error, not padded). With ``resize`` too, the
+      resize comes first, so ``resize=S, center_crop=S`` is torchvision's
+      ``Compose([Resize(S), CenterCrop(S)])`` pixel for pixel.
+
+    With ``image_size`` (training on a folder, where decoding speed matters), when shrinking a
+    JPEG Pillow decodes it at 1/2, 1/4 or 1/8 scale directly (``Image.draft``),
+    never below twice the final side, so the final resize still does an antialiased 2x or more.
+    A 1024x1024 photo decodes several times faster; pixels differ from a full-scale decode by
+    less than one grey level on average.
+
+    Args:
+      path: the image file.
+      image_size: side of the square output.
+      center_crop: side of the central square to keep.
+      resize: length of the shorter side after resizing.
+
+    Returns:
+      ``uint8 (H, W, 3)``.
+
+    Raises:
+      ImageReadError: the file is missing, not an image, truncated or corrupt, or has pixels
+        with no fixed range (32-bit ``I`` or float ``F``); the message names the file.
+      ValueError: bad sizes, or ``center_crop`` larger than the image.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> path = Path(tempfile.mkdtemp()) / "wide.png"
+    >>> Image.new("LA", (60, 40), (200, 255)).save(path)
+    >>> read_image(path).shape, read_image(path, image_size=16).shape
+    ((40, 60, 3), (16, 16, 3))
+    >>> read_image(path, resize=20).shape, read_image(path, resize=20, center_crop=20)[0, 0]
+    ((20, 30, 3), array([200, 200, 200], dtype=uint8))
+    """
+    from PIL import Image
+
+    sizes = {"image_size": image_size, "center_crop": center_crop, "resize": resize}
+    for name, value in sizes.items():
+        if value is not None and (not isinstance(value, int | np.integer) or value < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
+    if image_size is not None and (center_crop is not None or resize is not None):
+        raise ValueError(
+            "image_size (crop the largest square, then resize it) replaces center_crop and "
+            f"resize; got image_size={image_size} with center_crop={center_crop}, "
+            f"resize={resize}. Pass image_size alone, or resize and center_crop."
+        )
+    try:
+        # The whole decode runs inside the try: Pillow reads lazily, so a truncated or corrupt
+        # file only fails in load(). ImageFile.LOAD_TRUNCATED_IMAGES is left False, its
+        # default: True would fill the missing part with grey and train on it silently.
+        with Image.open(path) as im:
+            if image_size is not None:
+                im.draft(None, (_DRAFT_MARGIN * image_size, _DRAFT_MARGIN * image_size))
+            im.load()
+            rgb = _to_rgb(im, path)
+    except ImageReadError:
+        raise
+    except FileNotFoundError as e:
+        raise ImageReadError(
+            f"cannot read {path}: it does not exist (was it moved or deleted after the folder "
+            "was listed?). Put it back, or rerun so the folder is listed again."
+        ) from e
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise ImageReadError(
+            f"cannot read {path} as an image ({type(e).__name__}: {e}). Open it in an image "
+            "viewer: if it is broken, delete it or re-save it; if it is not an image, move it "
+            "out of the data folder."
+        ) from e
+    if image_size is not None:
+        w, h = rgb.size
+        side = min(w, h)
+        left, top = _offset(w, side), _offset(h, side)
+        rgb = rgb.crop((left, top, left + side, top + side))
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    if resize is not None:
+        w, h = rgb.size
+        size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+    if center_crop is not None:
+        w, h = rgb.size
+        if center_crop > min(w, h):
+            raise ValueError(
+                f"cannot crop the central {center_crop}x{center_crop} pixels of {path}: it is "
+                f"{w}x{h}{' after resizing' if resize is not None else ''}. Resize it to at "
+                f"least {center_crop} first (--resize {center_crop}, or resize={center_crop})."
+            )
+        left, top = _offset(w, center_crop), _offset(h, center_crop)
+        rgb = rgb.crop((left, top, left + center_crop, top + center_crop))
+    return np.array(rgb, dtype=np.uint8)
+
+
+def _offset(size: int, crop: int) -> int:
+    """Where a centred crop starts: torchvision's ``int(round((size - crop) / 2.0))``."""
+    return int(round((size - crop) / 2.0))
+
+
+def _to_rgb(im: Image.Image, path: str | os.PathLike[str]) -> Image.Image:
+    """A decoded image in any mode -> RGB (``convert("RGB")``, 16-bit grey scaled, not clipped)."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16"):
+        # Pillow's own I;16 -> RGB conversion clips at 255, which turns most of a 16-bit image
+        # white; scale instead.
+        grey = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if im.mode in ("I", "F"):
+        raise ImageReadError(
+            f"{path} has {im.mode} pixels (32-bit {'integer' if im.mode == 'I' else 'float'}), "
+            "which have no fixed range to map to 0..255. Save it as an 8-bit image."
+        )
+    return im if im.mode == "RGB" else im.convert("RGB")
