@@ -52,6 +52,7 @@ for dtype in ("float32", "bfloat16"):
     workdir = tempfile.mkdtemp()
     cmd = [sys.executable, "experiments/train_vqvae.py", "--preset", "quickstart",
            "--num-training-updates", steps, "--eval-every", steps, "--progress", "false",
+           "--warmup-steps", str(min(100, int(steps) // 10)),
            "--compute-dtype", dtype, "--workdir", workdir, "--compilation-cache", ""]
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -290,7 +290,8 @@ def _check_rates_and_counts(c: TrainConfig) -> None:
         raise ValueError(
             f"warmup_steps ({c.warmup_steps}) must be fewer than num_training_updates "
             f"({c.num_training_updates}) under the cosine schedule, or the rate never leaves "
-            "the warm-up."
+            f"the warm-up; e.g. --warmup-steps {c.num_training_updates // 10}, or "
+            "--lr-schedule constant."
         )
 
 
