@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbasics.tensors import bchw_to_bhwc
-from jaxbasics.train.config import TrainConfig, preset
+from jaxbasics.train.config import TrainConfig
+from jaxbasics.train.presets import preset
 from jaxbasics.train.sharding import make_shardings
 from jaxbasics.train.state import init_state
 from jaxbasics.train.step import make_eval_step, make_train_step

@@ -64,7 +64,7 @@ def config_for(name: str, args: argparse.Namespace, seed: int):
     >>> config_for("notes", ns, 0).dead_code_threshold
     0.0
     """
-    from jaxbasics.train.config import preset
+    from jaxbasics.train.presets import preset
 
     base = preset(args.preset)
     steps = args.steps or base.num_training_updates

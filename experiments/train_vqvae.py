@@ -24,14 +24,8 @@ from pathlib import Path
 
 from simple_parsing import ArgumentParser, DashVariant, SimpleHelpFormatter
 
-from jaxbasics.train.config import (
-    PRESETS,
-    RESUMABLE_FIELDS,
-    TrainConfig,
-    load_config,
-    preset,
-    whole_splits_on_other_data,
-)
+from jaxbasics.train.config import RESUMABLE_FIELDS, TrainConfig, load_config
+from jaxbasics.train.presets import PRESETS, preset, whole_splits_on_other_data
 
 log = logging.getLogger("jaxbasics")
 

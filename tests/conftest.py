@@ -55,7 +55,7 @@ RUN = dict(
 
 def small_config(**overrides):
     """The quickstart preset at :data:`SIZES` and :data:`RUN`, with ``overrides``."""
-    from jaxbasics.train.config import preset
+    from jaxbasics.train.presets import preset
 
     return preset("quickstart", **{**SIZES, **RUN, **overrides})
 

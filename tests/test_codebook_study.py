@@ -7,7 +7,7 @@ import codebook_study
 import pytest
 from conftest import RUN, SIZES
 
-from jaxbasics.train import config as config_module
+from jaxbasics.train import presets as presets_module
 
 
 def test_doctests():
@@ -17,9 +17,9 @@ def test_doctests():
 @pytest.fixture
 def tiny_preset(monkeypatch):
     """The quickstart at the test sizes (and the test runs' data and schedule)."""
-    run = {k: v for k, v in RUN.items() if k in config_module.PRESETS["quickstart"]}
-    tiny = {**config_module.PRESETS["quickstart"], **SIZES, **run}
-    monkeypatch.setattr(config_module, "PRESETS", {**config_module.PRESETS, "tiny": tiny})
+    run = {k: v for k, v in RUN.items() if k in presets_module.PRESETS["quickstart"]}
+    tiny = {**presets_module.PRESETS["quickstart"], **SIZES, **run}
+    monkeypatch.setattr(presets_module, "PRESETS", {**presets_module.PRESETS, "tiny": tiny})
     return "tiny"
 
 

@@ -18,8 +18,9 @@ from conftest import (
     wait_for,
 )
 
-from jaxbasics.train.config import TrainConfig, load_config, preset
+from jaxbasics.train.config import TrainConfig, load_config
 from jaxbasics.train.metrics import read_jsonl
+from jaxbasics.train.presets import preset
 
 
 def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, xla_cache):

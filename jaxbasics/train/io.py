@@ -14,7 +14,7 @@ That makes an export about 2.9x smaller than a checkpoint of the same run (quick
 801 kB against 2.3 MB).
 
 >>> import tempfile
->>> from jaxbasics.train.config import preset
+>>> from jaxbasics.train.presets import preset
 >>> from jaxbasics.train.state import init_state
 >>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
 ...              num_embeddings=8)

@@ -171,7 +171,7 @@ def structure(config: TrainConfig) -> Structure:
     length share it, and with it every compiled program, so a resume in the same process
     compiles nothing again.
 
-    >>> from jaxbasics.train.config import preset
+    >>> from jaxbasics.train.presets import preset
     >>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
     ...              num_embeddings=8)
     >>> structure(cfg) is structure(cfg.replace(eval_every=3, seed=1))
@@ -187,7 +187,7 @@ def structure(config: TrainConfig) -> Structure:
 def init_state(config: TrainConfig) -> TrainState:
     """A fresh :class:`TrainState` from ``config.seed``, built in one compiled program.
 
-    >>> from jaxbasics.train.config import preset
+    >>> from jaxbasics.train.presets import preset
     >>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
     ...              num_embeddings=8)
     >>> int(init_state(cfg).step)
@@ -199,7 +199,7 @@ def init_state(config: TrainConfig) -> TrainState:
 def codebook_of(config: TrainConfig, state: TrainState) -> jax.Array:
     """The (K, D) codebook of ``state``: an EMA statistic or a parameter.
 
-    >>> from jaxbasics.train.config import preset
+    >>> from jaxbasics.train.presets import preset
     >>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
     ...              num_embeddings=8)
     >>> codebook_of(cfg, init_state(cfg)).shape
@@ -214,7 +214,7 @@ def to_model(config: TrainConfig, params: Any, ema: Any, *, train: bool = False)
     What :func:`jaxbasics.train.io.load` returns and the tests run; the arrays are used as
     they are, nothing is copied.
 
-    >>> from jaxbasics.train.config import preset
+    >>> from jaxbasics.train.presets import preset
     >>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
     ...              num_embeddings=8)
     >>> state = init_state(cfg)
