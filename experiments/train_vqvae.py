@@ -25,7 +25,12 @@ from pathlib import Path
 from simple_parsing import ArgumentParser, DashVariant, SimpleHelpFormatter
 
 from jaxbasics.train.config import RESUMABLE_FIELDS, TrainConfig, load_config
-from jaxbasics.train.presets import PRESETS, preset, whole_splits_on_other_data
+from jaxbasics.train.presets import (
+    PRESETS,
+    preset,
+    warmup_within_run,
+    whole_splits_on_other_data,
+)
 
 log = logging.getLogger("jaxbasics")
 
@@ -190,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         explicit |= {f.name for f in dataclasses.fields(TrainConfig)} - RESUMABLE_FIELDS
     try:
         requested = whole_splits_on_other_data(args.config, args.preset, given)
+        requested = warmup_within_run(requested, given)
         config = resolve_config(requested, explicit, workdir).validate()
     except ValueError as e:
         parser.error(str(e))

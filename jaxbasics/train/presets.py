@@ -91,3 +91,21 @@ def whole_splits_on_other_data(config: TrainConfig, name: str, given: set[str]) 
         return config
     counts = ("num_train_examples", "num_eval_examples")
     return config.replace(**{k: None for k in counts if k not in given and k in PRESETS[name]})
+
+
+def warmup_within_run(config: TrainConfig, given: set[str]) -> TrainConfig:
+    """Shorten a preset's cosine warm-up to a tenth of a run too short for it.
+
+    ``--preset quickstart --num-training-updates 50`` would otherwise be refused (its 100
+    warm-up steps never end). A warm-up set explicitly (in ``given``) is left for validation
+    to refuse.
+
+    >>> warmup_within_run(preset("quickstart", num_training_updates=50), set()).warmup_steps
+    5
+    >>> warmup_within_run(preset("quickstart"), set()).warmup_steps
+    100
+    """
+    too_long = 0 < config.num_training_updates <= config.warmup_steps
+    if config.lr_schedule != "cosine" or "warmup_steps" in given or not too_long:
+        return config
+    return config.replace(warmup_steps=config.num_training_updates // 10)
