@@ -157,3 +157,17 @@ def tiny_model():
     config = small_config(decay=0.0)
     state = init_state(config)
     return to_model(config, state.params, state.ema)
+
+
+TRAINED_STEPS = 10
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    """The workdir of a finished run of ``small_config(num_training_updates=TRAINED_STEPS)``,
+    shared read-only by the tests that load, export, encode or reconstruct a trained model."""
+    from jaxbasics.train.loop import fit
+
+    workdir = tmp_path_factory.mktemp("trained_run")
+    fit(small_config(num_training_updates=TRAINED_STEPS), workdir)
+    return workdir

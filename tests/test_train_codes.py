@@ -13,20 +13,13 @@ import export as export_script
 import numpy as np
 import pytest
 import reconstruct as reconstruct_script
-from conftest import EXPERIMENTS, run, small_config
+from conftest import EXPERIMENTS, TRAINED_STEPS, run, small_config
 from PIL import Image
 
 from jaxbasics.train.codes import code_dtype, read_codes
 from jaxbasics.train.loop import fit
 
-CONFIG = small_config(num_training_updates=10)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    w = tmp_path_factory.mktemp("run")
-    fit(CONFIG, w)
-    return w
+CONFIG = small_config(num_training_updates=TRAINED_STEPS)  # the workdir fixture's run
 
 
 def _rgb(size, seed):

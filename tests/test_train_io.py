@@ -7,21 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import restore, small_config
+from conftest import TRAINED_STEPS, restore, small_config
 
 from jaxbasics import train
 from jaxbasics.train.io import MODEL_FIELDS, IncompatibleModelError, export, load
-from jaxbasics.train.loop import fit
 from jaxbasics.train.state import to_model
 
-CONFIG = small_config(num_training_updates=10)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    w = tmp_path_factory.mktemp("run")
-    fit(CONFIG, w)
-    return w
+CONFIG = small_config(num_training_updates=TRAINED_STEPS)  # the workdir fixture's run
 
 
 def _images(n=3):
