@@ -60,7 +60,8 @@ def test_loss_is_recon_error_plus_vq_loss(model):
 
 
 def test_decay_selects_ema_quantizer():
-    from jaxbasics.vqvae.quantizer import VectorQuantizer, VectorQuantizerEMA
+    from jaxbasics.vqvae.ema import VectorQuantizerEMA
+    from jaxbasics.vqvae.quantizer import VectorQuantizer
 
     assert isinstance(nnx.eval_shape(lambda: VQVAE(**SIZES, rngs=nnx.Rngs(0))).vq, VectorQuantizer)
     ema = nnx.eval_shape(lambda: VQVAE(**SIZES, decay=0.99, rngs=nnx.Rngs(0)))

@@ -35,7 +35,7 @@ from jaxbasics.vqvae.codebook import (
     usage_update,
 )
 from jaxbasics.vqvae.ema import EMAVariable
-from jaxbasics.vqvae.model import VQVAE, recon_error
+from jaxbasics.vqvae.model import VQVAE, recon_error, vqvae_loss
 from jaxbasics.vqvae.quantizer import code_counts, perplexity
 
 # fold_in data of the k-means key; train steps use fold_in(key, step), step < 2**32 - 1.
@@ -181,14 +181,12 @@ def make_train_step(
             model = nnx.merge(s.train_def, params, state.ema, copy=True)
             out = model(images)
             rec = recon_error(out.recon, images, data_variance)
-            new_ema = nnx.state(model, EMAVariable)
-            scalars = (rec + out.vq_loss, rec, out.vq_loss, out.perplexity)
-            return rec + out.vq_loss, (scalars, out.indices, new_ema)
+            return vqvae_loss(out, images, data_variance), (out, rec, nnx.state(model, EMAVariable))
 
-        grads, (scalars, indices, ema) = jax.grad(loss_fn, has_aux=True)(state.params)
+        (loss, (out, rec, ema)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        counts = code_counts(indices, k)
+        counts = code_counts(out.indices, k)
         usage = usage_update(state.code_usage, counts)
         new_state = state.replace(params=params, ema=ema, opt_state=opt_state, step=state.step + 1)
         restarted = jnp.zeros((), jnp.float32)
@@ -206,8 +204,15 @@ def make_train_step(
             new_state = _set_codes(config, new_state, r.dead, r.codebook, flat.shape[0])
             usage = jnp.where(r.dead, 1.0, usage)
             restarted = jnp.sum(r.dead).astype(jnp.float32)
-        finite = jnp.isfinite(scalars[0]) & _all_finite(new_state.params, new_state.ema)
-        metrics = TrainMetrics(*scalars, counts, restarted, finite)
+        metrics = TrainMetrics(
+            loss=loss,
+            recon_error=rec,
+            vq_loss=out.vq_loss,
+            perplexity=out.perplexity,
+            code_counts=counts,
+            restarted_codes=restarted,
+            finite=jnp.isfinite(loss) & _all_finite(new_state.params, new_state.ema),
+        )
         return new_state.replace(code_usage=usage), metrics
 
     return jax.jit(train_step, donate_argnums=0)

@@ -14,7 +14,7 @@ to exactly ``embedding_dim`` channels.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -296,14 +296,3 @@ class VectorQuantizer(nnx.Module):
     def __call__(self, z: jax.Array) -> QuantizerOutput:
         return quantize(z, self.codebook[...], self.commitment_cost, self.estimator)
 
-
-_MOVED_TO_EMA = ("EMAState", "EMAVariable", "VectorQuantizerEMA", "ema_update")
-
-
-def __getattr__(name: str) -> Any:
-    # The EMA quantiser lives in jaxbasics.vqvae.ema; its names stay importable from here.
-    if name in _MOVED_TO_EMA:
-        from jaxbasics.vqvae import ema
-
-        return getattr(ema, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
