@@ -31,9 +31,8 @@ from flax import nnx
 
 from jaxbasics.vqvae.quantizer import code_counts, distances, nearest_code
 
-# The VQVAE attribute that holds the quantiser, and the variables each quantiser keeps.
+# The VQVAE attribute that holds the quantiser.
 QUANTIZER = "vq"
-EMA_VARIABLES = ("codebook", "ema_cluster_size", "ema_w")
 
 # EMA decay of the usage statistic: a never-chosen code's usage falls from 1 (a fresh
 # code) below 0.1 in ~230 steps.

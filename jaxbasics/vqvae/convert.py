@@ -168,26 +168,3 @@ def from_torch_state_dict(state_dict: Mapping[str, np.ndarray], model: VQVAE) ->
         )
     nnx.replace_by_pure_dict(state, pure)
     return state
-
-
-def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
-    """Read a ``torch.save``-d reference model (or the notes' checkpoint dict) as numpy.
-
-    Accepts a bare ``model.state_dict()`` or the notes' checkpoint with a
-    ``'model_state_dict'`` entry. Needs torch (``pip install -e '.[torch]'``);
-    ``weights_only=True`` so a checkpoint cannot run code.
-
-    Args:
-      path: the ``.pth`` file.
-
-    Returns:
-      Parameter names -> numpy arrays, ready for :func:`from_torch_state_dict`.
-    """
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - exercised only without torch
-        raise ImportError("reading a .pth file needs PyTorch: pip install -e '.[torch]'") from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if "model_state_dict" in obj:
-        obj = obj["model_state_dict"]
-    return {k: v.detach().cpu().numpy() for k, v in obj.items()}

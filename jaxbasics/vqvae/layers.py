@@ -29,7 +29,7 @@ the convolution, while the parameters themselves stay float32 (``nnx.Conv``'s ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,6 @@ from flax import nnx
 
 from jaxbasics.vqvae.wgrad import chunked_wgrad_conv_general_dilated, padding_pairs
 
-ConvForm = Literal["auto", "xla", "im2col"]
 FORMS = ("auto", "xla", "im2col")
 
 
