@@ -12,6 +12,7 @@ PyTorch runs with ``torch.set_num_threads(os.cpu_count())``. It is optional: wit
 Prints one JSON line per batch size::
 
     python experiments/benchmark.py --batch 32,256
+    python experiments/benchmark.py --batch 32,256 --torch-compile  # also torch.compile
     python experiments/benchmark.py --quick --small --batch 4     # smoke test, seconds
     python experiments/benchmark.py --layers --batch 32,256        # per-layer forward + backward
 """
@@ -98,9 +99,13 @@ def matmul_gflop_per_s(
 
 
 def make_torch_side(
-    torch: Any, config: TrainConfig, data: np.ndarray, device: str = "cpu"
+    torch: Any, config: TrainConfig, data: np.ndarray, device: str = "cpu", compile: bool = False
 ) -> Callable[[], None]:
-    """One call = one step of the notes' PyTorch loop body on ``data`` (NCHW), on ``device``."""
+    """One call = one step of the notes' PyTorch loop body on ``data`` (NCHW), on ``device``.
+
+    With ``compile`` the model runs under ``torch.compile`` (inductor, default mode): the
+    stronger PyTorch peer on a CPU. Its compile happens in the first calls (the warm-up).
+    """
     from torch_reference import Model, train_step
 
     torch.manual_seed(config.seed)
@@ -108,6 +113,8 @@ def make_torch_side(
     kwargs = {k: getattr(config, k) for k in (*sizes, "num_embeddings", "commitment_cost", "decay")}
     model = Model(**kwargs).to(device)  # the reference takes the same keyword names
     model.train()
+    if compile:
+        model = torch.compile(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     batch = torch.from_numpy(data).to(device)
 
@@ -370,6 +377,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--decay", type=float, default=0.0, help="EMA decay; 0 = plain VQ")
     p.add_argument("--no-torch", action="store_true", help="time the JAX side only")
     p.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="also time PyTorch under torch.compile (inductor; compiles for 15-25 s first); "
+        "ratio_vs_compile = its ms / JAX ms",
+    )
+    p.add_argument(
         "--layers", action="store_true", help="per-layer forward + backward instead of the step"
     )
     p.add_argument("--loop", action="store_true", help="loop with a host sync per step vs without")
@@ -413,9 +426,18 @@ def step_line(args, batch, torch, machine, rounds, k, warmup, notes) -> dict[str
     sides = {"jax": jax_step}
     if torch is not None:
         sides["torch"] = make_torch_side(torch, config, data, args.torch_device)
+        if args.torch_compile:
+            sides["torch_compile"] = make_torch_side(torch, config, data, args.torch_device, True)
+            t0 = time.perf_counter()
+            sides["torch_compile"]()  # inductor compiles forward and backward here
+            info["torch_compile_s"] = round(time.perf_counter() - t0, 2)
     alternate(sides, 1, warmup)
     times = alternate(sides, rounds, k)
     out = result_line(batch, times["jax"], times.get("torch"), info, machine)
+    if "torch_compile" in times:
+        compiled_s = statistics.median(times["torch_compile"])
+        out["torch_compile_ms_per_step"] = round(1e3 * compiled_s, 2)
+        out["ratio_vs_compile"] = round(compiled_s / statistics.median(times["jax"]), 3)
     out["eval_images_per_s"] = round(
         eval_images_per_s(config, holder[0], images, 2 if args.quick else 5), 1
     )
