@@ -9,7 +9,7 @@ configuration and seed with :func:`jaxbasics.train.loop.fit`, each run in
 ``<out>/<config>-s<seed>``; the seed is both the model seed and the data seed. The
 configurations (:data:`CONFIGS`) are the preset's model, data and learning rate with:
 
-* ``notes``: the notes exactly (:data:`~jaxbasics.train.config.FAITHFUL`): their EMA
+* ``notes``: the notes exactly (:data:`~jaxbasics.train.presets.FAITHFUL`): their EMA
   init, straight-through, a constant learning rate, no remedies;
 * ``consistent``: ``notes`` with the consistent EMA init alone;
 * ``remedies``: ``consistent`` plus dead-code restart (threshold 0.25) and k-means init

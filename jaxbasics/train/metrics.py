@@ -82,9 +82,7 @@ class MetricWriter:
             f.writelines(later)
             f.flush()
             os.fsync(f.fileno())
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(keep))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(keep))
         return len(later)
 
     def close(self) -> None:
@@ -105,12 +103,24 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` all at once (written aside, renamed); unchanged: untouched."""
+    """Replace ``path`` with ``text`` all at once (written aside, renamed); unchanged: untouched.
+
+    A failed write (a full disk) leaves ``path`` as it was and no temporary file behind.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "config.json"
+    >>> write_atomic(path, "{}"); path.read_text(), [p.name for p in path.parent.iterdir()]
+    ('{}', ['config.json'])
+    """
     if path.exists() and path.read_text() == text:
-        return  # unchanged (and a finished run can be rerun in a read-only workdir)
+        return  # unchanged: not even its modification time
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def open_writers(workdir: Path, is_main: bool, step: int) -> dict[str, Any]:
