@@ -7,9 +7,11 @@
 Every TrainConfig field is a flag (``batch_size`` -> ``--batch-size``); ``--preset`` picks
 their starting values (quickstart, cifar10 or notes) and ``--faithful`` turns off what the
 defaults change from the notes. Rerunning the same command resumes from the latest
-checkpoint in ``--workdir``: an existing run keeps its saved config, and a flag you give
-that contradicts it is refused. Exit codes: 0 done, 1 error (the message says what to do),
-2 bad flags, 128+N stopped by signal N (checkpoint saved; rerun to resume).
+checkpoint in ``--workdir``: an existing run keeps its saved config (if config.json is lost,
+the one saved with the newest checkpoint), and a flag you give that contradicts it is
+refused. A workdir belongs to one run at a time: a second run on it stops at once, naming
+the first. Exit codes: 0 done, 1 error (the message says what to do), 2 bad flags, 128+N
+stopped by signal N (checkpoint saved; rerun to resume).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from simple_parsing import ArgumentParser, DashVariant, SimpleHelpFormatter
 
-from jaxbasics.train.config import RESUMABLE_FIELDS, TrainConfig, load_config
+from jaxbasics.train.config import RESUMABLE_FIELDS, TrainConfig
 from jaxbasics.train.presets import (
     PRESETS,
     preset,
@@ -144,8 +146,12 @@ def preset_given(argv: list[str]) -> bool:
 
 def resolve_config(requested: TrainConfig, explicit: set[str], workdir: Path) -> TrainConfig:
     """The config to run: ``requested`` for a new workdir; for an existing run, its saved
-    config with only the explicitly given flags applied (fit refuses incompatible ones)."""
-    saved = load_config(workdir)
+    config (:func:`~jaxbasics.train.workdir.saved_config`: ``config.json``, or if that is lost,
+    the newest checkpoint's) with only the explicitly given flags applied (fit refuses
+    incompatible ones)."""
+    from jaxbasics.train.workdir import saved_config
+
+    saved = saved_config(workdir).config
     if saved is None:
         return requested
     return saved.replace(**{k: getattr(requested, k) for k in explicit})
@@ -193,12 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     explicit = set(given)
     if preset_given(argv):  # an explicit preset asks for all its values, even on a saved run
         explicit |= {f.name for f in dataclasses.fields(TrainConfig)} - RESUMABLE_FIELDS
-    try:
-        requested = whole_splits_on_other_data(args.config, args.preset, given)
-        requested = warmup_within_run(requested, given)
-        config = resolve_config(requested, explicit, workdir).validate()
-    except ValueError as e:
-        parser.error(str(e))
+    requested = whole_splits_on_other_data(args.config, args.preset, given)
+    requested = warmup_within_run(requested, given)
     setup_logging()
 
     import jax
@@ -212,19 +214,28 @@ def main(argv: list[str] | None = None) -> int:
     from jaxbasics.train.checkpoint import IncompatibleCheckpointError
     from jaxbasics.train.config import ConfigMismatchError
     from jaxbasics.train.loop import NonFiniteError, fit
+    from jaxbasics.train.workdir import WorkdirInUseError, hold
 
     if workdir.exists() and not workdir.is_dir():
         log.error("error: --workdir %s is a file; give a folder (created if needed).", workdir)
         return 1
-    log.info("workdir: %s  devices: %s", workdir.absolute(), jax.devices())
     try:
-        result = fit(config, workdir)
+        # Held from the first read of the saved run to the end (fit's own hold nests in it).
+        with hold(workdir):
+            config = resolve_config(requested, explicit, workdir)  # ConfigFileError: exit 1
+            try:
+                config.validate()
+            except ValueError as e:
+                parser.error(str(e))
+            log.info("workdir: %s  devices: %s", workdir.absolute(), jax.devices())
+            result = fit(config, workdir)
     except (
+        WorkdirInUseError,
         DatasetNotFoundError,
         ConfigMismatchError,
         IncompatibleCheckpointError,
         NonFiniteError,
-        ValueError,
+        ValueError,  # ConfigFileError among them: a damaged config.json
         OSError,  # a workdir that cannot be written (a file, read-only, a full disk)
     ) as e:
         log.error("error: %s", e)

@@ -6,6 +6,7 @@ These run in-process with one small config, so the compiled steps are shared.
 import hashlib
 import json
 import logging
+import shutil
 import signal
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from conftest import small_config
 
 from jaxbasics.train import loop
 from jaxbasics.train.checkpoint import IncompatibleCheckpointError
-from jaxbasics.train.config import ConfigMismatchError
+from jaxbasics.train.config import ConfigMismatchError, load_config
 from jaxbasics.train.loop import NonFiniteError, fit
 from jaxbasics.train.metrics import read_jsonl
 
@@ -154,9 +155,10 @@ def test_incompatible_checkpoint_is_refused_and_nothing_changes(tmp_path, change
     """A checkpoint from an older state layout, or from other model sizes, is refused."""
     fit(SMALL.replace(num_training_updates=5), tmp_path)
     if change == "sizes":
-        # config.json lost; the checkpoint holds 16 codes, the request 32
-        (tmp_path / "config.json").unlink()
+        # config.json edited to 32 codes; the checkpoint holds 16 (a lost config.json is
+        # taken from the checkpoint: test_a_lost_config_json_is_the_checkpoints)
         config = SMALL.replace(num_embeddings=32)
+        (tmp_path / "config.json").write_text(config.replace(num_training_updates=5).to_json())
     else:
         # an older version's TrainState without code_usage: hide it from the metadata
         config = SMALL
@@ -233,3 +235,23 @@ def test_evaluation_pictures_leave_out_the_padding_rows(tmp_path):
     assert evaluation.originals.shape[0] == evaluation.reconstructions.shape[0] == 5
     expected = np.stack([data.test[i]["image"] for i in range(5)]) / 255.0 - 0.5
     np.testing.assert_allclose(evaluation.originals, expected, atol=1e-6)
+
+
+def test_a_lost_config_json_is_the_checkpoints(workdir, tmp_path, caplog):
+    """Without config.json the newest checkpoint's config is the run's: new settings are
+    refused naming the fields, and a compatible rerun resumes and writes config.json again."""
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    (copy / "config.json").unlink()
+    with pytest.raises(ConfigMismatchError) as e:
+        fit(SMALL.replace(learning_rate=0.01, seed=3), copy)
+    assert "learning_rate: saved 0.002, requested 0.01" in str(e.value)
+    assert "seed: saved 0, requested 3" in str(e.value)
+    assert not (copy / "config.json").exists()  # refused: nothing written
+    with caplog.at_level(logging.INFO, logger="jaxbasics"):
+        assert fit(SMALL.replace(num_training_updates=11), copy).step == 11
+    assert "config.json is missing: the run's config is the one saved with checkpoint 10" in (
+        caplog.text
+    )
+    assert "Resuming from checkpoint at step 10" in caplog.text
+    assert load_config(copy) == SMALL.replace(num_training_updates=11)

@@ -7,8 +7,8 @@ in the run's workdir; resuming with a config that differs in a field outside
 :data:`RESUMABLE_FIELDS` is refused.
 
 The named presets (``quickstart``, ``cifar10``, ``notes``) are in
-:mod:`jaxbasics.train.presets` (also importable from here); the dataclass defaults are the
-``cifar10`` preset. ``docs/codebook.md`` lists which defaults differ from the notes, and why.
+:mod:`jaxbasics.train.presets`; the dataclass defaults are the ``cifar10`` preset.
+``docs/codebook.md`` lists which defaults differ from the notes, and why.
 
 >>> TrainConfig().batch_size, TrainConfig().learning_rate, TrainConfig().decay
 (32, 0.0003, 0.99)
@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -176,6 +177,8 @@ class TrainConfig:
         ...
         ValueError: batch_size must be >= 1, got 0.
         """
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name))
         positive = (
             "batch_size",
             "num_hiddens",
@@ -217,9 +220,6 @@ class TrainConfig:
             )
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}.")
-        for name in ("dataset", "estimator", "ema_init", "conv_form", "compute_dtype"):
-            _check_choice(self, name)
-        _check_choice(self, "lr_schedule")
         return self
 
     def compile_key(self) -> TrainConfig:
@@ -245,19 +245,31 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
-        """Inverse of :meth:`to_json`. Unknown keys are an error.
+        """Inverse of :meth:`to_json`. Unknown keys and values of the wrong type are an error.
 
         A config written by an older version may lack newer fields: they take the value
         that reproduces what that version did (:data:`LEGACY_VALUES`), not today's default.
-        Fields that no longer exist (:data:`REMOVED_FIELDS`) are dropped.
+        Fields that no longer exist (:data:`REMOVED_FIELDS`) are dropped. Each value must
+        have its field's type (a float field takes an int too); values are not validated.
 
         >>> c = TrainConfig(decay=0.99)
         >>> TrainConfig.from_json(c.to_json()) == c
         True
         >>> TrainConfig.from_json('{"batch_size": 8}').ema_init
         'notes'
+        >>> TrainConfig.from_json('{"batch_size": "16"}')
+        Traceback (most recent call last):
+        ...
+        ValueError: batch_size must be an int, got '16'.
+
+        Raises:
+          ValueError: the text is not a JSON object of known fields of the right types
+            (``json.JSONDecodeError`` is one).
         """
-        data = {k: v for k, v in json.loads(text).items() if k not in REMOVED_FIELDS}
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"a config is a JSON object of fields, got {type(data).__name__}.")
+        data = {k: v for k, v in data.items() if k not in REMOVED_FIELDS}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -265,8 +277,44 @@ class TrainConfig:
                 f"unknown config fields {unknown}: this config.json was written by a newer "
                 f"version of jaxbasics, or edited by hand. Known fields: {sorted(names)}"
             )
+        for name, value in data.items():
+            _check_type(name, value)
         legacy = {k: v for k, v in LEGACY_VALUES.items() if k not in data}
         return cls(**{**legacy, **data})
+
+
+def _check_type(name: str, value: Any) -> None:
+    """Raise ValueError unless ``value`` has field ``name``'s type (a float field takes ints).
+
+    >>> _check_type("progress", 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: progress must be true or false, got 1.
+    >>> _check_type("num_train_examples", None), _check_type("learning_rate", 1)
+    (None, None)
+    """
+    hint = typing.get_type_hints(TrainConfig)[name]
+    if not _fits(value, hint):
+        raise ValueError(f"{name} must be {_describe(hint)}, got {value!r}.")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) is Literal:
+        return isinstance(value, str) and value in typing.get_args(hint)
+    if typing.get_origin(hint) is types.UnionType:
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is float:
+        return type(value) in (int, float)
+    return type(value) is hint  # exact: a bool is no int, None no str
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return f"one of {list(typing.get_args(hint))}"
+    if typing.get_origin(hint) is types.UnionType:
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    names = {int: "an int", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(hint, "null")
 
 
 def _check_rates_and_counts(c: TrainConfig) -> None:
@@ -286,29 +334,42 @@ def _check_rates_and_counts(c: TrainConfig) -> None:
             raise ValueError(
                 f"{name} must be >= 1 (or left out: every example), got {getattr(c, name)}."
             )
-    if c.lr_schedule == "cosine" and 0 < c.num_training_updates <= c.warmup_steps:
+    if (fits := warmup_that_fits(c)) != c.warmup_steps:
         raise ValueError(
             f"warmup_steps ({c.warmup_steps}) must be fewer than num_training_updates "
             f"({c.num_training_updates}) under the cosine schedule, or the rate never leaves "
-            f"the warm-up; e.g. --warmup-steps {c.num_training_updates // 10}, or "
-            "--lr-schedule constant."
+            f"the warm-up; e.g. --warmup-steps {fits}, or --lr-schedule constant."
         )
 
 
-def _check_choice(config: TrainConfig, name: str) -> None:
-    choices = typing.get_args(typing.get_type_hints(TrainConfig)[name])
-    value = getattr(config, name)
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
+def warmup_that_fits(c: TrainConfig) -> int:
+    """``c.warmup_steps``, or a tenth of the run if the cosine warm-up would never end in it.
+
+    >>> cosine = TrainConfig(lr_schedule="cosine", warmup_steps=100)
+    >>> warmup_that_fits(cosine.replace(num_training_updates=50)), warmup_that_fits(cosine)
+    (5, 100)
+    """
+    too_long = c.lr_schedule == "cosine" and 0 < c.num_training_updates <= c.warmup_steps
+    return c.num_training_updates // 10 if too_long else c.warmup_steps
 
 
 class ConfigMismatchError(ValueError):
     """The workdir holds a run whose config is incompatible with the requested one."""
 
 
-def check_resumable(config: TrainConfig, workdir: Path) -> None:
-    """Refuse to resume ``workdir`` with an incompatible config; reads, writes nothing."""
-    old = load_config(workdir)
+class ConfigFileError(ValueError):
+    """A run's saved config cannot be read (damaged JSON, a wrong type, an invalid value)."""
+
+
+def check_resumable(config: TrainConfig, old: TrainConfig | None, workdir: Path) -> None:
+    """Refuse to resume the run in ``workdir``, saved with ``old``, with an incompatible
+    ``config``; None (no saved run) passes.
+
+    >>> check_resumable(TrainConfig(batch_size=8), TrainConfig(), Path("run"))
+    Traceback (most recent call last):
+    ...
+    jaxbasics.train.config.ConfigMismatchError: run holds a run with a different config; ...
+    """
     diff = incompatible_fields(old, config) if old is not None else {}
     if diff:
         lines = "\n".join(
@@ -351,15 +412,19 @@ def incompatible_fields(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[A
 
 
 def load_config(workdir: str | Path) -> TrainConfig | None:
-    """The config saved in ``workdir/config.json``, or None if there is none."""
+    """The config saved in ``workdir/config.json``, or None if there is none.
+
+    Raises:
+      ConfigFileError: the file is damaged (not JSON, unknown fields, wrong types or
+        invalid values); the one-line message names it and the way out.
+    """
     path = Path(workdir) / "config.json"
-    return TrainConfig.from_json(path.read_text()) if path.exists() else None
-
-
-def __getattr__(name: str) -> Any:
-    """The presets live in :mod:`jaxbasics.train.presets`; importable from here too."""
-    if name in ("FAITHFUL", "PRESETS", "preset", "whole_splits_on_other_data"):
-        from jaxbasics.train import presets
-
-        return getattr(presets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if not path.exists():
+        return None
+    try:
+        return TrainConfig.from_json(path.read_text()).validate()
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        raise ConfigFileError(
+            f"{path} is damaged: {str(e).rstrip('.')}. Fix it, or delete it: training then "
+            "takes the run's config from its newest checkpoint."
+        ) from e

@@ -40,8 +40,14 @@ import numpy as np
 from jaxbasics.train.config import TrainConfig, check_resumable
 from jaxbasics.train.data import Sources, sources
 from jaxbasics.train.metrics import open_writers, write_atomic
-from jaxbasics.train.sharding import Shardings, abstract_state, global_batch, make_shardings
+from jaxbasics.train.sharding import (
+    Shardings,
+    abstract_state,
+    global_batch,
+    make_shardings,
+)
 from jaxbasics.train.signals import StopAgreement, StopFlag
+from jaxbasics.train.workdir import hold, saved_config
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +92,9 @@ class _Run:
     is_main: bool
     last_saved: int = 0
     eval_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
-    last_eval: Any = None  # the Evaluation of the last periodic evaluation, and its step
+    last_eval: Any = (
+        None  # the Evaluation of the last periodic evaluation, and its step
+    )
     last_eval_step: int = -1
 
     def __post_init__(self) -> None:
@@ -98,7 +106,15 @@ def _setup(config: TrainConfig, workdir: Path) -> _Run:
     from jaxbasics.data.pipeline import train_dataset
     from jaxbasics.train.checkpoint import Checkpointer
 
-    check_resumable(config, workdir)
+    saved = saved_config(workdir)
+    if saved.step is not None:
+        log.warning(
+            "%s/config.json is missing: the run's config is the one saved with checkpoint %d "
+            "(config.json is written again from it once the run starts).",
+            workdir,
+            saved.step,
+        )
+    check_resumable(config, saved.config, workdir)
     data = sources(config, workdir)
     shardings = make_shardings(config.batch_size)
     dataset = train_dataset(
@@ -108,7 +124,9 @@ def _setup(config: TrainConfig, workdir: Path) -> _Run:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    workdir.mkdir(parents=True, exist_ok=True)  # the data is there: a run can start
+    workdir.mkdir(
+        parents=True, exist_ok=True
+    )  # process 0's hold made it, maybe not here
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
         restored = ckpt.restore_latest(
@@ -140,19 +158,39 @@ def _setup(config: TrainConfig, workdir: Path) -> _Run:
     state, step, batches, history = _start(config, restored, dataset, shardings)
     if restored is not None:
         log.info("Resuming from checkpoint at step %d in %s", step, workdir)
-    run = _Run(config, workdir, data, shardings, ckpt, batches, state, step, history, {}, is_main)
+    run = _Run(
+        config,
+        workdir,
+        data,
+        shardings,
+        ckpt,
+        batches,
+        state,
+        step,
+        history,
+        {},
+        is_main,
+    )
     run.writers = open_writers(workdir, is_main, step)
     return run
 
 
-def _start(config: TrainConfig, restored: Any, dataset: Any, shardings: Shardings) -> tuple:
+def _start(
+    config: TrainConfig, restored: Any, dataset: Any, shardings: Shardings
+) -> tuple:
     """``(state, step, batches, history)`` to start from: a checkpoint's, or fresh ones."""
     from jaxbasics.data.pipeline import restore_iterator
 
     if restored is None:
-        history = {"train_res_recon_error": [], "train_res_perplexity": [], "loss": None}
+        history = {
+            "train_res_recon_error": [],
+            "train_res_perplexity": [],
+            "loss": None,
+        }
         return _fresh_state(config, dataset, shardings), 0, iter(dataset), history
-    history = {k: restored.meta[k] for k in ("train_res_recon_error", "train_res_perplexity")}
+    history = {
+        k: restored.meta[k] for k in ("train_res_recon_error", "train_res_perplexity")
+    }
     history["loss"] = restored.meta["loss"]
     batches = restore_iterator(dataset, restored.data_iter)
     return restored.state, restored.step, batches, history
@@ -272,9 +310,11 @@ def _boundaries(run: _Run, stopping: bool) -> None:
             run.eval_metrics["recon_error"],
             run.eval_metrics["perplexity"],
         )
-    if (run.step % c.checkpoint_every == 0 or stopping or run.step == c.num_training_updates) and (
-        run.step != run.last_saved
-    ):
+    if (
+        run.step % c.checkpoint_every == 0
+        or stopping
+        or run.step == c.num_training_updates
+    ) and (run.step != run.last_saved):
         _save(run)
 
 
@@ -290,11 +330,15 @@ def _train(run: _Run, stop: StopFlag, bar: Any) -> int:
     signum = 0
     while run.step < c.num_training_updates and not signum:
         images = next(run.batches)["image"]
-        run.state, metrics = train_step(run.state, global_batch(images, run.shardings.batch))
+        run.state, metrics = train_step(
+            run.state, global_batch(images, run.shardings.batch)
+        )
         run.step += 1
         pending.append(metrics)
         if len(pending) > IN_FLIGHT:
-            pending[-IN_FLIGHT - 1].loss.block_until_ready()  # bound the queue, not a sync
+            pending[
+                -IN_FLIGHT - 1
+            ].loss.block_until_ready()  # bound the queue, not a sync
         interval.images += images.shape[0] * jax.process_count()
         bar.update(1)
         signum = agreement.update(stop.signum)
@@ -325,12 +369,16 @@ def _finish(run: _Run) -> None:
         run.eval_metrics = ev.metrics
         path = run.writers["eval"].path
         logged = read_jsonl(path) if path.exists() else []
-        if not logged or logged[-1].get("step") != run.step:  # a finished run rerun: logged
+        if (
+            not logged or logged[-1].get("step") != run.step
+        ):  # a finished run rerun: logged
             run.writers["eval"].write(run.step, ev.metrics)
     if run.is_main:
         h = run.history
         plots.save(
-            plots.training_curves(h["train_res_recon_error"], h["train_res_perplexity"]),
+            plots.training_curves(
+                h["train_res_recon_error"], h["train_res_perplexity"]
+            ),
             run.workdir / "curves.png",
         )
         save_figures(
@@ -346,13 +394,17 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
 
     Args:
       config: the run's :class:`TrainConfig`.
-      workdir: where checkpoints, metrics and plots go; reusing it resumes.
+      workdir: where checkpoints, metrics and plots go; reusing it resumes. It belongs to
+        one run at a time (:func:`jaxbasics.train.workdir.hold`).
 
     Returns:
       A :class:`FitResult`.
 
     Raises:
-      ConfigMismatchError: ``workdir`` holds a run with an incompatible config.
+      WorkdirInUseError: another run holds ``workdir`` (it belongs to one run at a time).
+      ConfigMismatchError: ``workdir`` holds a run with an incompatible config (its
+        ``config.json`` or, if that is lost, the config saved with its newest checkpoint).
+      ConfigFileError: its ``config.json`` is damaged.
       IncompatibleCheckpointError: its checkpoint does not fit this code's state; nothing
         in ``workdir`` was changed.
       NonFiniteError: a step produced non-finite values (the step is named; the last good
@@ -362,32 +414,33 @@ def fit(config: TrainConfig, workdir: str | Path) -> FitResult:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     config.validate()
-    run = _setup(config, Path(workdir))
-    show = config.progress and run.is_main
-    bar = tqdm(
-        total=config.num_training_updates,
-        initial=run.step,
-        disable=not show,
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
-    )
-    try:
-        with StopFlag() as stop, logging_redirect_tqdm():
-            signum = _train(run, stop, bar)
+    with hold(workdir):
+        run = _setup(config, Path(workdir))
+        show = config.progress and run.is_main
+        bar = tqdm(
+            total=config.num_training_updates,
+            initial=run.step,
+            disable=not show,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        try:
+            with StopFlag() as stop, logging_redirect_tqdm():
+                signum = _train(run, stop, bar)
+                bar.close()
+                if signum:
+                    log.warning(
+                        "Stopped by signal %d at step %d; checkpoint saved. Rerun the same command "
+                        "to resume.",
+                        signum,
+                        run.step,
+                    )
+                    return FitResult(run.step, run.state, run.eval_metrics, signum)
+                _finish(run)
+            return FitResult(run.step, run.state, run.eval_metrics, 0)
+        finally:
             bar.close()
-            if signum:
-                log.warning(
-                    "Stopped by signal %d at step %d; checkpoint saved. Rerun the same command "
-                    "to resume.",
-                    signum,
-                    run.step,
-                )
-                return FitResult(run.step, run.state, run.eval_metrics, signum)
-            _finish(run)
-        return FitResult(run.step, run.state, run.eval_metrics, 0)
-    finally:
-        bar.close()
-        for w in run.writers.values():
-            w.close()
-        run.ckpt.close()
+            for w in run.writers.values():
+                w.close()
+            run.ckpt.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxbasics.train.config import TrainConfig
+from jaxbasics.train.config import TrainConfig, warmup_that_fits
 
 # What the notes' notebook does and our defaults change (docs/codebook.md measures each).
 FAITHFUL: dict[str, Any] = dict(
@@ -94,7 +94,8 @@ def whole_splits_on_other_data(config: TrainConfig, name: str, given: set[str]) 
 
 
 def warmup_within_run(config: TrainConfig, given: set[str]) -> TrainConfig:
-    """Shorten a preset's cosine warm-up to a tenth of a run too short for it.
+    """Shorten a preset's cosine warm-up to a tenth of a run too short for it
+    (:func:`~jaxbasics.train.config.warmup_that_fits`).
 
     ``--preset quickstart --num-training-updates 50`` would otherwise be refused (its 100
     warm-up steps never end). A warm-up set explicitly (in ``given``) is left for validation
@@ -105,7 +106,6 @@ def warmup_within_run(config: TrainConfig, given: set[str]) -> TrainConfig:
     >>> warmup_within_run(preset("quickstart"), set()).warmup_steps
     100
     """
-    too_long = 0 < config.num_training_updates <= config.warmup_steps
-    if config.lr_schedule != "cosine" or "warmup_steps" in given or not too_long:
+    if "warmup_steps" in given:
         return config
-    return config.replace(warmup_steps=config.num_training_updates // 10)
+    return config.replace(warmup_steps=warmup_that_fits(config))

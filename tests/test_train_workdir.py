@@ -1,0 +1,181 @@
+"""One run per workdir, a run's config from its own files, damaged files named in one line."""
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import TRAINED_STEPS, restore, run, start, train_cmd, wait_for
+
+from jaxbasics.train import config as config_module
+from jaxbasics.train.config import ConfigFileError, TrainConfig, load_config
+from jaxbasics.train.metrics import read_jsonl, write_atomic
+from jaxbasics.train.workdir import LOCK, WorkdirInUseError, hold
+
+
+def _records(workdir: Path, name: str) -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if k != "images_per_s"}
+        for r in read_jsonl(workdir / f"{name}.jsonl")
+    ]
+
+
+def test_a_second_run_on_a_held_workdir_stops_at_once(tmp_path, workdir, xla_cache):
+    """The first run (held still while the second starts) ends as if it had been alone: the
+    same records, once each, and the same parameters as the shared finished run."""
+    w = tmp_path / "run"
+    first = start(train_cmd(w, xla_cache, num_training_updates=TRAINED_STEPS, eval_every=5))
+    wait_for(lambda: (w / LOCK).exists() and str(first.pid) in (w / LOCK).read_text(), first)
+    os.kill(first.pid, signal.SIGSTOP)  # it holds the lock, and cannot finish meanwhile
+    try:
+        t = time.time()
+        second = run(train_cmd(w, xla_cache, num_training_updates=TRAINED_STEPS, eval_every=5))
+        waited = time.time() - t
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert second.returncode == 1, second.stdout + second.stderr
+    error = second.stderr.strip().splitlines()[-1]
+    assert f"{w.absolute()} is in use by another training run" in error
+    assert f"pid {first.pid}" in error and "another --workdir" in error
+    assert "Traceback" not in second.stderr and waited < 60
+    out = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, out
+    for name in ("metrics", "eval", "codebook_usage"):
+        assert _records(w, name) == _records(workdir, name), name
+    assert not list(w.glob("*.rewound-*")) and not (w / LOCK).exists()
+    alone, shared = restore(w), restore(workdir)
+    for x, y in zip(jax.tree.leaves(alone.state), jax.tree.leaves(shared.state), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_the_lock_names_its_holder_and_a_stale_one_never_blocks(tmp_path):
+    w = tmp_path / "run"
+    w.mkdir()
+    (w / LOCK).write_text('{"host": "gone", "pid": 999999}')  # a killed run's: no flock
+    with hold(w):
+        assert json.loads((w / LOCK).read_text())["pid"] == os.getpid()
+    assert not (w / LOCK).exists()  # released and removed
+
+    (w / LOCK).write_text('{"host": "elsewhere", "pid": 4242}')
+    fd = os.open(w / LOCK, os.O_RDWR)  # another run's hold
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with pytest.raises(WorkdirInUseError, match=r"\(host elsewhere, pid 4242\); wait for"):
+            with hold(w):
+                pass
+    finally:
+        os.close(fd)
+    assert (w / LOCK).exists()  # the holder's file is left alone
+
+
+def test_a_workdir_made_for_a_run_that_cannot_start_is_removed(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        with hold(tmp_path / "new" / "run"):
+            raise FileNotFoundError("no data")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("16", "batch_size must be an int, got '16'"),
+        (8.0, "batch_size must be an int, got 8.0"),
+        (None, "batch_size must be an int, got None"),
+        ([8], "batch_size must be an int, got [8]"),
+        (True, "batch_size must be an int, got True"),
+    ],
+)
+def test_wrong_types_in_config_json_are_named(tmp_path, value, expected):
+    (tmp_path / "config.json").write_text(json.dumps({"batch_size": value}))
+    with pytest.raises(ConfigFileError) as e:
+        load_config(tmp_path)
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'config.json'} is damaged: {expected}. Fix it")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"dataset": "imagenet"}, "dataset must be one of ['shapes', 'cifar10', 'folder']"),
+        ({"progress": 1}, "progress must be true or false, got 1"),
+        ({"num_train_examples": "5"}, "num_train_examples must be an int or null, got '5'"),
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ],
+)
+def test_unknown_and_invalid_values_are_named(tmp_path, fields, expected):
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    with pytest.raises(ConfigFileError, match="is damaged") as e:
+        load_config(tmp_path)
+    assert expected in str(e.value)
+
+
+def test_types_that_fit(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"learning_rate": 1, "num_train_examples": None, "data_dir": "d"})
+    )
+    config = load_config(tmp_path)
+    assert config.learning_rate == 1 and config.num_train_examples is None
+    assert TrainConfig.from_json(TrainConfig().to_json()) == TrainConfig()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong type"])
+def test_the_cli_names_a_damaged_config_json_in_one_line(tmp_path, xla_cache, damage):
+    text = TrainConfig().to_json()
+    (tmp_path / "config.json").write_text(
+        text[: len(text) // 2]
+        if damage == "truncated"
+        else text.replace('"batch_size": 32', '"batch_size": "16"')
+    )
+    r = run(train_cmd(tmp_path, xla_cache))
+    assert r.returncode == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{tmp_path / 'config.json'} is damaged" in errors[0]
+    assert "usage:" not in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_the_cli_refuses_new_settings_on_a_run_that_lost_its_config_json(
+    workdir, tmp_path, xla_cache
+):
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    (copy / "config.json").unlink()
+    r = run(train_cmd(copy, xla_cache, "--learning-rate", "0.01", "--seed", "3"))
+    assert r.returncode == 1, r.stderr
+    assert "config.json is missing: the run's config is the one saved with checkpoint 10" in (
+        r.stderr
+    )
+    assert "learning_rate: saved 0.002, requested 0.01" in r.stderr
+    assert "seed: saved 0, requested 3" in r.stderr and "Resuming" not in r.stderr
+    assert not (copy / "config.json").exists()
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_write_atomic_leaves_no_temporary_file_when_the_disk_is_full(tmp_path, monkeypatch, exists):
+    path = tmp_path / "config.json"
+    if exists:
+        path.write_text("old")
+    real = Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        real(self, text[:3], *args, **kwargs)  # part of it reached the disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(path, "new contents")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == (["config.json"] if exists else [])
+    assert not exists or path.read_text() == "old"
+
+
+def test_presets_live_in_their_own_module_only():
+    assert not hasattr(config_module, "preset") and not hasattr(config_module, "PRESETS")
