@@ -6,13 +6,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from conftest import TRAINED_STEPS, restore, run, start, train_cmd, wait_for
+from conftest import TRAINED_STEPS, cli_env, restore, run, start, train_cmd, wait_for
 
 from jaxbasics.train import config as config_module
 from jaxbasics.train.config import ConfigFileError, TrainConfig, load_config
@@ -73,6 +74,35 @@ def test_the_lock_names_its_holder_and_a_stale_one_never_blocks(tmp_path):
     finally:
         os.close(fd)
     assert (w / LOCK).exists()  # the holder's file is left alone
+
+
+def test_every_process_of_a_multi_process_run_stops_on_a_held_workdir(tmp_path, xla_cache):
+    """Process 0 finds the workdir held; the other process hears it instead of waiting."""
+    (tmp_path / LOCK).write_text('{"host": "elsewhere", "pid": 4242}')
+    fd = os.open(tmp_path / LOCK, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    try:
+        procs = [
+            start(
+                train_cmd(tmp_path, xla_cache),
+                env=cli_env(
+                    JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                    JAX_NUM_PROCESSES="2",
+                    JAX_PROCESS_ID=str(i),
+                ),
+            )
+            for i in range(2)
+        ]
+        outs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        os.close(fd)
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert "(host elsewhere, pid 4242)" in outs[0]
+    assert "process 0 could not take the lock" in outs[1]
+    assert "Traceback" not in outs[0] + outs[1]
 
 
 def test_a_workdir_made_for_a_run_that_cannot_start_is_removed(tmp_path):
