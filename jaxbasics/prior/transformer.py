@@ -153,6 +153,7 @@ class TransformerPrior(nnx.Module):
             raise ValueError(f"heads must divide dim, got dim={dim} and heads={heads}.")
         self.num_codes, self.height, self.width = num_codes, height, width
         self.num_classes, self.dim, self.depth, self.heads = num_classes, dim, depth, heads
+        self.mlp_ratio = mlp_ratio
         embed = nnx.initializers.normal(0.02)
         self.code_embed = nnx.Embed(num_codes, dim, embedding_init=embed, rngs=rngs)
         self.class_embed = nnx.Embed(num_classes + 1, dim, embedding_init=embed, rngs=rngs)

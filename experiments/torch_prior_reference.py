@@ -1,0 +1,152 @@
+"""jaxbasics.prior's TransformerPrior in eager PyTorch, and its KV-cache sampling loop.
+
+The same function as :class:`jaxbasics.prior.TransformerPrior` (pre-norm blocks, exact GELU,
+LayerNorm epsilon 1e-5, a class start token, row + column position embeddings), with its
+weights copied from a Flax model by :func:`from_flax`. :func:`sample` is the eager loop a
+PyTorch user would write: one Python iteration per code, keys and values written in place
+into a preallocated cache. It is the baseline of the compiled :func:`jaxbasics.prior.sample`.
+
+Only the parity test and benchmarks import this file; torch is never a dependency of
+``jaxbasics``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads, mlp_ratio):
+        super().__init__()
+        self.heads = heads
+        self.ln_1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.fc_1 = nn.Linear(dim, mlp_ratio * dim)
+        self.fc_2 = nn.Linear(mlp_ratio * dim, dim)
+
+    def forward(self, x, cache, layer, start):
+        """Tokens at positions start..start+T-1; writes their keys and values into ``cache``."""
+        b, t, dim = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).view(b, t, 3, self.heads, -1).unbind(2)
+        keys, values = cache
+        keys[layer, :, start : start + t] = k
+        values[layer, :, start : start + t] = v
+        end = start + t
+        visible = torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]
+        attn = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            keys[layer, :, :end].transpose(1, 2),
+            values[layer, :, :end].transpose(1, 2),
+            attn_mask=visible,
+        )
+        x = x + self.proj(attn.transpose(1, 2).reshape(b, t, dim))
+        return x + self.fc_2(F.gelu(self.fc_1(self.ln_2(x))))
+
+
+class TransformerPrior(nn.Module):
+    def __init__(
+        self, num_codes, height, width, num_classes=0, dim=256, depth=8, heads=8, mlp_ratio=4
+    ):
+        super().__init__()
+        self.num_codes, self.height, self.width = num_codes, height, width
+        self.num_classes, self.dim, self.depth, self.heads = num_classes, dim, depth, heads
+        self.code_embed = nn.Embedding(num_codes, dim)
+        self.class_embed = nn.Embedding(num_classes + 1, dim)
+        self.row_embed = nn.Embedding(height, dim)
+        self.col_embed = nn.Embedding(width, dim)
+        self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_codes)
+
+    def init_cache(self, batch):
+        shape = (self.depth, batch, self.height * self.width, self.heads, self.dim // self.heads)
+        return torch.zeros(shape), torch.zeros(shape)
+
+    def _labels(self, labels, batch):
+        if labels is None:
+            return torch.full((batch,), self.num_classes, dtype=torch.long)
+        return labels.long()
+
+    def _run(self, prev, start, labels, cache):
+        """Logits (B, T, K) of the codes at positions start..start+T-1."""
+        positions = torch.arange(start, start + prev.shape[1])
+        tokens = self.code_embed(prev)
+        if start == 0:
+            tokens[:, 0] = self.class_embed(labels)
+        x = (
+            tokens
+            + self.row_embed(positions // self.width)
+            + self.col_embed(positions % self.width)
+        )
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer, start)
+        return self.head(self.ln_f(x))
+
+    def forward(self, codes, labels=None):
+        """(B, h, w) long codes -> (B, h, w, K) logits."""
+        b = codes.shape[0]
+        flat = codes.reshape(b, -1).long()
+        prev = F.pad(flat[:, :-1], (1, 0))
+        logits = self._run(prev, 0, self._labels(labels, b), self.init_cache(b))
+        return logits.reshape(b, self.height, self.width, self.num_codes)
+
+    def decode_step(self, cache, prev, position, labels=None):
+        """(B, K) logits of the code at ``position``; ``prev`` is the code at position - 1."""
+        labels = self._labels(labels, len(prev))
+        return self._run(prev.long()[:, None], position, labels, cache)[:, 0]
+
+
+def from_flax(prior) -> TransformerPrior:
+    """A PyTorch copy of a Flax ``jaxbasics.prior.TransformerPrior``, weights included.
+
+    Linear kernels are (in, out) in Flax and ``weight`` (out, in) in PyTorch: transposed.
+    """
+    sizes = ("num_codes", "height", "width", "num_classes", "dim", "depth", "heads", "mlp_ratio")
+    model = TransformerPrior(*(getattr(prior, name) for name in sizes))
+
+    def tensor(variable):
+        return torch.from_numpy(np.array(variable[...]))
+
+    names = ["ln_1", "qkv", "proj", "ln_2", "fc_1", "fc_2"]
+    pairs = [(getattr(model, n), getattr(prior, n)) for n in ("ln_f", "head")]
+    for tb, fb in zip(model.blocks, prior.blocks, strict=True):
+        pairs += [(getattr(tb, n), getattr(fb, n)) for n in names]
+    with torch.no_grad():
+        for name in ("code_embed", "class_embed", "row_embed", "col_embed"):
+            getattr(model, name).weight.copy_(tensor(getattr(prior, name).embedding))
+        for t, f in pairs:
+            weight = tensor(f.scale) if isinstance(t, nn.LayerNorm) else tensor(f.kernel).T
+            t.weight.copy_(weight)
+            t.bias.copy_(tensor(f.bias))
+    return model.eval()
+
+
+@torch.inference_mode()
+def sample(model, n, generator, *, labels=None, temperature=1.0, top_k=None, guidance=0.0):
+    """(n, h, w) long codes drawn code by code with a KV cache: the eager twin of
+    ``jaxbasics.prior.sample`` (same temperature, top-k and guidance rules)."""
+    num = model.height * model.width
+    if guidance > 0:
+        null = torch.full((n,), model.num_classes, dtype=torch.long)
+        labels = torch.cat([labels, null])
+    batch = 2 * n if guidance > 0 else n
+    cache, prev = model.init_cache(batch), torch.zeros(batch, dtype=torch.long)
+    codes = torch.zeros(n, num, dtype=torch.long)
+    for i in range(num):
+        logits = model.decode_step(cache, prev, i, labels)
+        if guidance > 0:
+            cond, uncond = logits.chunk(2)
+            logits = cond + guidance * (cond - uncond)
+        logits = logits / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, top_k).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        code = torch.multinomial(F.softmax(logits, -1), 1, generator=generator)[:, 0]
+        codes[:, i] = code
+        prev = torch.cat([code, code]) if guidance > 0 else code
+    return codes.reshape(n, model.height, model.width)
