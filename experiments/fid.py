@@ -1,0 +1,93 @@
+"""FID between two sets of images, e.g. generated or reconstructed ones against real ones.
+
+  python experiments/fid.py real.npz samples/ --num 1000
+
+Each side is a folder of images (PNG, JPEG..., found recursively, in sorted path order, all of
+one size) or an ``.npz`` of uint8 ``(N, H, W, 3)`` images (its array ``images``, or its only
+array). ``--num N`` keeps the first N images of each side. Prints one JSON line,
+``{"fid": ..., "num_a": ..., "num_b": ...}``. FID is biased upwards at small N: compare only
+FIDs of the same N against the same reference. Needs ``pip install -e '.[fid]'``; nothing is
+downloaded (see ``jaxbasics.fid``). A CPU embeds a few images per second; ``--device cuda``
+is much faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import zipfile
+
+import numpy as np
+from common import fail
+
+
+def load_images(path: str, num: int | None = None, exclude: str | None = None) -> np.ndarray:
+    """The first ``num`` images of a folder or an ``.npz``, stacked as uint8 (N, H, W, 3).
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist, or the folder holds no images.
+      ValueError: the ``.npz`` is unreadable or its array ambiguous, or the folder's images
+        differ in size.
+    """
+    if path.endswith(".npz"):
+        return _load_npz(path)[:num]
+    from jaxbasics.data.images import read_image
+    from jaxbasics.train.codes import find_images
+
+    found = find_images([path], exclude=exclude)[:num]
+    pixels = [read_image(image.path) for image in found]
+    for image, x in zip(found, pixels, strict=True):
+        if x.shape != pixels[0].shape:
+            raise ValueError(
+                f"{image.path} is {x.shape[1]}x{x.shape[0]} but {found[0].path} is "
+                f"{pixels[0].shape[1]}x{pixels[0].shape[0]}; FID compares images of one size "
+                "(reconstruct.py's --out also holds grids/: pass --exclude OUT/grids)."
+            )
+    return np.stack(pixels)
+
+
+def _load_npz(path: str) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not an .npz (the zip archive np.savez writes).")
+    with np.load(path, allow_pickle=False) as data:
+        names = data.files
+        if "images" not in names and len(names) != 1:
+            raise ValueError(
+                f"{path} holds the arrays {names}; name the images 'images' "
+                "(np.savez(path, images=x)) or store them alone."
+            )
+        return data["images" if "images" in names else names[0]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("images_a", help="a folder of images or an .npz")
+    parser.add_argument("images_b", help="a folder of images or an .npz")
+    parser.add_argument("--num", type=int, default=None, help="use the first N of each side")
+    parser.add_argument("--batch-size", type=int, default=50, help="images per forward pass")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--exclude", default=None, help="skip images under this folder")
+    args = parser.parse_args(argv)
+    if args.num is not None and args.num < 2:
+        parser.error(f"--num must be at least 2 (a covariance), got {args.num}.")
+
+    from jaxbasics.fid import fid
+
+    try:
+        a, b = (load_images(p, args.num, args.exclude) for p in (args.images_a, args.images_b))
+        result = fid(a, b, batch_size=args.batch_size, device=args.device)
+    except (OSError, ValueError, ImportError) as e:
+        return fail(e)
+    print(json.dumps(result._asdict()))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())
