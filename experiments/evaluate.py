@@ -1,4 +1,4 @@
-"""Evaluate a run's latest checkpoint on the whole test split of its dataset.
+"""Evaluate a run's newest readable checkpoint on the whole test split of its dataset.
 
   python experiments/evaluate.py --workdir runs/quickstart
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config.replace(data_dir=args.data_dir)
 
     from jaxbasics.data.sources import DatasetNotFoundError
-    from jaxbasics.train.checkpoint import Checkpointer, IncompatibleCheckpointError
+    from jaxbasics.train.checkpoint import read
     from jaxbasics.train.data import sources
     from jaxbasics.train.evaluate import evaluate, save_figures
     from jaxbasics.train.sharding import abstract_state, make_shardings
@@ -59,22 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     shardings = make_shardings(config.batch_size)
-    ckpt = Checkpointer(workdir, read_only=True)
     try:
-        restored = ckpt.restore_latest(
+        restored = read(
+            workdir,
             abstract_state(config, shardings.replicated),
+            keep=config.keep_checkpoints,
             items=("state",),
-            on_unreadable=lambda step, e: print(
-                f"warning: {e}; trying the previous checkpoint", file=sys.stderr
-            ),
         )
-    except IncompatibleCheckpointError as e:
+    except (OSError, ValueError) as e:  # none, none readable, or another version's layout
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        ckpt.close()
-    if restored is None:
-        print(f"error: no readable checkpoint under {workdir}/checkpoints", file=sys.stderr)
         return 1
     ev = evaluate(config, restored.state, data.test, data.variance, sharding=shardings.batch)
     out = Path(args.out) if args.out else workdir / "eval_reconstructions.png"

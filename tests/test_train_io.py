@@ -1,6 +1,8 @@
 """train.io: load a run or an export in one call, export a run's model, refuse misfits."""
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import jax
@@ -10,6 +12,7 @@ import pytest
 from conftest import TRAINED_STEPS, restore, small_config
 
 from jaxbasics import train
+from jaxbasics.train.checkpoint import UnreadableCheckpointError
 from jaxbasics.train.io import MODEL_FIELDS, IncompatibleModelError, export, load
 from jaxbasics.train.state import to_model
 
@@ -57,6 +60,105 @@ def test_load_never_reads_the_optimiser_state(workdir, tmp_path):
     meta_file.write_text(json.dumps(meta))
     x = _images()
     np.testing.assert_array_equal(load(copy).model.encode(x), load(workdir).model.encode(x))
+
+
+def _copy(workdir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    return copy
+
+
+def _truncate_arrays(checkpoint: Path) -> None:
+    for f in (checkpoint / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "METADATA" not in f.name:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _contents(root: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in root.rglob("*")
+    }
+
+
+def test_load_falls_back_past_damaged_checkpoints_and_moves_nothing(workdir, tmp_path, caplog):
+    """Truncated arrays in the newest checkpoint, and a junk folder newer still: load, export
+    and the scripts' --model read checkpoint 5 as training would, say so in one line, and
+    change no file."""
+    from common import load_model
+
+    copy = _copy(workdir, tmp_path)
+    _truncate_arrays(copy / "checkpoints/10")
+    (copy / "checkpoints/70").mkdir()
+    (copy / "checkpoints/70/junk").write_text("junk")
+    before = _contents(copy)
+    with caplog.at_level(logging.WARNING, logger="jaxbasics"):
+        loaded = load(copy)
+    assert loaded.step == 5
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"read checkpoint 5 of {copy.absolute()}, the newest readable")
+    assert "skipped checkpoint 70" in warning and "; checkpoint 10: " in warning
+    assert "\n" not in warning
+    x = _images()
+    np.testing.assert_array_equal(loaded.model.encode(x), load(workdir, step=5).model.encode(x))
+    assert load_model(str(copy)).step == 5
+    assert load(export(copy, tmp_path / "model.msgpack")).step == 5
+    assert _contents(copy) == before
+
+
+def test_an_unreadable_step_or_run_is_one_line_naming_the_readable_ones(workdir, tmp_path):
+    """Missing metadata is unreadable, not another version's layout: step 10 without it is
+    refused naming step 5, and with every checkpoint unreadable the error names each."""
+    copy = _copy(workdir, tmp_path)
+    (copy / "checkpoints/10/state/_METADATA").unlink()
+    with pytest.raises(UnreadableCheckpointError) as e:
+        load(copy, step=10)
+    assert str(e.value).startswith("checkpoint 10: its state metadata is missing")
+    assert "readable: [5]" in str(e.value) and "\n" not in str(e.value)
+    (copy / "checkpoints/5/state/_METADATA").write_text("{garbled")
+    with pytest.raises(UnreadableCheckpointError, match="^no checkpoint in .* can be read") as e:
+        load(copy)
+    assert "checkpoint 10: " in str(e.value) and "checkpoint 5: " in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_reader_skips_the_checkpoint_its_run_deletes_meanwhile(
+    workdir, tmp_path, monkeypatch, caplog
+):
+    """While load reads checkpoint 10, the live run (keeping 3) saves 15, 20 and 25 and is
+    deleting 10: that is no damage, so no warning; the newest checkpoint is read."""
+    from jaxbasics.train import checkpoint
+
+    copy = _copy(workdir, tmp_path)
+    ckpts = copy / "checkpoints"
+    restore = checkpoint.Checkpointer.restore
+
+    def run_meanwhile(self, step, *args, **kwargs):
+        if step == 10 and not (ckpts / "25").exists():
+            for new in (15, 20, 25):
+                shutil.copytree(ckpts / "10", ckpts / str(new))
+            shutil.rmtree(ckpts / "5")
+            (ckpts / "10/state/_METADATA").unlink()  # the deletion of 10 under way
+        return restore(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "restore", run_meanwhile)
+    with caplog.at_level(logging.WARNING, logger="jaxbasics"):
+        assert load(copy).step == 25
+    assert not caplog.records
+    assert sorted(p.name for p in ckpts.iterdir()) == ["10", "15", "20", "25"]
+
+
+def test_evaluate_py_reads_the_newest_readable_checkpoint(workdir, tmp_path, capsys):
+    import evaluate as evaluate_script
+
+    copy = _copy(workdir, tmp_path)
+    _truncate_arrays(copy / "checkpoints/10")
+    assert evaluate_script.main(["--workdir", str(copy)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["step"] == 5
+    assert (copy / "checkpoints/10").is_dir()  # a reader moves nothing
+    (copy / "checkpoints/5/state/_METADATA").unlink()
+    assert evaluate_script.main(["--workdir", str(copy)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no checkpoint in") and "\n" not in err
 
 
 def test_export_is_small_and_loads_to_the_same_model(workdir, tmp_path):

@@ -3,9 +3,12 @@
 These run in-process with one small config, so the compiled steps are shared.
 """
 
+import dataclasses
+import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -160,17 +163,17 @@ def test_incompatible_checkpoint_is_refused_and_nothing_changes(tmp_path, change
         config = SMALL.replace(num_embeddings=32)
         (tmp_path / "config.json").write_text(config.replace(num_training_updates=5).to_json())
     else:
-        # an older version's TrainState without code_usage: hide it from the metadata
+        # another version's TrainState, without rng (not migratable): hide it in the metadata
         config = SMALL
         meta_file = tmp_path / "checkpoints/5/state/_METADATA"
         meta = json.loads(meta_file.read_text())
         tree = meta["tree_metadata"]
-        meta["tree_metadata"] = {k: v for k, v in tree.items() if "code_usage" not in k}
+        meta["tree_metadata"] = {k: v for k, v in tree.items() if "rng" not in k}
         meta_file.write_text(json.dumps(meta))
     before = _hashes(tmp_path)
     with pytest.raises(IncompatibleCheckpointError, match="Differing leaves") as e:
         fit(config, tmp_path)
-    assert ("code_usage" if change == "layout" else "(32, 8)") in str(e.value)
+    assert ("rng: expected but not saved" if change == "layout" else "(32, 8)") in str(e.value)
     assert "--workdir" in str(e.value)
     assert _hashes(tmp_path) == before  # byte-identical: nothing moved, written or deleted
 
@@ -255,3 +258,84 @@ def test_a_lost_config_json_is_the_checkpoints(workdir, tmp_path, caplog):
     )
     assert "Resuming from checkpoint at step 10" in caplog.text
     assert load_config(copy) == SMALL.replace(num_training_updates=11)
+
+
+def test_damaged_metadata_is_unreadable_not_incompatible(tmp_path, caplog):
+    """Garbled or missing state metadata, and a junk step folder, are damage like truncated
+    arrays: each is moved to corrupt_checkpoints/ and training resumes from the newest intact
+    checkpoint."""
+    fit(SMALL.replace(num_training_updates=15), tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "15/state/_METADATA").write_text("{garbled")
+    (checkpoints / "10/state/_METADATA").unlink()
+    (checkpoints / "20").mkdir()
+    with caplog.at_level(logging.INFO, logger="jaxbasics"):
+        assert fit(SMALL.replace(num_training_updates=16), tmp_path).step == 16
+    assert "Resuming from checkpoint at step 5" in caplog.text
+    moved = sorted(p.name.split("-")[0] for p in (tmp_path / "corrupt_checkpoints").iterdir())
+    assert moved == ["10", "15", "20"]
+
+
+def test_a_checkpoint_without_code_usage_is_migrated(tmp_path, caplog):
+    """A checkpoint an older version wrote, without code_usage (and without the open log
+    interval in its meta), is restored with code_usage at its starting value; training
+    continues from its step with its logs."""
+    from conftest import restore
+
+    from jaxbasics.train.checkpoint import Checkpointer
+
+    fit(SMALL.replace(num_training_updates=5), tmp_path)
+    full = restore(tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints/5")
+    names = [f.name for f in dataclasses.fields(full.state) if f.name != "code_usage"]
+    meta = {k: v for k, v in full.meta.items() if k != "open_interval"}
+    older = Checkpointer(tmp_path)
+    older.save(5, {name: getattr(full.state, name) for name in names}, meta, full.data_iter)
+    older.close()
+    migrated = restore(tmp_path)
+    np.testing.assert_array_equal(migrated.state.code_usage, np.ones(16, np.float32))
+    for x, y in zip(_leaves(migrated.state.opt_state), _leaves(full.state.opt_state), strict=True):
+        np.testing.assert_array_equal(x, y)
+    with caplog.at_level(logging.INFO, logger="jaxbasics"):
+        assert fit(SMALL, tmp_path).step == 10
+    assert "checkpoint 5 was written by an older version, without code_usage" in caplog.text
+    assert "Resuming from checkpoint at step 5" in caplog.text
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [5, 10]
+    assert not (tmp_path / "corrupt_checkpoints").exists()
+
+
+def test_usage_logs_are_exact_across_a_stop(tmp_path, monkeypatch):
+    """Stopped at step 3, inside the log interval of steps 1-5, and resumed: the usage
+    histograms and counts logged equal the uninterrupted run's."""
+    fit(SMALL, tmp_path / "a")
+    with monkeypatch.context() as m:
+        _interrupt_after(m, SMALL, 3)
+        assert fit(SMALL, tmp_path / "b").step == 3
+    fit(SMALL, tmp_path / "b")
+    usage = [read_jsonl(tmp_path / run / "codebook_usage.jsonl") for run in "ab"]
+    assert [r["step"] for r in usage[1]] == [5, 10] and usage[0] == usage[1]
+    assert sum(usage[1][0]["counts"]) == 5 * SMALL.batch_size * 8 * 8  # every latent of 5 steps
+    metrics = [read_jsonl(tmp_path / run / "metrics.jsonl") for run in "ab"]
+    untimed = [[{k: v for k, v in r.items() if k != "images_per_s"} for r in m] for m in metrics]
+    assert untimed[0] == untimed[1]
+
+
+def test_a_failed_save_is_one_line_and_leaves_no_temporary_files(tmp_path, monkeypatch, capfd):
+    """A full disk while a checkpoint is written: one line naming the checkpoint, its folder
+    and the cause; Orbax's tracebacks are not printed; no temporary folder is left."""
+    import orbax.checkpoint as ocp
+
+    from jaxbasics.train.checkpoint import CheckpointWriteError
+
+    async def disk_full(self, item, directory):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", disk_full)
+    with pytest.raises(CheckpointWriteError) as e:
+        fit(SMALL, tmp_path)
+    message = str(e.value)
+    assert message.startswith(f"could not write checkpoint 5 in {tmp_path / 'checkpoints'} (")
+    assert "No space left on device" in message and "\n" not in message
+    assert not list((tmp_path / "checkpoints").glob("*orbax-checkpoint-tmp*"))
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and "ERROR:absl" not in out + err

@@ -1,12 +1,15 @@
-"""Orbax checkpoints of a run: save asynchronously, keep the last few, restore the latest good one.
+"""Orbax checkpoints of a run: save asynchronously, keep the last few, restore the newest good one.
+
+The one module that speaks Orbax: training (:class:`Checkpointer`), and everything that reads a
+run's model (:func:`read`: ``train.load``, ``train.export``, ``experiments/evaluate.py``).
 
 Each checkpoint ``<workdir>/checkpoints/<step>/`` holds what the notes' checkpoint holds,
 plus what an exact resume needs:
 
 * ``state``: the :class:`~jaxbasics.train.state.TrainState` (model params, EMA
-  statistics, Adam state, step, RNG), saved with ``StandardSave``;
+  statistics, Adam state, code usage, step, RNG), an Orbax PyTree;
 * ``meta`` (JSON): ``iteration``, ``train_res_recon_error``, ``train_res_perplexity``,
-  ``loss`` (the last one), the ``config`` and the ``data_variance``;
+  ``loss`` (the last one), the ``config``, the ``data_variance`` and the open log interval;
 * ``data_iter`` (JSON): the Grain iterator state, so the resumed run reads exactly
   the batches the uninterrupted run would have.
 
@@ -14,31 +17,47 @@ Saves are asynchronous: :meth:`Checkpointer.save` returns once the state is copi
 device, and the files are written in the background while training goes on. Orbax writes
 into a temporary directory and renames it when complete, so a kill mid-save leaves the
 previous checkpoints intact; old checkpoints are only deleted after a newer one is finalised.
+A save that fails (a full disk) is :class:`CheckpointWriteError`, one line, and leaves no
+temporary directory behind; Orbax's own log records go to this module's debug level.
 
-Restoring tells three cases apart (:meth:`Checkpointer.restore_latest`), by comparing each
-checkpoint's stored tree metadata (paths, shapes, dtypes) with the state the current code
-expects *before* reading any array:
+Restoring compares each checkpoint's stored tree metadata (paths, shapes, dtypes) with the
+state the current code expects *before* reading any array, and tells four cases apart:
 
-* **incompatible** (another code version's state layout, other model sizes):
+* **incompatible** (readable metadata of another layout, other model sizes):
   :class:`IncompatibleCheckpointError`, naming the differing leaves; nothing is moved;
-* **unreadable** (truncated or garbled files): that checkpoint alone is moved to
-  ``<workdir>/corrupt_checkpoints/`` (never deleted) and the previous one is tried;
+* **older** (it lacks only leaves a newer version added, :data:`MIGRATABLE`): restored with
+  those leaves at their starting value, and a log line saying so;
+* **unreadable** (missing or garbled metadata, truncated arrays): the previous checkpoint is
+  tried; training moves the unreadable one to ``<workdir>/corrupt_checkpoints/`` (never
+  deleted), readers move nothing;
 * **none**: None, a fresh start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import shutil
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 ITEMS = ("state", "meta", "data_iter")
+
+# Fields of the train state a version added after checkpoints were written without them, with
+# the value a fresh run starts them at (see state.py's init): a checkpoint that lacks only
+# these is restored with them at that value.
+MIGRATABLE: dict[str, Callable[[jax.ShapeDtypeStruct], np.ndarray]] = {
+    "code_usage": lambda leaf: np.ones(leaf.shape, leaf.dtype),
+}
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -47,6 +66,11 @@ class IncompatibleCheckpointError(ValueError):
 
 class UnreadableCheckpointError(OSError):
     """A checkpoint's files cannot be read (truncated, garbled or missing)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, no permission); nothing half-written
+    is left."""
 
 
 class Restored(NamedTuple):
@@ -99,19 +123,30 @@ def layout_differences(saved: dict, expected: dict, limit: int = 12) -> list[str
     return lines
 
 
-def _drop_read_only_notice(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("Given directory is read only")
+def _cause(error: BaseException, limit: int = 200) -> str:
+    """An error in one short line: its type and the first line of its message."""
+    lines = str(error).strip().splitlines() or [""]
+    text = f"{type(error).__name__}: {lines[0]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def read_only_options(ocp: Any) -> Any:
-    """Orbax options to read checkpoints, already in the form Orbax's read-only mode wants.
+def _orbax_to_debug(record: logging.LogRecord) -> bool:
+    """Route Orbax's warnings and errors (tracebacks of its threads) to this module's debug
+    level: every failure they describe reaches the caller here, as one line."""
+    if record.levelno < logging.WARNING:
+        return True
+    frame = sys._getframe(1)
+    while frame is not None and "orbax" not in Path(frame.f_code.co_filename).parts:
+        frame = frame.f_back
+    if frame is None:  # another user of absl's logger
+        return True
+    log.debug("orbax: %s", record.getMessage(), exc_info=record.exc_info)
+    return False
 
-    (Given as they are, Orbax does not log a warning for each setting it would override; its
-    one remaining notice, that the directory is read-only, is what was asked for and dropped.)
-    """
-    absl = logging.getLogger("absl")
-    if _drop_read_only_notice not in absl.filters:
-        absl.addFilter(_drop_read_only_notice)
+
+def _read_only_options(ocp: Any) -> Any:
+    """Orbax options to read checkpoints, already in the form Orbax's read-only mode wants
+    (given otherwise, it warns about each setting it overrides)."""
     return ocp.CheckpointManagerOptions(
         read_only=True,
         create=False,
@@ -122,12 +157,21 @@ def read_only_options(ocp: Any) -> Any:
     )
 
 
+def _fields(abstract_state: Any, fields: tuple[str, ...] | None) -> dict[str, Any]:
+    """The fields of ``abstract_state`` a restore reads (``fields``, or all), by name."""
+    names = [f.name for f in dataclasses.fields(abstract_state)]
+    return {
+        name: getattr(abstract_state, name) for name in names if fields is None or name in fields
+    }
+
+
 class Checkpointer:
     """Save and restore a run's checkpoints under ``workdir/checkpoints``.
 
     Args:
       workdir: the run directory.
-      keep: how many recent checkpoints to keep (``CheckpointManagerOptions.max_to_keep``).
+      keep: how many recent checkpoints the run keeps (``CheckpointManagerOptions.max_to_keep``);
+        a reader uses it to tell a checkpoint the run is deleting from a damaged one.
       read_only: open without the right to write, move or delete anything (evaluation,
         loading a model, and the checks before a resume).
     """
@@ -135,20 +179,29 @@ class Checkpointer:
     def __init__(self, workdir: str | Path, keep: int = 3, *, read_only: bool = False):
         import orbax.checkpoint as ocp
 
+        absl = logging.getLogger("absl")
+        if _orbax_to_debug not in absl.filters:
+            absl.addFilter(_orbax_to_debug)
         self._ocp = ocp
         self.workdir = Path(workdir).absolute()
         self.directory = self.workdir / "checkpoints"
+        self.keep = keep
         self.read_only = read_only
+        self._writing: int | None = None  # the step of a save that may still be writing
+        self._failed = False
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=read_only_options(ocp)
+            options=_read_only_options(ocp)
             if read_only
             else ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, save_root_metadata=False
+                max_to_keep=keep,
+                create=True,
+                save_root_metadata=False,
+                cleanup_tmp_directories=True,  # what a killed save left
             ),
             item_names=ITEMS,
             item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
+                "state": ocp.PyTreeCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler(),
                 "data_iter": ocp.JsonCheckpointHandler(),
             },
@@ -162,70 +215,143 @@ class Checkpointer:
         """Start writing checkpoint ``step``; returns once ``state`` is copied off the device.
 
         The previous save, if still writing, is finished first (Orbax serialises saves).
+
+        Raises:
+          CheckpointWriteError: this save or the previous one failed; the message names the
+            step and the cause, and no temporary directory is left.
         """
+        self._finish_writing()
         args = self._ocp.args
-        self.manager.save(
-            step,
-            args=args.Composite(
-                state=args.StandardSave(state),
-                meta=args.JsonSave(meta),
-                data_iter=args.JsonSave(data_iter),
-            ),
-            force=True,
-        )
+        with self._write_of(step):
+            self.manager.save(
+                step,
+                args=args.Composite(
+                    state=args.PyTreeSave(state),
+                    meta=args.JsonSave(meta),
+                    data_iter=args.JsonSave(data_iter),
+                ),
+                force=True,
+            )
+            self._writing = step
 
-    def wait(self) -> None:
-        """Block until every started save is complete on disk."""
-        self.manager.wait_until_finished()
+    def _finish_writing(self) -> None:
+        if self._writing is not None:
+            with self._write_of(self._writing):
+                self.manager.wait_until_finished()
+            self._writing = None
 
-    def check(self, step: int, abstract_state: Any) -> None:
-        """Raise unless checkpoint ``step`` holds a state shaped like ``abstract_state``.
+    @contextlib.contextmanager
+    def _write_of(self, step: int) -> Iterator[None]:
+        """Report a failed write of checkpoint ``step`` in one line, removing what it left."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - Orbax re-raises its threads' errors as they are
+            self._failed, self._writing = True, None
+            self._remove_temporary()
+            raise CheckpointWriteError(
+                f"could not write checkpoint {step} in {self.directory} ({_cause(e)}); the "
+                "checkpoints before it are intact: make room (or fix the permissions) and rerun "
+                "the same command to resume."
+            ) from e
+
+    def _remove_temporary(self) -> None:
+        """Delete the ``*.orbax-checkpoint-tmp*`` folders failed saves left (process 0)."""
+        if jax.process_index() == 0:
+            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def check(
+        self, step: int, abstract_state: Any, fields: tuple[str, ...] | None = None
+    ) -> list[str]:
+        """Raise unless checkpoint ``step`` can restore ``abstract_state`` (or its ``fields``).
 
         Reads only the stored tree metadata, never an array.
 
+        Returns:
+          The :data:`MIGRATABLE` leaves the checkpoint lacks (an older version wrote it).
+
         Raises:
-          IncompatibleCheckpointError: the stored paths, shapes or dtypes differ; the
-            message lists them.
-          UnreadableCheckpointError: the metadata itself cannot be read.
+          IncompatibleCheckpointError: the stored paths, shapes or dtypes differ otherwise;
+            the message lists them.
+          UnreadableCheckpointError: the metadata is missing or cannot be read.
         """
         try:
-            saved = layout(self.manager.item_metadata(step)["state"])
+            stored = self.manager.item_metadata(step)["state"]
+            saved = {} if stored is None else layout(stored)
         except Exception as e:  # noqa: BLE001 - whatever Orbax raises, the files are bad
             raise UnreadableCheckpointError(
-                f"checkpoint {step}: its metadata cannot be read ({type(e).__name__}: {e})"
+                f"checkpoint {step}: its metadata cannot be read ({_cause(e)})"
             ) from e
-        diffs = layout_differences(saved, layout(abstract_state))
+        if not saved:
+            raise UnreadableCheckpointError(f"checkpoint {step}: its state metadata is missing")
+        if fields is not None:
+            saved = {k: v for k, v in saved.items() if k.split("/")[0] in fields}
+        expected = layout(_fields(abstract_state, fields))
+        missing = sorted((set(expected) - set(saved)) & set(MIGRATABLE))
+        diffs = layout_differences(saved, {k: v for k, v in expected.items() if k not in missing})
         if diffs:
             raise IncompatibleCheckpointError(
                 f"checkpoint {step} in {self.directory} does not fit the current model and "
                 "training state; it was written by another version of jaxbasics or with other "
                 "model sizes. Differing leaves:\n  "
                 + "\n  ".join(diffs)
-                + "\nNothing was changed. Resume it with the code version that wrote it, or "
+                + "\nNothing was changed. Use it with the jaxbasics version that wrote it, or "
                 "start a new run with another --workdir."
             )
+        return missing
 
-    def restore(self, step: int, abstract_state: Any, items: tuple[str, ...] = ITEMS) -> Restored:
+    def restore(
+        self,
+        step: int,
+        abstract_state: Any,
+        items: tuple[str, ...] = ITEMS,
+        fields: tuple[str, ...] | None = None,
+    ) -> Restored:
         """Restore checkpoint ``step`` after :meth:`check`; ``items`` picks what to read.
+
+        Args:
+          step: the checkpoint.
+          abstract_state: see :meth:`restore_latest`; None to read no ``state``.
+          items: which of ``state``, ``meta`` and ``data_iter`` to read.
+          fields: the state's fields to read (None: all). The others are None in the
+            result; their stored leaves are neither read nor compared.
 
         Raises:
           IncompatibleCheckpointError, UnreadableCheckpointError: as :meth:`check`, or the
             arrays or JSON files cannot be read.
         """
-        self.check(step, abstract_state)
-        args = self._ocp.args
-        restore = {
-            "state": args.StandardRestore(abstract_state),
-            "meta": args.JsonRestore(),
-            "data_iter": args.JsonRestore(),
-        }
-        try:
-            out = self.manager.restore(
-                step, args=args.Composite(**{k: v for k, v in restore.items() if k in items})
+        ocp = self._ocp
+        args = {"meta": ocp.args.JsonRestore(), "data_iter": ocp.args.JsonRestore()}
+        missing = []
+        if "state" in items:
+            missing = self.check(step, abstract_state, fields)
+            wanted = _fields(abstract_state, fields)
+            read = {name: leaf for name, leaf in wanted.items() if name not in missing}
+            args["state"] = ocp.args.PyTreeRestore(
+                read,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(read),
+                # Orbax's partial restore fails on the optimiser state's tuples: only if needed.
+                partial_restore=fields is not None,
             )
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(**{k: args[k] for k in items}))
         except Exception as e:  # noqa: BLE001 - the layout matched, so the files are bad
-            raise UnreadableCheckpointError(f"checkpoint {step}: {type(e).__name__}: {e}") from e
-        return Restored(step, out.get("state"), out.get("meta"), out.get("data_iter"))
+            raise UnreadableCheckpointError(f"checkpoint {step}: {_cause(e)}") from e
+        state = out.get("state")
+        if state is not None:
+            for name in missing:
+                leaf = wanted[name]
+                state[name] = jax.device_put(MIGRATABLE[name](leaf), leaf.sharding)
+            names = (f.name for f in dataclasses.fields(abstract_state))
+            state = abstract_state.replace(**{name: state.get(name) for name in names})
+        if missing:
+            log.info(
+                "checkpoint %d was written by an older version, without %s: restored with "
+                "their starting value",
+                step,
+                ", ".join(missing),
+            )
+        return Restored(step, state, out.get("meta"), out.get("data_iter"))
 
     def restore_latest(
         self,
@@ -234,8 +360,13 @@ class Checkpointer:
         on_unreadable: Callable[[int, Exception], None] | None = None,
         quarantine: bool = False,
         items: tuple[str, ...] = ITEMS,
+        fields: tuple[str, ...] | None = None,
     ) -> Restored | None:
         """Restore the newest readable checkpoint; None if there is none.
+
+        A read-only Checkpointer skips, silently, a checkpoint the run writing the workdir
+        deleted while it was being read (it is gone, or ``keep`` newer ones exist), and tries
+        the newest one again.
 
         Args:
           abstract_state: the state's structure, shapes, dtypes and shardings (see
@@ -246,20 +377,34 @@ class Checkpointer:
           quarantine: move an unreadable checkpoint to ``corrupt_checkpoints/`` so training
             can write that step again (process 0 moves, the others wait).
           items: which of ``state``, ``meta`` and ``data_iter`` to read.
+          fields: as for :meth:`restore`.
 
         Raises:
           IncompatibleCheckpointError: the newest checkpoint does not fit ``abstract_state``;
             nothing is moved, older checkpoints are not tried.
         """
-        for step in reversed(self.steps()):
+        tried: set[int] = set()
+        while left := [s for s in self.steps() if s not in tried]:
+            tried.add(left[-1])
             try:
-                return self.restore(step, abstract_state, items)
+                return self.restore(left[-1], abstract_state, items, fields)
             except UnreadableCheckpointError as e:
+                if self._rotated(left[-1]):
+                    log.debug("checkpoint %d was deleted by its run while being read", left[-1])
+                    continue
                 if on_unreadable is not None:
-                    on_unreadable(step, e)
+                    on_unreadable(left[-1], e)
                 if quarantine:
-                    self._quarantine(step)
+                    self._quarantine(left[-1])
         return None
+
+    def _rotated(self, step: int) -> bool:
+        """Whether a reader's failure on ``step`` is the writing run deleting it."""
+        if not self.read_only:
+            return False  # the writer itself deletes only after its saves
+        self.manager.reload()
+        newer = [s for s in self.steps() if s > step]
+        return not (self.directory / str(step)).exists() or len(newer) >= self.keep
 
     def _quarantine(self, step: int) -> None:
         """Move checkpoint ``step`` to ``corrupt_checkpoints/<step>-<time>`` (process 0)."""
@@ -276,5 +421,104 @@ class Checkpointer:
         self.manager.reload()
 
     def close(self) -> None:
-        """Finish pending saves and release the manager."""
-        self.manager.close()
+        """Finish pending saves and release the manager.
+
+        Raises:
+          CheckpointWriteError: the last save failed (as for :meth:`save`).
+        """
+        try:
+            self._finish_writing()
+        finally:
+            try:
+                self.manager.close()
+            except Exception:  # noqa: BLE001 - Orbax raises the failure again, already reported
+                if not self._failed:
+                    raise
+            if self._failed:
+                self._remove_temporary()  # and what the failed save's other threads wrote since
+
+
+def read(
+    workdir: str | Path,
+    abstract_state: Any,
+    *,
+    step: int | None = None,
+    keep: int = 3,
+    items: tuple[str, ...] = ITEMS,
+    fields: tuple[str, ...] | None = None,
+) -> Restored:
+    """Read checkpoint ``step`` of ``workdir``, or its newest readable one; moves nothing.
+
+    Training's fallback for readers (``train.load``, ``train.export``, evaluation): an
+    unreadable checkpoint is skipped and the previous one tried, and a warning names the step
+    read, the ones skipped and why. One the run writing ``workdir`` is deleting is skipped
+    silently.
+
+    Args:
+      workdir: a training workdir.
+      abstract_state: see :meth:`Checkpointer.restore_latest`.
+      step: the checkpoint to read; None = the newest readable one.
+      keep: the run's ``keep_checkpoints`` (see :class:`Checkpointer`).
+      items, fields: as for :meth:`Checkpointer.restore`.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint (at ``step``).
+      UnreadableCheckpointError: ``step``, or every checkpoint, cannot be read; one line
+        naming the readable ones.
+      IncompatibleCheckpointError: the checkpoint does not fit ``abstract_state``.
+    """
+    ckpt = Checkpointer(workdir, keep, read_only=True)
+    try:
+        steps = ckpt.steps()
+        if not steps or (step is not None and step not in steps):
+            raise FileNotFoundError(
+                f"{ckpt.directory} holds {steps or 'no checkpoints'}"
+                + (f"; there is no step {step}." if step is not None else ".")
+            )
+        if step is None:
+            skipped: list[str] = []
+            restored = ckpt.restore_latest(
+                abstract_state,
+                on_unreadable=lambda s, e: skipped.append(str(e)),
+                items=items,
+                fields=fields,
+            )
+            if restored is None:
+                raise UnreadableCheckpointError(
+                    f"no checkpoint in {ckpt.directory} can be read: " + "; ".join(skipped)
+                )
+            if skipped:
+                log.warning(
+                    "read checkpoint %d of %s, the newest readable one; skipped %s",
+                    restored.step,
+                    ckpt.workdir,
+                    "; ".join(skipped),
+                )
+            return restored
+        try:
+            return ckpt.restore(step, abstract_state, items, fields)
+        except UnreadableCheckpointError as e:
+            if ckpt._rotated(step):
+                raise FileNotFoundError(
+                    f"checkpoint {step} in {ckpt.directory} was deleted, while being read, by "
+                    f"the run writing there (it keeps its newest {keep}); it now holds "
+                    f"{ckpt.steps()}."
+                ) from e
+            readable = [
+                s for s in ckpt.steps() if s != step and _fits(ckpt, s, abstract_state, fields)
+            ]
+            raise UnreadableCheckpointError(
+                f"{e} (in {ckpt.directory}); readable: {readable or 'none'}. Choose one of "
+                "them, or none for the newest readable one."
+            ) from e
+    finally:
+        ckpt.close()
+
+
+def _fits(ckpt: Checkpointer, step: int, abstract_state: Any, fields: Any) -> bool:
+    """Whether checkpoint ``step``'s metadata reads and fits (no array is read)."""
+    try:
+        ckpt.check(step, abstract_state, fields)
+    except (UnreadableCheckpointError, IncompatibleCheckpointError):
+        return False
+    return True

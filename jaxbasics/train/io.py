@@ -1,8 +1,11 @@
 """Use what was trained: load a model from a run or an export, and export a run's model.
 
-``load(path)`` takes either a training workdir (the newest readable checkpoint, or ``step``)
-or a file written by :func:`export`, and returns the :class:`~jaxbasics.vqvae.model.VQVAE` in
-eval mode together with its config and the data variance. It never reads the optimiser state.
+``load(path)`` takes either a training workdir or a file written by :func:`export`, and
+returns the :class:`~jaxbasics.vqvae.model.VQVAE` in eval mode together with its config and the
+data variance. From a workdir it reads what training would resume from, through
+:func:`jaxbasics.train.checkpoint.read`: checkpoint ``step``, or else the newest readable one
+(a warning names the newer ones skipped, and why; a checkpoint an older version wrote loads
+too). It moves nothing and never reads the optimiser state.
 
 ``export(workdir, path)`` writes one self-describing file: a msgpack
 (``flax.serialization``) of the config, the data variance, the step, the parameters and the
@@ -99,7 +102,8 @@ def load(path: str | Path, step: int | None = None, *, expect: TrainConfig | Non
     Args:
       path: a training workdir (``config.json`` + ``checkpoints/``) or a file written by
         :func:`export`.
-      step: for a workdir, the checkpoint to load; None = the newest readable one.
+      step: for a workdir, the checkpoint to load; None = the newest readable one, as
+        training resumes (a warning names the newer ones skipped, and why).
       expect: if given, a config the model must match in every field that shapes the
         parameters (:data:`MODEL_FIELDS`); otherwise :class:`IncompatibleModelError` names the
         differing fields.
@@ -108,8 +112,13 @@ def load(path: str | Path, step: int | None = None, *, expect: TrainConfig | Non
       A :class:`Loaded` ``(model, config, data_variance, step)``.
 
     Raises:
-      FileNotFoundError: ``path`` is neither; the message says what was looked for.
-      IncompatibleModelError: the stored arrays do not fit the stored (or expected) config.
+      FileNotFoundError: ``path`` is neither, or holds no checkpoint (at ``step``); the
+        message says what was looked for.
+      UnreadableCheckpointError: checkpoint ``step``, or every checkpoint, cannot be read
+        (an ``OSError``; the message names the readable ones).
+      IncompatibleCheckpointError: the checkpoint's arrays do not fit the run's config.
+      IncompatibleModelError: the export's arrays do not fit its config, or the model does
+        not fit ``expect``.
     """
     path = Path(path)
     if not path.exists():
@@ -135,66 +144,40 @@ def load(path: str | Path, step: int | None = None, *, expect: TrainConfig | Non
 def _load_workdir(workdir: Path, step: int | None) -> Loaded:
     from jaxbasics.train.state import to_model
 
-    config, params, ema, variance, step = _restore(workdir, step)
-    return Loaded(to_model(config, params, ema), config, variance, step)
+    weights = _restore(workdir, step)
+    model = to_model(weights.config, weights.params, weights.ema)
+    return Loaded(model, weights.config, weights.data_variance, weights.step)
 
 
-def _restore(workdir: Path, step: int | None) -> tuple[TrainConfig, Any, Any, float, int]:
-    """``(config, params, ema, data_variance, step)`` of a workdir's checkpoint."""
-    import orbax.checkpoint as ocp
+class _Weights(NamedTuple):
+    """A workdir's model as a checkpoint holds it: what :func:`load` and :func:`export` read."""
 
-    from jaxbasics.train.checkpoint import (
-        Checkpointer,
-        layout,
-        layout_differences,
-        read_only_options,
-    )
+    config: TrainConfig
+    params: Any
+    ema: Any
+    data_variance: float
+    step: int
+
+
+def _restore(workdir: Path, step: int | None) -> _Weights:
+    """The params and EMA statistics of a workdir's checkpoint ``step`` (None: its newest
+    readable one), read as training reads them; the optimiser state stays on disk."""
+    from jaxbasics.train.checkpoint import read
     from jaxbasics.train.sharding import abstract_state
 
     config = load_config(workdir)
-    ckpt = Checkpointer(workdir, read_only=True)
-    try:
-        steps = ckpt.steps()
-        if not steps or (step is not None and step not in steps):
-            raise FileNotFoundError(
-                f"{workdir}/checkpoints holds {steps or 'no checkpoints'}"
-                + (f"; there is no step {step}." if step is not None else ".")
-            )
-        step = steps[-1] if step is None else step
-        abstract = abstract_state(config)
-        target = {"params": abstract.params, "ema": abstract.ema}
-        saved = layout(ckpt.manager.item_metadata(step)["state"])
-        expected = layout(target)
-        diff = layout_differences({k: v for k, v in saved.items() if k in expected}, expected)
-        if diff:
-            raise IncompatibleModelError(
-                f"checkpoint {step} of {workdir} does not fit its config.json:\n  "
-                + "\n  ".join(diff)
-            )
-        # Only params and EMA statistics are read; the optimiser state stays on disk.
-        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
-        manager = ocp.CheckpointManager(
-            ckpt.directory,
-            options=read_only_options(ocp),
-            item_names=("state", "meta"),
-            item_handlers={
-                "state": ocp.PyTreeCheckpointHandler(),
-                "meta": ocp.JsonCheckpointHandler(),
-            },
-        )
-        out = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item=target, restore_args=restore_args, partial_restore=True
-                ),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
-        manager.close()
-    finally:
-        ckpt.close()
-    return config, out.state["params"], out.state["ema"], float(out.meta["data_variance"]), step
+    if config is None:
+        raise FileNotFoundError(f"{workdir} is not a training workdir (it has no config.json).")
+    restored = read(
+        workdir,
+        abstract_state(config),
+        step=step,
+        keep=config.keep_checkpoints,
+        items=("state", "meta"),
+        fields=("params", "ema"),
+    )
+    variance = float(restored.meta["data_variance"])
+    return _Weights(config, restored.state.params, restored.state.ema, variance, restored.step)
 
 
 def save_model(
@@ -257,7 +240,7 @@ def _with_statistics(ema: dict) -> dict:
 
 
 def export(workdir: str | Path, path: str | Path, step: int | None = None) -> Path:
-    """Export the model of a training run (newest checkpoint, or ``step``) to one file.
+    """Export the model of a training run (newest readable checkpoint, or ``step``) to one file.
 
     Args:
       workdir: a training workdir.
@@ -266,9 +249,20 @@ def export(workdir: str | Path, path: str | Path, step: int | None = None) -> Pa
 
     Returns:
       ``path``. Read it back with :func:`load`.
+
+    Raises:
+      FileNotFoundError, UnreadableCheckpointError, IncompatibleCheckpointError: as
+        :func:`load` from a workdir.
     """
-    config, params, ema, variance, step = _restore(Path(workdir), step)
-    return save_model(path, config, params, ema, data_variance=variance, step=step)
+    weights = _restore(Path(workdir), step)
+    return save_model(
+        path,
+        weights.config,
+        weights.params,
+        weights.ema,
+        data_variance=weights.data_variance,
+        step=weights.step,
+    )
 
 
 def _load_export(path: Path) -> Loaded:

@@ -40,12 +40,7 @@ import numpy as np
 from jaxbasics.train.config import TrainConfig, check_resumable
 from jaxbasics.train.data import Sources, sources
 from jaxbasics.train.metrics import open_writers, write_atomic
-from jaxbasics.train.sharding import (
-    Shardings,
-    abstract_state,
-    global_batch,
-    make_shardings,
-)
+from jaxbasics.train.sharding import Shardings, abstract_state, global_batch, make_shardings
 from jaxbasics.train.signals import StopAgreement, StopFlag
 from jaxbasics.train.workdir import hold, saved_config
 
@@ -92,9 +87,7 @@ class _Run:
     is_main: bool
     last_saved: int = 0
     eval_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
-    last_eval: Any = (
-        None  # the Evaluation of the last periodic evaluation, and its step
-    )
+    last_eval: Any = None  # the Evaluation of the last periodic evaluation, and its step
     last_eval_step: int = -1
 
     def __post_init__(self) -> None:
@@ -124,9 +117,7 @@ def _setup(config: TrainConfig, workdir: Path) -> _Run:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    workdir.mkdir(
-        parents=True, exist_ok=True
-    )  # process 0's hold made it, maybe not here
+    workdir.mkdir(parents=True, exist_ok=True)  # process 0's hold made it, maybe not here
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
         restored = ckpt.restore_latest(
@@ -158,40 +149,23 @@ def _setup(config: TrainConfig, workdir: Path) -> _Run:
     state, step, batches, history = _start(config, restored, dataset, shardings)
     if restored is not None:
         log.info("Resuming from checkpoint at step %d in %s", step, workdir)
-    run = _Run(
-        config,
-        workdir,
-        data,
-        shardings,
-        ckpt,
-        batches,
-        state,
-        step,
-        history,
-        {},
-        is_main,
-    )
+    run = _Run(config, workdir, data, shardings, ckpt, batches, state, step, history, {}, is_main)
     run.writers = open_writers(workdir, is_main, step)
     return run
 
 
-def _start(
-    config: TrainConfig, restored: Any, dataset: Any, shardings: Shardings
-) -> tuple:
+def _start(config: TrainConfig, restored: Any, dataset: Any, shardings: Shardings) -> tuple:
     """``(state, step, batches, history)`` to start from: a checkpoint's, or fresh ones."""
     from jaxbasics.data.pipeline import restore_iterator
 
     if restored is None:
-        history = {
-            "train_res_recon_error": [],
-            "train_res_perplexity": [],
-            "loss": None,
-        }
+        history = {"train_res_recon_error": [], "train_res_perplexity": [], "loss": None}
         return _fresh_state(config, dataset, shardings), 0, iter(dataset), history
-    history = {
-        k: restored.meta[k] for k in ("train_res_recon_error", "train_res_perplexity")
-    }
+    history = {k: restored.meta[k] for k in ("train_res_recon_error", "train_res_perplexity")}
     history["loss"] = restored.meta["loss"]
+    # The log interval the checkpoint was saved in, for _train to continue (older checkpoints
+    # have none: the interval then starts afresh).
+    history["open_interval"] = restored.meta.get("open_interval")
     batches = restore_iterator(dataset, restored.data_iter)
     return restored.state, restored.step, batches, history
 
@@ -214,12 +188,13 @@ def _fresh_state(config: TrainConfig, dataset: Any, shardings: Shardings) -> Any
     return state
 
 
-def _save(run: _Run) -> None:
+def _save(run: _Run, interval: _Interval) -> None:
     from jaxbasics.data.pipeline import iterator_state
 
     meta = {
         "iteration": run.step,
         **run.history,
+        "open_interval": interval.saved(),
         "config": json.loads(run.config.to_json()),
         "data_variance": run.data.variance,
     }
@@ -241,13 +216,19 @@ def _evaluate(run: _Run, max_batches: int) -> Any:
 
 
 class _Interval:
-    """Host-side accumulators of one log interval."""
+    """Host-side accumulators of one log interval, continuing ``saved`` (see :meth:`saved`)."""
 
-    def __init__(self, k: int):
-        self.counts = np.zeros(k, np.int64)
-        self.restarts = 0
+    def __init__(self, k: int, saved: dict | None = None):
+        saved = saved or {"counts": np.zeros(k), "restarts": 0}
+        self.counts = np.asarray(saved["counts"], np.int64)
+        self.restarts = int(saved["restarts"])
         self.images = 0
         self.t0 = time.perf_counter()
+
+    def saved(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the interval, so that the log record after a resume is
+        the uninterrupted run's (the images and their rate are measured anew)."""
+        return {"counts": self.counts.tolist(), "restarts": self.restarts}
 
 
 def _flush(run: _Run, pending: list[Any], interval: _Interval) -> None:
@@ -297,7 +278,7 @@ def _log(run: _Run, interval: _Interval, bar: Any) -> None:
     interval.__init__(run.config.num_embeddings)
 
 
-def _boundaries(run: _Run, stopping: bool) -> None:
+def _boundaries(run: _Run, interval: _Interval, stopping: bool) -> None:
     """Evaluate and checkpoint where the schedule says (metrics already flushed)."""
     c = run.config
     if run.step % c.eval_every == 0:
@@ -310,12 +291,10 @@ def _boundaries(run: _Run, stopping: bool) -> None:
             run.eval_metrics["recon_error"],
             run.eval_metrics["perplexity"],
         )
-    if (
-        run.step % c.checkpoint_every == 0
-        or stopping
-        or run.step == c.num_training_updates
-    ) and (run.step != run.last_saved):
-        _save(run)
+    if (run.step % c.checkpoint_every == 0 or stopping or run.step == c.num_training_updates) and (
+        run.step != run.last_saved
+    ):
+        _save(run, interval)
 
 
 def _train(run: _Run, stop: StopFlag, bar: Any) -> int:
@@ -326,19 +305,15 @@ def _train(run: _Run, stop: StopFlag, bar: Any) -> int:
     train_step = compiled(c, "train", run.data.variance)
     agreement = StopAgreement(run.shardings)
     pending: list[Any] = []
-    interval = _Interval(c.num_embeddings)
+    interval = _Interval(c.num_embeddings, run.history.pop("open_interval", None))
     signum = 0
     while run.step < c.num_training_updates and not signum:
         images = next(run.batches)["image"]
-        run.state, metrics = train_step(
-            run.state, global_batch(images, run.shardings.batch)
-        )
+        run.state, metrics = train_step(run.state, global_batch(images, run.shardings.batch))
         run.step += 1
         pending.append(metrics)
         if len(pending) > IN_FLIGHT:
-            pending[
-                -IN_FLIGHT - 1
-            ].loss.block_until_ready()  # bound the queue, not a sync
+            pending[-IN_FLIGHT - 1].loss.block_until_ready()  # bound the queue, not a sync
         interval.images += images.shape[0] * jax.process_count()
         bar.update(1)
         signum = agreement.update(stop.signum)
@@ -347,7 +322,7 @@ def _train(run: _Run, stop: StopFlag, bar: Any) -> int:
             _flush(run, pending, interval)
             if run.step % c.log_every == 0 or done:
                 _log(run, interval, bar)
-            _boundaries(run, stopping=bool(signum))
+            _boundaries(run, interval, stopping=bool(signum))
     return signum
 
 
@@ -369,16 +344,12 @@ def _finish(run: _Run) -> None:
         run.eval_metrics = ev.metrics
         path = run.writers["eval"].path
         logged = read_jsonl(path) if path.exists() else []
-        if (
-            not logged or logged[-1].get("step") != run.step
-        ):  # a finished run rerun: logged
+        if not logged or logged[-1].get("step") != run.step:  # a finished run rerun: logged
             run.writers["eval"].write(run.step, ev.metrics)
     if run.is_main:
         h = run.history
         plots.save(
-            plots.training_curves(
-                h["train_res_recon_error"], h["train_res_perplexity"]
-            ),
+            plots.training_curves(h["train_res_recon_error"], h["train_res_perplexity"]),
             run.workdir / "curves.png",
         )
         save_figures(
