@@ -7,6 +7,7 @@ what ``experiments/reconstruct.py`` and ``encode.py`` read your images with.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +24,10 @@ IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".t
 # own Image.thumbnail uses the same margin (its reducing_gap).
 _DRAFT_MARGIN = 2
 
+# A PNG of 12000x12000 one-bit pixels is 17.5 kB on disk and several GB decoded, yet under
+# Pillow's own bomb limit (about 179 megapixels), so the header is checked against this first.
+MAX_PIXELS = 64_000_000
+
 
 class ImageReadError(ValueError):
     """An image file could not be decoded; the message names the file and what to do."""
@@ -34,6 +39,7 @@ def read_image(
     image_size: int | None = None,
     center_crop: int | None = None,
     resize: int | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> np.ndarray:
     """Reads one image file as uint8 RGB, NHWC: what ``PIL.Image.open(path).convert("RGB")`` gives.
 
@@ -68,13 +74,17 @@ def read_image(
       image_size: side of the square output.
       center_crop: side of the central square to keep.
       resize: length of the shorter side after resizing.
+      max_pixels: the most pixels (width x height, read from the header before anything is
+        decoded) an image may have; above it the file is refused. Pillow refuses images over
+        about 179 megapixels whatever this says.
 
     Returns:
       ``uint8 (H, W, 3)``.
 
     Raises:
-      ImageReadError: the file is missing, not an image, truncated or corrupt, or has pixels
-        with no fixed range (32-bit ``I`` or float ``F``); the message names the file.
+      ImageReadError: the file is missing, not an image, truncated or corrupt, has pixels
+        with no fixed range (32-bit ``I`` or float ``F``), or more than ``max_pixels`` pixels;
+        the message names the file.
       ValueError: bad sizes, or ``center_crop`` larger than the image.
 
     >>> import tempfile
@@ -103,7 +113,13 @@ def read_image(
         # The whole decode runs inside the try: Pillow reads lazily, so a truncated or corrupt
         # file only fails in load(). ImageFile.LOAD_TRUNCATED_IMAGES is left False, its
         # default: True would fill the missing part with grey and train on it silently.
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # max_pixels is the guard (and its message says what to do); Pillow's own warning
+            # above 89 megapixels would only repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            _check_pixels(im, path, max_pixels)
             if image_size is not None:
                 im.draft(None, (_DRAFT_MARGIN * image_size, _DRAFT_MARGIN * image_size))
             im.load()
@@ -142,6 +158,17 @@ def read_image(
         left, top = _offset(w, center_crop), _offset(h, center_crop)
         rgb = rgb.crop((left, top, left + center_crop, top + center_crop))
     return np.array(rgb, dtype=np.uint8)
+
+
+def _check_pixels(im: Image.Image, path: str | os.PathLike[str], max_pixels: int) -> None:
+    """Refuse an image whose header promises more than ``max_pixels`` (nothing decoded yet)."""
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageReadError(
+            f"{path} is {w}x{h} = {w * h:,} pixels, more than the limit of {max_pixels:,} that "
+            "guards against decompression bombs (tiny files that decode to gigabytes). If you "
+            f"trust it, raise the limit: --max-pixels {w * h} (max_pixels= in Python)."
+        )
 
 
 def _offset(size: int, crop: int) -> int:
