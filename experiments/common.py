@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,11 +29,20 @@ def add_model_args(parser: argparse.ArgumentParser, *, images: bool) -> None:
 
 def image_args(doc: str, out_help: str, argv: list[str] | None) -> argparse.Namespace:
     """The command line of a script that runs a model on images: inputs, --out, --model..."""
+    from jaxbasics.data.images import MAX_PIXELS
+
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help="refuse images of more pixels (width x height, read before decoding; default "
+        "%(default)s): a tiny file can decode to gigabytes",
+    )
     add_model_args(parser, images=True)
     return parser.parse_args(argv)
 
@@ -46,19 +57,27 @@ class Inputs(NamedTuple):
     x: list[np.ndarray]  # the same as model inputs
 
 
-def model_and_images(args: argparse.Namespace, out_folder: str | None = None) -> Inputs:
-    """Load ``--model`` and read ``args.inputs``, ending the script politely if either fails.
+def model_and_images(
+    args: argparse.Namespace, outputs: Callable[[list], list[str]] | None = None
+) -> Inputs:
+    """Load ``--model`` and read ``args.inputs``, ending the script politely if either fails,
+    or if ``--out`` could overwrite them (:func:`check_out`).
 
-    With ``out_folder``, an output folder that is or holds one of the inputs is refused (its
-    PNGs could overwrite the images), and one inside an input folder is not read as input.
+    ``--out`` is the file written, or, with ``outputs``, the folder of the files
+    ``outputs(images)`` names; images already under that folder are not read as inputs.
     """
     from jaxbasics.train.codes import find_images, model_fns, read_inputs, to_model_input
 
     try:  # the images first: a typo in a path should not wait for the model to load
-        if out_folder is not None:
-            check_out_folder(out_folder, args.inputs)
-        images = find_images(args.inputs, exclude=out_folder)
-        pixels = read_inputs(images, resize=args.resize, center_crop=args.center_crop)
+        given = [*args.inputs, args.model]
+        # Checked before listing too: skipping --out's contents would hide the inputs it holds.
+        check_out(args.out, given, [] if outputs else None)
+        images = find_images(args.inputs, exclude=args.out if outputs else None)
+        given += [i.path for i in images]
+        check_out(args.out, given, outputs(images) if outputs else None)
+        pixels = read_inputs(
+            images, resize=args.resize, center_crop=args.center_crop, max_pixels=args.max_pixels
+        )
     except (OSError, ValueError) as e:
         sys.exit(fail(e))
     loaded = load_model(args.model, args.step)
@@ -66,17 +85,76 @@ def model_and_images(args: argparse.Namespace, out_folder: str | None = None) ->
     return Inputs(loaded, model_fns(loaded.model), images, pixels, x)
 
 
-def check_out_folder(out: str, inputs: list[str]) -> None:
-    """Refuse an output folder that is a file, or that is or holds one of the inputs."""
-    folder = Path(out).absolute()
-    if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"--out {out} is a file; give a folder (it is created if needed).")
-    for given in map(lambda i: Path(i).absolute(), inputs):
-        if given == folder or given.is_relative_to(folder):
+def check_out(
+    out: str | Path, inputs: Iterable[str | Path], names: Sequence[str] | None = None
+) -> Path:
+    """The rule every script's ``--out`` goes through: nothing given is ever written over.
+
+    ``out`` is the file a script writes, or, with ``names`` (relative paths), the folder it
+    writes ``out/name`` into. Symbolic links are followed. Refused, before anything is written:
+    a file that is one of ``inputs``; a folder that is a file, or is or holds one of
+    ``inputs`` (a folder inside an input folder is fine); anything written inside a training
+    workdir (a folder holding ``config.json`` and ``checkpoints/``: it belongs to the run); a
+    file to be written where a folder must go for another (``x.png`` and ``x.png/y.png``).
+
+    Returns:
+      ``out``, absolute, links resolved.
+
+    Raises:
+      ValueError or FileExistsError: one line naming what would be overwritten.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> check_out(d / "out", [d / "in.png"], ["a.png"]) == (d / "out").resolve()
+    True
+    >>> check_out(d / "in.png", [d / "in.png"])
+    Traceback (most recent call last):
+    ...
+    ValueError: --out ... is one of the inputs: it would be written over. Choose a new file.
+    """
+    target = Path(os.path.realpath(out))
+    given = {Path(os.path.realpath(i)) for i in inputs}
+    if names is None:
+        written = [target]
+        if target in given:
             raise ValueError(
-                f"--out {out} holds the input {given}: the PNGs written there could overwrite "
-                "your images. Choose a new folder (a subfolder of the inputs is fine)."
+                f"--out {out} is one of the inputs: it would be written over. Choose a new file."
             )
+    else:
+        if target.exists() and not target.is_dir():
+            raise FileExistsError(
+                f"--out {out} is a file; give a folder (it is created if needed)."
+            )
+        held = next((g for g in given if g.is_relative_to(target)), None)
+        if held is not None:
+            raise ValueError(
+                f"--out {out} holds the input {held}: the files written there could overwrite "
+                "it. Choose a new folder (a subfolder of the inputs is fine)."
+            )
+        written = [Path(os.path.realpath(target / n)) for n in names]
+        hit = next((w for w in written if w in given), None)
+        if hit is not None:
+            raise ValueError(f"--out {out}: {hit} is one of the inputs, reached through a link.")
+        clash = {d.as_posix() for n in names for d in PurePosixPath(n).parents} & set(names)
+        if clash:
+            raise ValueError(f"--out {out}: {clash.pop()} would be both a file and a folder.")
+    _check_no_workdir(out, {target, *(w.parent for w in written)})
+    return target
+
+
+def _check_no_workdir(out: str | Path, folders: Iterable[Path]) -> None:
+    """Refuse writing into any of ``folders`` if it, or a folder above it, is a training run."""
+    seen: set[Path] = set()
+    for folder in folders:
+        for p in (folder, *folder.parents):
+            if p in seen:
+                break
+            seen.add(p)
+            if (p / "config.json").is_file() and (p / "checkpoints").is_dir():
+                raise ValueError(
+                    f"--out {out} is inside the training workdir {p}, which belongs to the run "
+                    "(writing there could break it). Choose a folder outside it."
+                )
 
 
 def fail(error: BaseException) -> int:

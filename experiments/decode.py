@@ -2,8 +2,10 @@
 
   python experiments/decode.py codes.npz --model runs/quickstart --out decoded/
 
-Codes are only decoded by the model that made them: a model of other sizes (K, code size...)
-or with another codebook is refused. ``<out>/<name>.png`` is bit for bit what
+The file is checked whole before anything is written (codes in range, names that stay inside
+``--out``: see ``jaxbasics.train.codes.read_codes``), and ``--out`` may not hold the codes or
+the model. Codes are only decoded by the model that made them: a model of other sizes (K, code
+size...) or with another codebook is refused. ``<out>/<name>.png`` is bit for bit what
 ``reconstruct.py`` writes for that image. Prints one JSON summary line.
 """
 
@@ -15,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from common import add_model_args, check_out_folder, fail, load_model, save_png
+from common import add_model_args, check_out, fail, load_model, save_png
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # the codes first: a wrong path should not wait for the model to load
         codes = read_codes(args.codes)
-        check_out_folder(args.out, [])
+        names = output_names(codes.names)
+        check_out(args.out, [args.codes, args.model], names)
     except (OSError, ValueError) as e:
         return fail(e)
     loaded = load_model(args.model, args.step)
@@ -51,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     many = len(codes.maps) > 32
     images = run_batched(fns.decode, codes.maps, budget=CODE_BUDGET, progress=many, desc="decode")
     out = Path(args.out)
-    for name, image in zip(output_names(codes.names), images, strict=True):
-        save_png(out / name, to_pixels(image))
+    try:
+        for name, image in zip(names, images, strict=True):
+            save_png(out / name, to_pixels(image))
+    except OSError as e:
+        return fail(e)
     print(json.dumps({"images": len(images), "out": str(out), "model_step": loaded.step}))
     return 0
 

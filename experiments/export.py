@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from common import fail
+from common import check_out, fail
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxbasics.train.io import IncompatibleModelError, export
 
     try:
+        check_out(args.out, [args.workdir])
         path = export(args.workdir, args.out, args.step)
     except (OSError, ValueError, IncompatibleModelError) as e:
         return fail(e)

@@ -20,6 +20,25 @@ import numpy as np
 from common import image_args, model_and_images, save_png
 
 GRID = 16
+ERRORS = "recon_errors.jsonl"
+
+
+def _grid(i: int) -> str:
+    return f"grids/grid_{i:03d}.png"
+
+
+def png_names(images: list) -> list[str]:
+    """Each image's reconstruction under --out, kept apart from the grids and the errors file
+    (n images make at most n grids)."""
+    from jaxbasics.train.codes import output_names
+
+    taken = [ERRORS, *map(_grid, range(len(images)))]
+    return output_names([i.name for i in images], taken=taken)
+
+
+def outputs(images: list) -> list[str]:
+    """Every file this script may write under --out, for ``check_out``."""
+    return [*png_names(images), ERRORS, *map(_grid, range(len(images)))]
 
 
 def save_grids(out: Path, originals: list[np.ndarray], recons: list[np.ndarray]) -> int:
@@ -30,32 +49,24 @@ def save_grids(out: Path, originals: list[np.ndarray], recons: list[np.ndarray])
     for members in batches([x.shape for x in originals], GRID):
         top = np.concatenate([originals[i] for i in members], axis=1)
         bottom = np.concatenate([recons[i] for i in members], axis=1)
-        save_png(out / "grids" / f"grid_{count:03d}.png", np.concatenate([top, bottom], axis=0))
+        save_png(out / _grid(count), np.concatenate([top, bottom], axis=0))
         count += 1
     return count
 
 
 def main(argv: list[str] | None = None) -> int:
     args = image_args(__doc__, "output folder", argv)
-    from jaxbasics.train.codes import (
-        CODE_BUDGET,
-        PIXEL_BUDGET,
-        output_names,
-        run_batched,
-        to_pixels,
-    )
+    from jaxbasics.train.codes import CODE_BUDGET, PIXEL_BUDGET, run_batched, to_pixels
 
-    loaded, fns, images, pixels, x = model_and_images(args, out_folder=args.out)
+    loaded, fns, images, pixels, x = model_and_images(args, outputs)
     many = len(images) > 32
     codes = run_batched(fns.encode, x, budget=PIXEL_BUDGET, progress=many, desc="encode")
     recons = run_batched(fns.decode, codes, budget=CODE_BUDGET, progress=many, desc="decode")
     out = Path(args.out)
     errors = []
-    with_errors = out / "recon_errors.jsonl"
     out.mkdir(parents=True, exist_ok=True)
-    with with_errors.open("w") as f:
-        names = output_names([i.name for i in images])
-        for image, name, xi, ri in zip(images, names, x, recons, strict=True):
+    with (out / ERRORS).open("w") as f:
+        for image, name, xi, ri in zip(images, png_names(images), x, recons, strict=True):
             error = float(np.mean((ri - xi) ** 2) / loaded.data_variance)
             errors.append(error)
             f.write(json.dumps({"name": image.name, "png": name, "recon_error": error}) + "\n")

@@ -216,3 +216,68 @@ def test_the_readme_snippet_runs(workdir):
     exec(block.replace("runs/quickstart", str(workdir)), namespace)
     assert namespace["codes"].shape == (4, 8, 8) and namespace["codes"].dtype == jnp.int32
     assert namespace["recon"].shape == (4, 32, 32, 3)
+
+
+def _tampered(payload, change):
+    import copy
+
+    payload = copy.deepcopy(payload)
+    change(payload)
+    return payload
+
+
+# A crafted export: each change, and what the refusal must name.
+CRAFTED = {
+    "no params": (lambda p: p.pop("params"), "'params' field is missing"),
+    "params a string": (lambda p: p.update(params="x"), "'params' field is a str"),
+    "a leaf a string": (
+        lambda p: p["params"]["encoder"]["conv_1"].update(kernel="x"),
+        "'params' field/encoder/conv_1/kernel is a str",
+    ),
+    "codebook a list": (lambda p: p["ema"]["vq"].update(codebook=[1.0]), "vq/codebook is a list"),
+    "ema of another shape": (
+        lambda p: p["ema"].update(other=np.zeros(2, np.float32)),
+        "other: saved but not expected",
+    ),
+    "config holding an array": (
+        lambda p: p["config"].update(seed=np.zeros(2)),
+        "'config' field is no config",
+    ),
+    "no ema": (lambda p: p.pop("ema"), "'ema' field is missing"),
+    "no config": (lambda p: p.pop("config"), "'config' field is missing"),
+    "config a list": (lambda p: p.update(config=[1]), "'config' field is a list"),
+    "K a string": (
+        lambda p: p["config"].update(num_embeddings="16"),
+        "num_embeddings must be an int",
+    ),
+    "K a bool": (lambda p: p["config"].update(num_hiddens=True), "num_hiddens must be an int"),
+    "step a string": (lambda p: p.update(step="10"), "'step' field is a str"),
+    "step negative": (lambda p: p.update(step=-1), "'step' .* out of range"),
+    "variance a string": (lambda p: p.update(data_variance="0.1"), "'data_variance' field"),
+    "variance nan": (lambda p: p.update(data_variance=float("nan")), "out of range"),
+    "version a string": (lambda p: p.update(version="1"), "'version' field is a str"),
+    "no format": (lambda p: p.pop("format"), "'format' field"),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(workdir, tmp_path_factory):
+    """The msgpack payload of the trained run's export."""
+    import flax.serialization
+
+    path = export(workdir, tmp_path_factory.mktemp("export") / "model.msgpack")
+    return flax.serialization.msgpack_restore(path.read_bytes())
+
+
+@pytest.mark.parametrize("case", CRAFTED)
+def test_a_crafted_export_is_refused_naming_the_field(case, exported, tmp_path):
+    import flax.serialization
+
+    change, message = CRAFTED[case]
+    path = tmp_path / "model.msgpack"
+    path.write_bytes(flax.serialization.msgpack_serialize(_tampered(exported, change)))
+    with pytest.raises(IncompatibleModelError, match=message) as e:
+        load(path)
+    assert str(e.value).startswith(str(path))
+    path.write_bytes(flax.serialization.msgpack_serialize(_tampered(exported, lambda p: None)))
+    assert load(path).step == TRAINED_STEPS  # the untampered payload loads

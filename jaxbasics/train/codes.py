@@ -19,16 +19,21 @@ of first appearance. A reconstruction is ``decode(encode(x))``, so decoding the 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
+import secrets
 import zipfile
+import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import jax
 import numpy as np
+
+from jaxbasics.data.images import MAX_PIXELS
 
 BATCH = 32
 
@@ -90,31 +95,51 @@ def find_images(
     return list(found.values())
 
 
-def output_names(names: Sequence[str]) -> list[str]:
+def output_names(names: Sequence[str], taken: Collection[str] = ()) -> list[str]:
     """Where each image's PNG goes: its name with ``.png`` for its suffix, or, where two names
-    would meet (``x.jpg`` and ``x.png``), the whole name plus ``.png``.
+    would meet (``x.jpg`` and ``x.png``), the whole name plus ``.png``; a name that still meets
+    another, or one of ``taken`` (the script's other outputs), gets ``~1``, ``~2``... before
+    ``.png``. No two outputs ever share a path.
 
     >>> output_names(["a/x.jpg", "x.jpg", "y.jpg", "y.png"])
     ['a/x.png', 'x.png', 'y.jpg.png', 'y.png.png']
+    >>> output_names(["y.jpg", "y.png", "y.jpg.png", "g.png"], taken={"g.png"})
+    ['y.jpg~1.png', 'y.png.png', 'y.jpg~2.png', 'g~1.png']
     """
-    plain = [str(Path(n).with_suffix(".png")) for n in names]
+    plain = [Path(n).with_suffix(".png").as_posix() for n in names]
     counts = Counter(plain)
-    return [p if counts[p] == 1 else n + ".png" for n, p in zip(names, plain, strict=True)]
+    first = [p if counts[p] == 1 else n + ".png" for n, p in zip(names, plain, strict=True)]
+    clashes = Counter(first) + Counter(set(taken))
+    used = set(taken) | set(first)
+    out = []
+    for name in first:
+        if clashes[name] > 1:
+            name = next(u for k in itertools.count(1) if (u := f"{name[:-4]}~{k}.png") not in used)
+            used.add(name)
+        out.append(name)
+    return out
 
 
 def read_inputs(
-    images: Sequence[InputImage], *, resize: int | None, center_crop: int | None
+    images: Sequence[InputImage],
+    *,
+    resize: int | None,
+    center_crop: int | None,
+    max_pixels: int = MAX_PIXELS,
 ) -> list[np.ndarray]:
     """Read every image as uint8 (H, W, 3), checking that both sides are multiples of 4.
 
+    ``max_pixels``: the largest image (width x height) read; its header is checked first.
+
     Raises:
-      ValueError: a side is not a multiple of 4; the message names the file and the fix.
+      ValueError: a side is not a multiple of 4, or an image is unreadable or over
+        ``max_pixels``; the message names the file and the fix.
     """
     from jaxbasics.data.images import read_image
 
     arrays = []
     for image in images:
-        x = read_image(image.path, resize=resize, center_crop=center_crop)
+        x = read_image(image.path, resize=resize, center_crop=center_crop, max_pixels=max_pixels)
         if x.shape[0] % 4 or x.shape[1] % 4:
             raise ValueError(
                 f"{image.path} is {x.shape[1]}x{x.shape[0]} pixels"
@@ -246,36 +271,51 @@ def code_dtype(num_embeddings: int) -> np.dtype:
     raise ValueError(f"num_embeddings {num_embeddings} does not fit in 32 bits.")
 
 
-def write_codes(
-    path: str | Path, names: Sequence[str], codes: Sequence[np.ndarray], model: Any, config: Any
-) -> Path:
-    """Write ``codes.npz`` (see the module docstring) atomically."""
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], example: str) -> Path:
+    """Write ``path`` through ``write(file)``: into a new file next to it, then renamed into
+    place, so it is never half-written and no other file is ever written over.
+
+    Raises:
+      IsADirectoryError: ``path`` is a folder (``example`` names a file to suggest in it).
+
+    >>> import tempfile
+    >>> path = write_atomically(Path(tempfile.mkdtemp()) / "a.bin", lambda f: f.write(b"hi"), "a")
+    >>> path.read_bytes(), [p.name for p in path.parent.iterdir()]
+    (b'hi', ['a.bin'])
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give a file name, e.g. {path}/codes.npz.")
-    tmp = path.with_name(path.name + ".tmp.npz")
+        raise IsADirectoryError(f"{path} is a folder; give a file name, e.g. {path}/{example}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    file = tmp.open("xb")  # "x": a name that exists already (not ours) is an error, not overwritten
     try:
-        _save_codes(tmp, codes, names, model, config)
+        with file:
+            write(file)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def _save_codes(
-    tmp: Path, codes: Sequence[np.ndarray], names: Sequence[str], model: Any, config: Any
-) -> None:
-    np.savez_compressed(
-        tmp,
-        codes=np.concatenate([c.reshape(-1) for c in codes]).astype(
-            code_dtype(config.num_embeddings)
-        ),
-        shapes=np.array([c.shape for c in codes], np.int32).reshape(-1, 2),
-        names=np.array(list(names), dtype=str),
-        config=np.array(config.to_json()),
-        codebook_sha256=np.array(codebook_fingerprint(model)),
-    )
+def write_codes(
+    path: str | Path, names: Sequence[str], codes: Sequence[np.ndarray], model: Any, config: Any
+) -> Path:
+    """Write ``codes.npz`` (see the module docstring) atomically."""
+
+    def write(file: BinaryIO) -> None:
+        np.savez_compressed(
+            file,
+            codes=np.concatenate([c.reshape(-1) for c in codes]).astype(
+                code_dtype(config.num_embeddings)
+            ),
+            shapes=np.array([c.shape for c in codes], np.int32).reshape(-1, 2),
+            names=np.array(list(names), dtype=str),
+            config=np.array(config.to_json()),
+            codebook_sha256=np.array(codebook_fingerprint(model)),
+        )
+
+    return write_atomically(path, write, "codes.npz")
 
 
 class Codes(NamedTuple):
@@ -288,8 +328,23 @@ class Codes(NamedTuple):
     codebook_sha256: str
 
 
+_FIELDS = ("codes", "shapes", "names", "config", "codebook_sha256")
+
+
 def read_codes(path: str | Path) -> Codes:
-    """Read a ``codes.npz`` written by :func:`write_codes` (or ``experiments/encode.py``)."""
+    """Read a ``codes.npz`` written by :func:`write_codes` (or ``experiments/encode.py``),
+    checking all of it first, so that a damaged or crafted file is refused before a script
+    writes anything.
+
+    The checks: integer codes (not bool, float or complex), each in [0, K) for the K of the
+    file's config; one positive (h, w) per map, adding up to the codes; one name per map, each
+    a relative path that stays inside the output folder (no absolute path, no ``..``, ``.``
+    or empty part, ``/`` or ``\\`` separated), none repeated.
+
+    Raises:
+      FileNotFoundError: there is no such file.
+      ValueError: anything else; one line naming the file and the problem.
+    """
     from jaxbasics.train.config import TrainConfig
 
     try:
@@ -304,22 +359,75 @@ def read_codes(path: str | Path) -> Codes:
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError(f"{path} is a single .npy array, not a codes.npz written by encode.py.")
     with npz as f:
-        missing = {"codes", "shapes", "names", "config", "codebook_sha256"} - set(f.files)
+        missing = set(_FIELDS) - set(f.files)
         if missing:
             raise ValueError(
                 f"{path} is not a codes.npz from encode.py: it lacks {sorted(missing)}."
             )
-        flat, shapes = f["codes"].astype(np.int32), f["shapes"]
-        ends = np.cumsum([h * w for h, w in shapes])
-        maps = [
-            m.reshape(shape) for m, shape in zip(np.split(flat, ends[:-1]), shapes, strict=True)
-        ]
-        return Codes(
-            [str(n) for n in f["names"]],
-            maps,
-            TrainConfig.from_json(str(f["config"])),
-            str(f["codebook_sha256"]),
-        )
+        try:
+            flat, shapes, names, config, sha = (f[k] for k in _FIELDS)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise _bad(path, f"an array cannot be read ({type(e).__name__}: {e})") from e
+    for name, text in (("config", config), ("codebook_sha256", sha)):
+        if text.shape or text.dtype.kind != "U":
+            raise _bad(path, f"{name} is a {text.dtype} array of shape {text.shape}, not text")
+    try:
+        config = TrainConfig.from_json(str(config))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise _bad(path, f"its config is not a model config ({e})") from e
+    k = config.num_embeddings
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise _bad(path, f"its config's num_embeddings is {k!r}, not a positive integer")
+    maps = _checked_maps(path, flat, shapes, k)
+    return Codes(_checked_names(path, names, len(maps)), maps, config, str(sha))
+
+
+def _checked_maps(path: str | Path, flat: np.ndarray, shapes: np.ndarray, k: int) -> list:
+    """The (h, w) int32 code maps of a ``codes.npz``, once its arrays have passed every check."""
+    if flat.ndim != 1 or flat.dtype.kind not in "iu":
+        raise _bad(path, f"codes are {flat.dtype} of shape {flat.shape}, not a 1-D integer array")
+    if flat.size and (flat.min() < 0 or flat.max() >= k):
+        bad = int(flat.min()) if flat.min() < 0 else int(flat.max())
+        raise _bad(path, f"it holds code {bad}, outside 0..{k - 1} (K = {k})")
+    if shapes.ndim != 2 or shapes.shape[1:] != (2,) or shapes.dtype.kind not in "iu":
+        raise _bad(path, f"shapes are {shapes.dtype} {shapes.shape}, not (N, 2) integers")
+    if not len(shapes):
+        raise _bad(path, "it holds no code maps")
+    if shapes.min() < 1 or shapes.max() > flat.size:
+        raise _bad(path, "a map's (h, w) is below 1 or beyond the number of codes")
+    ends = np.cumsum(shapes.astype(np.int64).prod(axis=1))
+    if ends[-1] != flat.size:
+        raise _bad(path, f"its {len(shapes)} map shapes do not add up to its {flat.size} codes")
+    pieces = np.split(flat.astype(np.int32), ends[:-1])
+    return [m.reshape(hw) for m, hw in zip(pieces, shapes, strict=True)]
+
+
+def _checked_names(path: str | Path, names: np.ndarray, count: int) -> list[str]:
+    """The names of a ``codes.npz``: ``count`` distinct relative paths, or an error."""
+    if names.shape != (count,) or names.dtype.kind != "U":
+        raise _bad(path, f"names are {names.dtype} {names.shape}, not {count} strings")
+    names = [str(n) for n in names]
+    unsafe = next((n for n in names if not _is_relative(n)), None)
+    if unsafe is not None:
+        raise _bad(path, f"name {unsafe!r} is not a relative path inside the output folder")
+    repeated = next((n for n, c in Counter(names).items() if c > 1), None)
+    if repeated is not None:
+        raise _bad(path, f"name {repeated!r} is repeated")
+    return names
+
+
+def _bad(path: str | Path, problem: str) -> ValueError:
+    return ValueError(f"{path} is not a valid codes.npz: {problem}. Encode the images again.")
+
+
+def _is_relative(name: str) -> bool:
+    r"""Whether ``name`` is a plain relative path: it cannot leave the folder it is joined to.
+
+    >>> [_is_relative(n) for n in ["a/x.png", "../x", "/x", "a//x", "./x", "a\\..\\x", ""]]
+    [True, False, False, False, False, False, False]
+    """
+    parts = name.replace("\\", "/").split("/")
+    return "\0" not in name and all(part not in ("", ".", "..") for part in parts)
 
 
 def check_codes_fit(codes: Codes, model: Any, config: Any, where: str | Path) -> None:
@@ -347,6 +455,3 @@ def check_codes_fit(codes: Codes, model: Any, config: Any, where: str | Path) ->
             "weights), so its codes would decode to nonsense. Decode it with --model pointing "
             "at the run (and step) or export that encoded it."
         )
-    top = max((int(m.max()) for m in codes.maps if m.size), default=0)
-    if top >= config.num_embeddings:
-        raise ValueError(f"{where} holds code {top}, but the model has {config.num_embeddings}.")

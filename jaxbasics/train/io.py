@@ -32,6 +32,7 @@ That makes an export about 2.9x smaller than a checkpoint of the same run (quick
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -193,9 +194,14 @@ def save_model(
 
     Of ``ema`` (the EMA quantiser's statistics; empty for plain VQ) only the codebook is kept.
     The file is written next to ``path`` and renamed into place, so it is never half-written.
+
+    Raises:
+      IsADirectoryError: ``path`` is a folder.
     """
     import flax.serialization
     from flax import nnx
+
+    from jaxbasics.train.codes import write_atomically
 
     payload = {
         "format": FORMAT,
@@ -206,17 +212,8 @@ def save_model(
         "params": jax.tree.map(np.asarray, nnx.to_pure_dict(params)),
         "ema": _codebook_only(nnx.to_pure_dict(ema)),
     }
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give a file name, e.g. {path}/model.msgpack.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(flax.serialization.msgpack_serialize(payload))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    data = flax.serialization.msgpack_serialize(payload)
+    return write_atomically(path, lambda file: file.write(data), "model.msgpack")
 
 
 def _codebook_only(ema: dict) -> dict:
@@ -265,6 +262,18 @@ def export(workdir: str | Path, path: str | Path, step: int | None = None) -> Pa
     )
 
 
+# What an export holds besides its format: each field's type (bool is no int, though Python
+# says it is).
+_EXPORT_FIELDS = {
+    "version": int,
+    "step": int,
+    "data_variance": (int, float),
+    "config": dict,
+    "params": dict,
+    "ema": dict,
+}
+
+
 def _load_export(path: Path) -> Loaded:
     import flax.serialization
     from flax import nnx
@@ -279,24 +288,72 @@ def _load_export(path: Path) -> Loaded:
             f"{path} is not a model file written by jaxbasics' export ({type(e).__name__}: {e})."
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise IncompatibleModelError(f"{path} is not a {FORMAT} export (no format header).")
+        raise IncompatibleModelError(f"{path} is not a {FORMAT} export (no 'format' field).")
+    _check_fields(payload, path)
+    config = _export_config(payload["config"], path)
+    try:
+        abstract = structure(config).abstract
+    except (TypeError, ValueError) as e:
+        raise IncompatibleModelError(
+            f"{path}: the 'config' field describes no model ({type(e).__name__}: {e})."
+        ) from e
+    trees = {}
+    for name in ("params", "ema"):
+        state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), getattr(abstract, name))
+        expected = nnx.to_pure_dict(state)
+        stored = payload[name]
+        _check_arrays(stored, f"{path}: the '{name}' field")
+        kept = expected if name == "params" else _codebook_only(expected)
+        diff = layout_differences(layout(stored), layout(kept))
+        if diff:
+            raise IncompatibleModelError(
+                f"{path}: the stored {name} do not fit the stored config:\n  " + "\n  ".join(diff)
+            )
+        nnx.replace_by_pure_dict(state, stored if name == "params" else _with_statistics(stored))
+        trees[name] = jax.tree.map(jax.numpy.asarray, state)
+    model = to_model(config, trees["params"], trees["ema"])
+    return Loaded(model, config, float(payload["data_variance"]), payload["step"])
+
+
+def _check_fields(payload: dict, path: Path) -> None:
+    """Refuse an export missing a field, holding one of another type, or a value out of range."""
+    for field, kind in _EXPORT_FIELDS.items():
+        value = payload.get(field)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            found = "is missing" if field not in payload else f"is a {type(value).__name__}"
+            raise IncompatibleModelError(
+                f"{path}: the export's '{field}' field {found}; export the run again."
+            )
     if payload["version"] > VERSION:
         raise IncompatibleModelError(
             f"{path} is a version-{payload['version']} export; this jaxbasics reads up to "
             f"version {VERSION}. Upgrade jaxbasics."
         )
-    config = TrainConfig.from_json(json.dumps(payload["config"]))
-    abstract = structure(config).abstract
-    trees = {}
-    stored = {"params": payload["params"], "ema": _with_statistics(payload["ema"])}
-    for name in ("params", "ema"):
-        state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), getattr(abstract, name))
-        diff = layout_differences(layout(stored[name]), layout(nnx.to_pure_dict(state)))
-        if diff:
+    if (
+        payload["step"] < 0
+        or not math.isfinite(payload["data_variance"])
+        or payload["data_variance"] <= 0
+    ):
+        raise IncompatibleModelError(
+            f"{path}: the export's 'step' ({payload['step']}) or 'data_variance' "
+            f"({payload['data_variance']}) is out of range (step >= 0, variance > 0)."
+        )
+
+
+def _export_config(stored: dict, path: Path) -> TrainConfig:
+    """An export's config, or an error naming what is wrong with it."""
+    try:
+        return TrainConfig.from_json(json.dumps(stored))
+    except (TypeError, ValueError) as e:  # TypeError: something JSON cannot hold (an array)
+        raise IncompatibleModelError(f"{path}: the 'config' field is no config ({e})") from e
+
+
+def _check_arrays(tree: Any, where: str) -> None:
+    """Refuse a stored tree with anything but nested dicts of arrays (a string, a list...)."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _check_arrays(value, f"{where}/{key}")
+        elif not isinstance(value, np.ndarray):
             raise IncompatibleModelError(
-                f"{path}: the stored {name} do not fit the stored config:\n  " + "\n  ".join(diff)
+                f"{where}/{key} is a {type(value).__name__}, not an array; export the run again."
             )
-        nnx.replace_by_pure_dict(state, stored[name])
-        trees[name] = jax.tree.map(jax.numpy.asarray, state)
-    model = to_model(config, trees["params"], trees["ema"])
-    return Loaded(model, config, float(payload["data_variance"]), int(payload["step"]))

@@ -1,0 +1,231 @@
+"""Files from elsewhere (codes.npz, exports, images) and --out paths that try to do harm.
+
+Every case is refused with a one-line message before anything is written: names read from a
+file never lead outside --out, no script writes over what it was given or into a training
+workdir, damaged or crafted files never decode into garbage, and a tiny file that would
+decode to gigabytes is refused from its header.
+"""
+
+import os
+import struct
+import zlib
+
+import common
+import decode as decode_script
+import encode as encode_script
+import export as export_script
+import numpy as np
+import pytest
+import reconstruct as reconstruct_script
+from PIL import Image, PngImagePlugin
+from test_train_codes import _main, _rgb, _tree
+
+from jaxbasics.data.folder import folder
+from jaxbasics.data.images import ImageReadError, read_image
+from jaxbasics.train.codes import read_codes, write_codes
+from jaxbasics.train.io import load
+
+NAMES = ["a.png", "b.png", "sub/c.png"]
+
+
+@pytest.fixture(scope="module")
+def arrays(workdir, tmp_path_factory):
+    """The arrays of a real codes.npz of the trained run: three 8x8 maps, named NAMES."""
+    loaded = load(workdir)
+    maps = list(np.random.default_rng(0).integers(0, 16, (3, 8, 8)))
+    path = write_codes(
+        tmp_path_factory.mktemp("codes") / "codes.npz", NAMES, maps, loaded.model, loaded.config
+    )
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _craft(path, arrays, **changes):
+    with open(path, "wb") as f:  # a file object: np.savez adds .npz to other names
+        np.savez(f, **{**arrays, **changes})
+    return path
+
+
+def _codes(arrays, *, dtype=None, first=None):
+    codes = arrays["codes"].astype(dtype or arrays["codes"].dtype)
+    if first is not None:
+        codes[0] = first
+    return codes
+
+
+HOSTILE = {
+    "parent": lambda a: dict(names=np.array(["../victim", *NAMES[1:]])),
+    "grandparent": lambda a: dict(names=np.array(["../../escape.png", *NAMES[1:]])),
+    "absolute": lambda a: dict(names=np.array(["/tmp/escape.png", *NAMES[1:]])),
+    "inner parent": lambda a: dict(names=np.array(["sub/../../x.png", *NAMES[1:]])),
+    "backslash parent": lambda a: dict(names=np.array(["..\\x.png", *NAMES[1:]])),
+    "repeated": lambda a: dict(names=np.array(["a.png", "a.png", "b.png"])),
+    "numbers for names": lambda a: dict(names=np.arange(3)),
+    "2 names, 3 maps": lambda a: dict(names=np.array(NAMES[:2])),
+    "minus one": lambda a: dict(codes=_codes(a, dtype=np.int8, first=-1)),
+    "minus 2**40": lambda a: dict(codes=_codes(a, dtype=np.int64, first=-(2**40))),
+    "K": lambda a: dict(codes=_codes(a, first=16)),
+    "float": lambda a: dict(codes=_codes(a, dtype=np.float32)),
+    "nan": lambda a: dict(codes=_codes(a, dtype=np.float32, first=np.nan)),
+    "bool": lambda a: dict(codes=_codes(a, dtype=bool)),
+    "complex": lambda a: dict(codes=_codes(a, dtype=np.complex64)),
+    "rank 0": lambda a: dict(codes=np.array(3, np.uint8)),
+    "shapes misfit": lambda a: dict(shapes=a["shapes"] * 2),
+    "zero side": lambda a: dict(shapes=np.array([[0, 64], [8, 8], [8, 8]], np.int32)),
+    "no maps": lambda a: dict(codes=a["codes"][:0], shapes=a["shapes"][:0], names=a["names"][:0]),
+    "config not json": lambda a: dict(config=np.array("{not json")),
+    "K a string": lambda a: dict(config=np.array('{"num_embeddings": "16"}')),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_a_crafted_codes_file_is_refused_before_anything_is_written(
+    case, arrays, workdir, tmp_path, capsys
+):
+    (tmp_path / "victim.png").write_bytes(b"keep me")
+    (tmp_path / "deep").mkdir()
+    crafted = _craft(tmp_path / "crafted.npz", arrays, **HOSTILE[case](arrays))
+    before = _tree(tmp_path)
+    with pytest.raises(ValueError, match="crafted.npz is not a valid codes.npz"):
+        read_codes(crafted)
+    out = tmp_path / "deep" / "out"
+    code, _, err = _main(decode_script, capsys, crafted, "--model", workdir, "--out", out)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "crafted.npz" in err, err
+    assert _tree(tmp_path) == before and not out.exists()
+
+
+def test_the_real_codes_file_decodes(arrays, workdir, tmp_path, capsys):
+    """The crafted files above differ from this one, which works, in their one change only."""
+    crafted = _craft(tmp_path / "crafted.npz", arrays)
+    code, summary, _ = _main(
+        decode_script, capsys, crafted, "--model", workdir, "--out", tmp_path / "out"
+    )
+    assert code == 0 and summary["images"] == 3
+    assert sorted(_tree(tmp_path / "out")) == NAMES
+
+
+def test_decode_never_writes_over_its_codes_its_model_or_into_a_run(
+    arrays, workdir, tmp_path, capsys
+):
+    # Names that are legal, but would land on the codes file or in a training workdir.
+    _craft(tmp_path / "a.png", arrays)  # the codes file itself named like an output
+    home = tmp_path / "home"
+    run = home / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "figures").mkdir()
+    (run / "figures" / "b.png").write_bytes(b"a figure")
+    into_run = _craft(
+        tmp_path / "into_run.npz", arrays, names=np.array(["x.png", "run/figures/b.png", "y.png"])
+    )
+    before = _tree(tmp_path)
+    for codes, out, message in [
+        (tmp_path / "a.png", tmp_path, "holds the input"),
+        (into_run, home, "inside the training workdir"),
+        (into_run, run / "decoded", "inside the training workdir"),
+        (into_run, workdir / "decoded", "inside the training workdir"),
+    ]:
+        code, _, err = _main(decode_script, capsys, codes, "--model", workdir, "--out", out)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+    assert _tree(tmp_path) == before and not (workdir / "decoded").exists()
+
+
+def test_encode_and_export_never_write_over_what_they_were_given(workdir, tmp_path, capsys):
+    Image.fromarray(_rgb(32, 20)).save(tmp_path / "in.png")
+    code, _, _ = _main(export_script, capsys, workdir, tmp_path / "model.msgpack")
+    assert code == 0
+    config = (workdir / "config.json").read_bytes()
+    before = _tree(tmp_path)
+    for script, args in [
+        (encode_script, [tmp_path / "in.png", "--model", workdir, "--out", tmp_path / "in.png"]),
+        (
+            encode_script,
+            [
+                tmp_path / "in.png",
+                "--model",
+                tmp_path / "model.msgpack",
+                "--out",
+                tmp_path / "model.msgpack",
+            ],
+        ),
+        (encode_script, [tmp_path / "in.png", "--model", workdir, "--out", workdir / "c.npz"]),
+        (export_script, [workdir, workdir / "config.json"]),
+        (export_script, [workdir, workdir / "checkpoints" / "model.msgpack"]),
+        (export_script, [workdir, workdir]),
+    ]:
+        code, _, err = _main(script, capsys, *args)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "--out" in err, err
+    assert _tree(tmp_path) == before and (workdir / "config.json").read_bytes() == config
+    assert not (workdir / "c.npz").exists() and load(workdir).step > 0
+
+
+def test_a_link_inside_out_cannot_lead_onto_an_input(tmp_path):
+    Image.fromarray(_rgb(8, 21)).save(tmp_path / "in.png")
+    (tmp_path / "out").mkdir()
+    os.symlink(tmp_path / "in.png", tmp_path / "out" / "x.png")
+    with pytest.raises(ValueError, match="is one of the inputs, reached through a link"):
+        common.check_out(tmp_path / "out", [tmp_path / "in.png"], ["x.png"])
+    os.symlink(tmp_path / "in.png", tmp_path / "link.png")
+    with pytest.raises(ValueError, match="is one of the inputs"):
+        common.check_out(tmp_path / "link.png", [tmp_path / "in.png"])
+    with pytest.raises(ValueError, match="both a file and a folder"):
+        common.check_out(tmp_path / "o2", [], ["x.png", "x.png/y.png"])
+
+
+def test_reconstruct_outputs_never_meet_its_grids_or_errors_file(tmp_path):
+    from jaxbasics.train.codes import InputImage
+
+    names = ["grids/grid_000.png", "recon_errors.jsonl.png", "y.jpg", "y.png", "y.jpg.png"]
+    images = [InputImage(tmp_path / n, n) for n in names]
+    written = reconstruct_script.outputs(images)
+    assert len(set(written)) == len(written) and "grids/grid_000.png" not in written[: len(names)]
+
+
+def _huge_png(path, side=12000):
+    """A valid 1-bit greyscale PNG of side x side pixels, written row by row: tiny on disk."""
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    z = zlib.compressobj(9)
+    row = bytes(1 + side // 8)  # filter byte 0, then all-black pixels
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(workdir, tmp_path, capsys, monkeypatch):
+    bomb = _huge_png(tmp_path / "bomb.png")
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow only warns: under its limit
+        assert bomb.stat().st_size < 100_000 and Image.open(bomb).size == (12000, 12000)
+
+    def no_decoding(self):
+        raise AssertionError("the huge image was decoded")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
+    code, _, err = _main(
+        encode_script, capsys, bomb, "--model", workdir, "--out", tmp_path / "c.npz"
+    )
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "bomb.png is 12000x12000" in err and "--max-pixels" in err
+    assert not (tmp_path / "c.npz").exists()
+    # Training on a folder reads through the same function, under the same default limit.
+    (tmp_path / "data").mkdir()
+    bomb.rename(tmp_path / "data" / "bomb.png")
+    with pytest.raises(ImageReadError, match="bomb.png is 12000x12000"):
+        folder(tmp_path / "data", "train", eval_fraction=0.01)[0]
+
+
+def test_max_pixels_lowers_and_raises_the_limit(workdir, tmp_path, capsys):
+    Image.fromarray(_rgb(32, 22)).save(tmp_path / "x.png")
+    with pytest.raises(ImageReadError, match="x.png is 32x32 = 1,024 pixels"):
+        read_image(tmp_path / "x.png", max_pixels=1023)
+    args = [tmp_path / "x.png", "--model", workdir, "--out", tmp_path / "c.npz"]
+    code, _, err = _main(encode_script, capsys, *args, "--max-pixels", "1023")
+    assert code == 1 and "--max-pixels 1024" in err
+    code, summary, _ = _main(encode_script, capsys, *args, "--max-pixels", "1024")
+    assert code == 0 and summary["images"] == 1
