@@ -144,10 +144,10 @@ def sample(
       ValueError: a non-positive temperature, a top_k outside [1, K], a negative guidance,
         guidance without labels, or labels not of shape (n,).
 
-    >>> prior = TransformerPrior(16, 2, 2, dim=8, depth=1, heads=2, rngs=nnx.Rngs(0))
+    >>> prior = TransformerPrior(16, 4, 4, num_classes=3, dim=8, depth=1, heads=2, rngs=nnx.Rngs(0))
     >>> codes = sample(prior, 3, jax.random.key(0))
     >>> codes.shape, codes.dtype, bool((codes == sample(prior, 3, jax.random.key(0))).all())
-    ((3, 2, 2), dtype('int32'), True)
+    ((3, 4, 4), dtype('int32'), True)
     """
     _check(prior, n, labels, temperature, top_k, guidance)
     graphdef, state = nnx.split(prior)
@@ -175,8 +175,8 @@ def nll_bits(
     Returns:
       Scalar, or (B,) float32 with ``per_example``.
 
-    >>> prior = PixelCNNPrior(16, 2, 2, channels=4, num_layers=1, rngs=nnx.Rngs(0))
-    >>> nll_bits(prior, jnp.zeros((3, 2, 2), jnp.int32), per_example=True).shape
+    >>> prior = PixelCNNPrior(16, 4, 4, num_classes=3, channels=8, num_layers=2, rngs=nnx.Rngs(0))
+    >>> nll_bits(prior, jnp.zeros((3, 4, 4), jnp.int32), per_example=True).shape
     (3,)
     """
     return bits_per_code(prior(codes, labels), codes, per_example=per_example)
