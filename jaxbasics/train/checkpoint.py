@@ -18,7 +18,7 @@ device, and the files are written in the background while training goes on. Orba
 into a temporary directory and renames it when complete, so a kill mid-save leaves the
 previous checkpoints intact; old checkpoints are only deleted after a newer one is finalised.
 A save that fails (a full disk) is :class:`CheckpointWriteError`, one line, and leaves no
-temporary directory behind; Orbax's own log records go to this module's debug level.
+temporary directory behind; what Orbax prints about it goes to this module's debug level.
 
 Restoring compares each checkpoint's stored tree metadata (paths, shapes, dtypes) with the
 state the current code expects *before* reading any array, and tells four cases apart:
@@ -131,17 +131,43 @@ def _cause(error: BaseException, limit: int = 200) -> str:
 
 
 def _orbax_to_debug(record: logging.LogRecord) -> bool:
-    """Route Orbax's warnings and errors (tracebacks of its threads) to this module's debug
-    level: every failure they describe reaches the caller here, as one line."""
+    """A filter routing Orbax's warnings and errors (its threads' tracebacks, and asyncio's
+    about its tasks) to this module's debug level: every failure they describe reaches the
+    caller here, as one line."""
     if record.levelno < logging.WARNING:
         return True
     frame = sys._getframe(1)
     while frame is not None and "orbax" not in Path(frame.f_code.co_filename).parts:
         frame = frame.f_back
-    if frame is None:  # another user of absl's logger
+    if frame is None and "/orbax/" not in record.getMessage():  # not Orbax's
         return True
     log.debug("orbax: %s", record.getMessage(), exc_info=record.exc_info)
     return False
+
+
+def _closed_loops_to_debug(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``sys.unraisablehook`` routing "Event loop is closed" to this module's debug level: after
+    a failed save or read, Orbax's pending I/O completes into event loops it already closed."""
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            log.debug("an Orbax I/O thread reported into a closed event loop")
+        else:
+            previous(unraisable)
+
+    hook.closed_loops_to_debug = True
+    return hook
+
+
+def _quiet_orbax() -> None:
+    """Install :func:`_orbax_to_debug` and :func:`_closed_loops_to_debug` (once)."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if _orbax_to_debug not in logger.filters:
+            logger.addFilter(_orbax_to_debug)
+    if not getattr(sys.unraisablehook, "closed_loops_to_debug", False):
+        sys.unraisablehook = _closed_loops_to_debug(sys.unraisablehook)
 
 
 def _read_only_options(ocp: Any) -> Any:
@@ -179,9 +205,7 @@ class Checkpointer:
     def __init__(self, workdir: str | Path, keep: int = 3, *, read_only: bool = False):
         import orbax.checkpoint as ocp
 
-        absl = logging.getLogger("absl")
-        if _orbax_to_debug not in absl.filters:
-            absl.addFilter(_orbax_to_debug)
+        _quiet_orbax()
         self._ocp = ocp
         self.workdir = Path(workdir).absolute()
         self.directory = self.workdir / "checkpoints"
