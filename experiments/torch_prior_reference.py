@@ -32,17 +32,14 @@ class Block(nn.Module):
     def forward(self, x, cache, layer, start):
         """Tokens at positions start..start+T-1; writes their keys and values into ``cache``."""
         b, t, dim = x.shape
-        q, k, v = self.qkv(self.ln_1(x)).view(b, t, 3, self.heads, -1).unbind(2)
+        q, k, v = self.qkv(self.ln_1(x)).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         keys, values = cache
-        keys[layer, :, start : start + t] = k
-        values[layer, :, start : start + t] = v
         end = start + t
+        keys[layer, :, :, start:end] = k
+        values[layer, :, :, start:end] = v
         visible = torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]
         attn = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            keys[layer, :, :end].transpose(1, 2),
-            values[layer, :, :end].transpose(1, 2),
-            attn_mask=visible,
+            q, keys[layer, :, :, :end], values[layer, :, :, :end], attn_mask=visible
         )
         x = x + self.proj(attn.transpose(1, 2).reshape(b, t, dim))
         return x + self.fc_2(F.gelu(self.fc_1(self.ln_2(x))))
@@ -64,7 +61,7 @@ class TransformerPrior(nn.Module):
         self.head = nn.Linear(dim, num_codes)
 
     def init_cache(self, batch):
-        shape = (self.depth, batch, self.height * self.width, self.heads, self.dim // self.heads)
+        shape = (self.depth, batch, self.heads, self.height * self.width, self.dim // self.heads)
         return torch.zeros(shape), torch.zeros(shape)
 
     def _labels(self, labels, batch):

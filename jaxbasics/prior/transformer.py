@@ -31,8 +31,9 @@ class KVCache(NamedTuple):
     """Every layer's attention keys and values for the tokens decoded so far.
 
     Attributes:
-      keys: (depth, B, N, heads, dim/heads) float32; rows at or after the next position are
-        unused (zeros until written).
+      keys: (depth, B, heads, N, dim/heads) float32; positions at or after the next one are
+        unused (zeros until written). Heads before positions, as attention batches over
+        them: each step then reads the cache where it lies, with no transposed copy.
       values: same shape as ``keys``.
     """
 
@@ -45,33 +46,33 @@ def causal_attention(
 ) -> jax.Array:
     """Softmax attention where the query at position p sees keys 0..p only.
 
-    ``F.scaled_dot_product_attention`` with an explicit causal mask; the queries may be a
-    chunk of positions (one position when decoding with a cache).
+    ``F.scaled_dot_product_attention(q, k, v, attn_mask)`` with a causal mask; the queries
+    may be a chunk of positions (one position when decoding with a cache).
 
     Args:
-      q: (B, T, heads, dh) queries.
-      k: (B, N, heads, dh) keys of positions 0..N-1.
-      v: (B, N, heads, dh) values.
+      q: (B, heads, T, dh) queries.
+      k: (B, heads, N, dh) keys of positions 0..N-1.
+      v: (B, heads, N, dh) values.
       query_positions: (T,) position of each query.
 
     Returns:
-      (B, T, heads, dh).
+      (B, heads, T, dh).
 
-    >>> x = jnp.ones((1, 3, 2, 4))
-    >>> causal_attention(x, x, jnp.arange(3.0)[None, :, None, None] * x, jnp.arange(3))[0, :, 0, 0]
+    >>> x = jnp.ones((1, 2, 3, 4))
+    >>> causal_attention(x, x, jnp.arange(3.0)[None, None, :, None] * x, jnp.arange(3))[0, 0, :, 0]
     Array([0. , 0.5, 1. ], dtype=float32)
     """
-    scores = jnp.einsum("bthd,bnhd->bhtn", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    visible = jnp.arange(k.shape[1])[None, :] <= query_positions[:, None]  # (T, N)
+    scores = q @ jnp.swapaxes(k, -1, -2) / jnp.sqrt(q.shape[-1]).astype(q.dtype)  # (B, H, T, N)
+    visible = jnp.arange(k.shape[2])[None, :] <= query_positions[:, None]  # (T, N)
     scores = jnp.where(visible, scores, -jnp.inf)
-    return jnp.einsum("bhtn,bnhd->bthd", jax.nn.softmax(scores, axis=-1), v)
+    return jax.nn.softmax(scores, axis=-1) @ v
 
 
 class Block(nnx.Module):
     """Pre-norm transformer block: ``x + attn(LN(x))``, then ``x + MLP(LN(x))``.
 
     >>> block = Block(8, 2, 4, rngs=nnx.Rngs(0))
-    >>> cache = KVCache(jnp.zeros((1, 1, 5, 2, 4)), jnp.zeros((1, 1, 5, 2, 4)))
+    >>> cache = KVCache(jnp.zeros((1, 1, 2, 5, 4)), jnp.zeros((1, 1, 2, 5, 4)))
     >>> y, cache = block(jax.random.normal(jax.random.key(0), (1, 5, 8)), cache, 0, jnp.arange(5))
     >>> y.shape, bool(cache.keys.any())
     ((1, 5, 8), True)
@@ -101,15 +102,16 @@ class Block(nnx.Module):
           ``(y, cache)``: (B, T, dim) outputs and the cache with these tokens' keys and values.
         """
         b, t, dim = x.shape
-        q, k, v = jnp.split(self.qkv(self.ln_1(x)).reshape(b, t, 3, self.heads, -1), 3, axis=2)
+        qkv = self.qkv(self.ln_1(x)).reshape(b, t, 3, self.heads, -1).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv  # each (B, heads, T, dh)
         # One update of the whole buffer, not a per-layer copy: XLA writes it in place.
-        at = (layer, 0, positions[0], 0, 0)
+        at = (layer, 0, 0, positions[0], 0)
         cache = KVCache(
-            jax.lax.dynamic_update_slice(cache.keys, k.transpose(2, 0, 1, 3, 4), at),
-            jax.lax.dynamic_update_slice(cache.values, v.transpose(2, 0, 1, 3, 4), at),
+            jax.lax.dynamic_update_slice(cache.keys, k[None], at),
+            jax.lax.dynamic_update_slice(cache.values, v[None], at),
         )
-        attn = causal_attention(q[:, :, 0], cache.keys[layer], cache.values[layer], positions)
-        x = x + self.proj(attn.reshape(b, t, dim))
+        attn = causal_attention(q, cache.keys[layer], cache.values[layer], positions)
+        x = x + self.proj(attn.transpose(0, 2, 1, 3).reshape(b, t, dim))
         return x + self.fc_2(jax.nn.gelu(self.fc_1(self.ln_2(x)), approximate=False)), cache
 
 
@@ -168,10 +170,10 @@ class TransformerPrior(nnx.Module):
 
         >>> prior = TransformerPrior(16, 4, 4, num_classes=3, dim=8, depth=1, heads=2,
         ...                          rngs=nnx.Rngs(0))
-        >>> prior.init_cache(5).keys.shape  # (depth, B, h*w, heads, dim/heads)
-        (1, 5, 16, 2, 4)
+        >>> prior.init_cache(5).keys.shape  # (depth, B, heads, h*w, dim/heads)
+        (1, 5, 2, 16, 4)
         """
-        shape = (self.depth, batch, self.height * self.width, self.heads, self.dim // self.heads)
+        shape = (self.depth, batch, self.heads, self.height * self.width, self.dim // self.heads)
         return KVCache(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
 
     def _tokens(self, prev: jax.Array, positions: jax.Array, labels: jax.Array) -> jax.Array:
