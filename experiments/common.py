@@ -165,11 +165,11 @@ def fail(error: BaseException) -> int:
 
 def load_model(path: str, step: int | None = None) -> Any:
     """``jaxbasics.train.load(path)``, ending the script with a message if it cannot."""
-    from jaxbasics.train.io import IncompatibleModelError, load
+    from jaxbasics.train.io import load
 
     try:
         return load(path, step)
-    except (FileNotFoundError, ValueError, IncompatibleModelError) as e:
+    except (OSError, ValueError) as e:  # missing, unreadable or incompatible: one line
         sys.exit(fail(e))
 
 

@@ -152,7 +152,10 @@ def save(fig: Figure, path: str | Path) -> Path:
     plt = _pyplot()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    finally:  # a full disk leaves neither a half-written picture nor its temporary file
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path

@@ -105,7 +105,9 @@ def test_load_falls_back_past_damaged_checkpoints_and_moves_nothing(workdir, tmp
     assert _contents(copy) == before
 
 
-def test_an_unreadable_step_or_run_is_one_line_naming_the_readable_ones(workdir, tmp_path):
+def test_an_unreadable_step_or_run_is_one_line_naming_the_readable_ones(
+    workdir, tmp_path, capsys
+):
     """Missing metadata is unreadable, not another version's layout: step 10 without it is
     refused naming step 5, and with every checkpoint unreadable the error names each."""
     copy = _copy(workdir, tmp_path)
@@ -119,6 +121,13 @@ def test_an_unreadable_step_or_run_is_one_line_naming_the_readable_ones(workdir,
         load(copy)
     assert "checkpoint 10: " in str(e.value) and "checkpoint 5: " in str(e.value)
     assert "\n" not in str(e.value)
+    from common import load_model  # what every --model script calls: one line, exit 1
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        load_model(str(copy))
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.startswith("error: no checkpoint in ")
 
 
 def test_a_reader_skips_the_checkpoint_its_run_deletes_meanwhile(

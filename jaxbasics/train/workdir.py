@@ -176,19 +176,15 @@ def saved_config(workdir: str | Path) -> SavedConfig:
     config = load_config(workdir)
     if config is not None or not (workdir / "checkpoints").is_dir():
         return SavedConfig(config, None)
-    import orbax.checkpoint as ocp
-
-    from jaxbasics.train.checkpoint import Checkpointer
+    from jaxbasics.train.checkpoint import Checkpointer, UnreadableCheckpointError
 
     ckpt = Checkpointer(workdir, read_only=True)
     try:
         steps = ckpt.steps()
         for step in reversed(steps):
             try:
-                meta = ckpt.manager.restore(
-                    step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-                )["meta"]
-            except Exception:  # noqa: BLE001 - unreadable: an older one may do
+                meta = ckpt.restore(step, None, items=("meta",)).meta
+            except (UnreadableCheckpointError, FileNotFoundError):  # an older one may do
                 continue
             if isinstance(meta, dict) and "config" in meta:
                 try:
