@@ -22,7 +22,7 @@ from jaxbasics.prior import (
     sample,
     sampling,
 )
-from jaxbasics.prior.sampling import guide
+from jaxbasics.prior.sampling import guide, multinomial
 
 K, H, W, C = 16, 4, 4, 3
 N = H * W
@@ -149,6 +149,14 @@ def test_guidance_zero_is_conditional_sampling(prior):
     cond = sample(prior, 4, key, labels=LABELS)
     np.testing.assert_array_equal(sample(prior, 4, key, labels=LABELS, guidance=0.0), cond)
     np.testing.assert_array_equal(sample(prior, 4, key, labels=LABELS, guidance=1e-7), cond)
+
+
+def test_multinomial_draws_each_index_with_its_softmax_probability():
+    logits = jnp.log(jnp.array([0.5, 0.0, 0.1, 0.3, 0.1]))  # index 1 never, edges included
+    draws = np.asarray(multinomial(jax.random.key(0), jnp.tile(logits, (40_000, 1))))
+    frequencies = np.bincount(draws, minlength=5) / len(draws)
+    np.testing.assert_allclose(frequencies, [0.5, 0.0, 0.1, 0.3, 0.1], atol=0.01)
+    assert frequencies[1] == 0
 
 
 def test_guide_is_cond_plus_scale_times_cond_minus_uncond():
