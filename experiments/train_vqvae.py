@@ -26,7 +26,7 @@ from pathlib import Path
 
 from simple_parsing import ArgumentParser, DashVariant, SimpleHelpFormatter
 
-from jaxbasics.train.config import RESUMABLE_FIELDS, TrainConfig
+from jaxbasics.train.config import TrainConfig
 from jaxbasics.train.presets import (
     PRESETS,
     preset,
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     given = explicit_fields(argv)
     explicit = set(given)
     if preset_given(argv):  # an explicit preset asks for all its values, even on a saved run
-        explicit |= {f.name for f in dataclasses.fields(TrainConfig)} - RESUMABLE_FIELDS
+        explicit |= {f.name for f in dataclasses.fields(TrainConfig)} - TrainConfig.RESUMABLE
     requested = whole_splits_on_other_data(args.config, args.preset, given)
     requested = warmup_within_run(requested, given)
     setup_logging()

@@ -1,5 +1,6 @@
 """The main job as a user runs it: subprocesses of experiments/train_vqvae.py and evaluate.py."""
 
+import dataclasses
 import json
 import signal
 import sys
@@ -151,7 +152,7 @@ def test_every_flag_is_documented_and_the_preset_sets_the_defaults():
     assert r.returncode == 0
     text = " ".join(r.stdout.split())  # unwrapped
     squeezed = "".join(text.split())  # argparse also wraps at hyphens
-    for name in TrainConfig.__dataclass_fields__:
+    for name in (f.name for f in dataclasses.fields(TrainConfig)):
         assert "--" + name.replace("_", "-") in text, name
         doc = get_attribute_docstring(TrainConfig, name).docstring_below
         assert doc and "".join(doc.split()) in squeezed, name  # --help says what it does

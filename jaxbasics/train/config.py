@@ -25,56 +25,208 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
-# Fields that may change between a run and its resumption: they don't change the model, the
-# optimiser or the batches, only how long we go, what we record, where the data lives and
-# which (equivalent) convolution form computes the same function.
-RESUMABLE_FIELDS = frozenset(
-    {
-        "num_training_updates",
+C = TypeVar("C", bound="RunConfig")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What every training run has, whatever it trains: optimisation, randomness, bookkeeping.
+
+    A model's config subclasses it, adds its fields and extends the class variables below.
+    """
+
+    # Fields that may change between a run and its resumption: they change neither the model,
+    # the optimiser nor the batches, only how long we go and what we record.
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset(
+        {
+            "num_training_updates",
+            "log_every",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "eval_batches",
+            "progress",
+        }
+    )
+    # Fields that never reach a compiled program as a constant: they steer the loop and the
+    # data, or (seed) enter as an argument: the initial key is passed to the compiled init.
+    RUN_ONLY: ClassVar[frozenset[str]] = RESUMABLE | {"seed", "data_seed"}
+    # The value a field had, in effect, before it existed: a config.json written by an older
+    # version lacks the field, and the run it describes behaved like this.
+    LEGACY_VALUES: ClassVar[dict[str, Any]] = {"lr_schedule": "constant", "warmup_steps": 0}
+    # Fields older versions wrote that no longer exist; they are dropped when read.
+    REMOVED_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    # Fields that must be >= 1.
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "batch_size",
         "log_every",
         "eval_every",
         "checkpoint_every",
         "keep_checkpoints",
-        "eval_batches",
-        "progress",
-        "data_dir",
-        "conv_form",
-    }
-)
+    )
 
-# Fields that never reach a compiled program as a constant: they steer the loop and the data,
-# or (seed) enter as an argument: the initial key is passed to the compiled init.
-_RUN_ONLY = RESUMABLE_FIELDS - {"conv_form"} | {
-    "dataset",
-    "num_train_examples",
-    "num_eval_examples",
-    "seed",
-    "data_seed",
-    "image_size",
-    "eval_fraction",
-}
+    # --- optimisation
+    batch_size: int = 32
+    """Global batch size, over all devices and processes."""
+    num_training_updates: int = 25_000
+    """Number of training steps (may be raised when resuming a constant-rate run)."""
+    learning_rate: float = 3e-4
+    """Adam's learning rate (the peak rate under a schedule)."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """constant, or cosine: linear warm-up over --warmup-steps, then cosine decay to 0 at
+    --num-training-updates (optax.warmup_cosine_decay_schedule)."""
+    warmup_steps: int = 0
+    """Warm-up steps of the cosine schedule."""
 
-# The value a field had, in effect, before it existed: a config.json written by an older
-# version lacks the field, and the run it describes behaved like this.
-LEGACY_VALUES: dict[str, Any] = {
-    "estimator": "ste",
-    "ema_init": "notes",
-    "conv_form": "auto",
-    "compute_dtype": "float32",
-    "lr_schedule": "constant",
-    "warmup_steps": 0,
-    "image_size": 32,
-    "eval_fraction": 0.1,
-}
-# Fields older versions wrote that no longer exist; they are dropped when read.
-REMOVED_FIELDS = frozenset({"debug_nan_step"})
+    # --- randomness: model init, data order and the step RNG all follow from these
+    seed: int = 0
+    """Seed of the model init and of every random draw of the training steps."""
+    data_seed: int = 0
+    """Seed of the data order (and of the shapes dataset's images)."""
+
+    # --- bookkeeping
+    log_every: int = 100
+    """Write metrics.jsonl (and fetch metrics from the device) every N steps."""
+    eval_every: int = 1000
+    """Evaluate on the test split every N steps."""
+    eval_batches: int = 0
+    """Test batches per periodic evaluation; 0 = the whole split."""
+    checkpoint_every: int = 500
+    """Save a checkpoint every N steps (and at the end, and on SIGINT/SIGTERM)."""
+    keep_checkpoints: int = 3
+    """How many recent checkpoints to keep."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with ``changes`` applied (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    def validate(self: C) -> C:
+        """Raise ValueError with a fix for values that cannot work; return self.
+
+        >>> TrainConfig(batch_size=0).validate()
+        Traceback (most recent call last):
+        ...
+        ValueError: batch_size must be >= 1, got 0.
+        """
+        for f in dataclasses.fields(self):
+            _check_type(type(self), f.name, getattr(self, f.name))
+        for name in self.POSITIVE:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.num_training_updates < 0 or self.warmup_steps < 0:
+            raise ValueError(
+                "num_training_updates and warmup_steps must be >= 0, got "
+                f"{self.num_training_updates} and {self.warmup_steps}."
+            )
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(
+                f"learning_rate must be a finite number > 0, got {self.learning_rate}."
+            )
+        if (fits := warmup_that_fits(self)) != self.warmup_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be fewer than num_training_updates "
+                f"({self.num_training_updates}) under the cosine schedule, or the rate never "
+                f"leaves the warm-up; e.g. --warmup-steps {fits}, or --lr-schedule constant."
+            )
+        return self
+
+    def compile_key(self: C) -> C:
+        """This config with every field that cannot change a compiled program reset.
+
+        Compiled init/train/eval programs are cached under this key, so runs that
+        differ only in length, logging or data location share them. Under a cosine
+        schedule the run length shapes the learning rate, so it stays in the key.
+
+        >>> TrainConfig(num_training_updates=5).compile_key() == TrainConfig().compile_key()
+        True
+        >>> TrainConfig(seed=1).compile_key() == TrainConfig().compile_key()  # key: an argument
+        True
+        """
+        kept = {"num_training_updates"} if self.lr_schedule != "constant" else set()
+        reset = self.RUN_ONLY - kept
+        return dataclasses.replace(
+            self, **{f.name: f.default for f in dataclasses.fields(self) if f.name in reset}
+        )
+
+    def to_json(self) -> str:
+        """The config as JSON text (what ``config.json`` holds)."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[C], text: str) -> C:
+        """Inverse of :meth:`to_json`. Unknown keys and values of the wrong type are an error.
+
+        A config written by an older version may lack newer fields: they take the value
+        that reproduces what that version did (``LEGACY_VALUES``), not today's default.
+        Fields that no longer exist (``REMOVED_FIELDS``) are dropped. Each value must
+        have its field's type (a float field takes an int too); values are not validated.
+
+        >>> c = TrainConfig(decay=0.99)
+        >>> TrainConfig.from_json(c.to_json()) == c
+        True
+        >>> TrainConfig.from_json('{"batch_size": 8}').ema_init
+        'notes'
+        >>> TrainConfig.from_json('{"batch_size": "16"}')
+        Traceback (most recent call last):
+        ...
+        ValueError: batch_size must be an int, got '16'.
+
+        Raises:
+          ValueError: the text is not a JSON object of known fields of the right types
+            (``json.JSONDecodeError`` is one).
+        """
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"a config is a JSON object of fields, got {type(data).__name__}.")
+        data = {k: v for k, v in data.items() if k not in cls.REMOVED_FIELDS}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown config fields {unknown}: this config.json was written by a newer "
+                f"version of jaxbasics, or edited by hand. Known fields: {sorted(names)}"
+            )
+        for name, value in data.items():
+            _check_type(cls, name, value)
+        legacy = {k: v for k, v in cls.LEGACY_VALUES.items() if k not in data}
+        return cls(**{**legacy, **data})
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Every knob of a VQ-VAE training run."""
+
+    RESUMABLE: ClassVar[frozenset[str]] = RunConfig.RESUMABLE | {"data_dir", "conv_form"}
+    RUN_ONLY: ClassVar[frozenset[str]] = RunConfig.RUN_ONLY | {
+        "data_dir",
+        "dataset",
+        "num_train_examples",
+        "num_eval_examples",
+        "image_size",
+        "eval_fraction",
+    }
+    LEGACY_VALUES: ClassVar[dict[str, Any]] = {
+        **RunConfig.LEGACY_VALUES,
+        "estimator": "ste",
+        "ema_init": "notes",
+        "conv_form": "auto",
+        "compute_dtype": "float32",
+        "image_size": 32,
+        "eval_fraction": 0.1,
+    }
+    REMOVED_FIELDS: ClassVar[frozenset[str]] = frozenset({"debug_nan_step"})
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        *RunConfig.POSITIVE,
+        "num_hiddens",
+        "num_residual_hiddens",
+        "embedding_dim",
+        "num_embeddings",
+        "image_size",
+    )
 
     # --- data
     dataset: Literal["shapes", "cifar10", "folder"] = "cifar10"
@@ -124,19 +276,6 @@ class TrainConfig:
     """dtype of the encoder's and decoder's activations and matmuls. Parameters, Adam state,
     the quantiser and the loss stay float32."""
 
-    # --- optimisation
-    batch_size: int = 32
-    """Global batch size, over all devices and processes."""
-    num_training_updates: int = 25_000
-    """Number of training steps (may be raised when resuming a constant-rate run)."""
-    learning_rate: float = 3e-4
-    """Adam's learning rate (the peak rate under a schedule)."""
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    """constant, or cosine: linear warm-up over --warmup-steps, then cosine decay to 0 at
-    --num-training-updates (optax.warmup_cosine_decay_schedule)."""
-    warmup_steps: int = 0
-    """Warm-up steps of the cosine schedule."""
-
     # --- codebook health (jaxbasics.vqvae.codebook)
     dead_code_threshold: float = 0.25
     """Restart codes whose usage EMA (1 = a fair share N/K of each batch) falls below this,
@@ -145,69 +284,37 @@ class TrainConfig:
     """Initialise the codebook by k-means on the encoder outputs of the first N batches of a
     fresh run; 0 keeps the random init."""
 
-    # --- randomness: model init, data order and the step RNG all follow from these
-    seed: int = 0
-    """Seed of the model init and of every random draw of the training steps."""
-    data_seed: int = 0
-    """Seed of the data order (and of the shapes dataset's images)."""
-
-    # --- bookkeeping
-    log_every: int = 100
-    """Write metrics.jsonl (and fetch metrics from the device) every N steps."""
-    eval_every: int = 1000
-    """Evaluate on the test split every N steps."""
-    eval_batches: int = 0
-    """Test batches per periodic evaluation; 0 = the whole split."""
-    checkpoint_every: int = 500
-    """Save a checkpoint every N steps (and at the end, and on SIGINT/SIGTERM)."""
-    keep_checkpoints: int = 3
-    """How many recent checkpoints to keep."""
-    progress: bool = True
-    """Show a progress bar."""
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with ``changes`` applied (``dataclasses.replace``)."""
-        return dataclasses.replace(self, **changes)
-
     def validate(self) -> TrainConfig:
-        """Raise ValueError with a fix for values that cannot work; return self.
+        """:meth:`RunConfig.validate`, then the VQ-VAE's own fields.
 
-        >>> TrainConfig(batch_size=0).validate()
+        >>> TrainConfig(num_hiddens=3).validate()
         Traceback (most recent call last):
         ...
-        ValueError: batch_size must be >= 1, got 0.
+        ValueError: num_hiddens must be even (the encoder halves it), got 3.
         """
-        for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name))
-        positive = (
-            "batch_size",
-            "num_hiddens",
-            "num_residual_hiddens",
-            "embedding_dim",
-            "num_embeddings",
-            "log_every",
-            "eval_every",
-            "checkpoint_every",
-            "keep_checkpoints",
-            "image_size",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.num_training_updates < 0 or self.num_residual_layers < 0:
-            raise ValueError("num_training_updates and num_residual_layers must be >= 0.")
+        super().validate()
+        if self.num_residual_layers < 0:
+            raise ValueError(f"num_residual_layers must be >= 0, got {self.num_residual_layers}.")
         if self.num_hiddens % 2:
             raise ValueError(
                 f"num_hiddens must be even (the encoder halves it), got {self.num_hiddens}."
             )
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"decay must be in [0, 1) (0 = plain VQ), got {self.decay}.")
-        if self.dead_code_threshold < 0 or self.kmeans_init_steps < 0 or self.warmup_steps < 0:
+        if self.dead_code_threshold < 0 or self.kmeans_init_steps < 0:
             raise ValueError(
-                "dead_code_threshold, kmeans_init_steps and warmup_steps must be >= 0 (0 = off), "
-                f"got {self.dead_code_threshold}, {self.kmeans_init_steps}, {self.warmup_steps}."
+                "dead_code_threshold and kmeans_init_steps must be >= 0 (0 = off), "
+                f"got {self.dead_code_threshold}, {self.kmeans_init_steps}."
             )
-        _check_rates_and_counts(self)
+        if not (math.isfinite(self.commitment_cost) and self.commitment_cost >= 0):
+            raise ValueError(
+                f"commitment_cost must be a finite number >= 0, got {self.commitment_cost}."
+            )
+        for name in ("num_train_examples", "num_eval_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(
+                    f"{name} must be >= 1 (or left out: every example), got {getattr(self, name)}."
+                )
         if self.image_size % 4:
             raise ValueError(
                 f"image_size must be a multiple of 4 (two stride-2 convolutions), got "
@@ -222,78 +329,18 @@ class TrainConfig:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}.")
         return self
 
-    def compile_key(self) -> TrainConfig:
-        """This config with every field that cannot change a compiled program reset.
 
-        Compiled init/train/eval programs are cached under this key, so runs that
-        differ only in length, logging or data location share them. Under a cosine
-        schedule the run length shapes the learning rate, so it stays in the key.
-
-        >>> TrainConfig(num_training_updates=5).compile_key() == TrainConfig().compile_key()
-        True
-        >>> TrainConfig(seed=1).compile_key() == TrainConfig().compile_key()  # key: an argument
-        True
-        """
-        reset = _RUN_ONLY - ({"num_training_updates"} if self.lr_schedule != "constant" else set())
-        return dataclasses.replace(
-            self, **{f.name: f.default for f in dataclasses.fields(self) if f.name in reset}
-        )
-
-    def to_json(self) -> str:
-        """The config as JSON text (what ``config.json`` holds)."""
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainConfig:
-        """Inverse of :meth:`to_json`. Unknown keys and values of the wrong type are an error.
-
-        A config written by an older version may lack newer fields: they take the value
-        that reproduces what that version did (:data:`LEGACY_VALUES`), not today's default.
-        Fields that no longer exist (:data:`REMOVED_FIELDS`) are dropped. Each value must
-        have its field's type (a float field takes an int too); values are not validated.
-
-        >>> c = TrainConfig(decay=0.99)
-        >>> TrainConfig.from_json(c.to_json()) == c
-        True
-        >>> TrainConfig.from_json('{"batch_size": 8}').ema_init
-        'notes'
-        >>> TrainConfig.from_json('{"batch_size": "16"}')
-        Traceback (most recent call last):
-        ...
-        ValueError: batch_size must be an int, got '16'.
-
-        Raises:
-          ValueError: the text is not a JSON object of known fields of the right types
-            (``json.JSONDecodeError`` is one).
-        """
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"a config is a JSON object of fields, got {type(data).__name__}.")
-        data = {k: v for k, v in data.items() if k not in REMOVED_FIELDS}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(
-                f"unknown config fields {unknown}: this config.json was written by a newer "
-                f"version of jaxbasics, or edited by hand. Known fields: {sorted(names)}"
-            )
-        for name, value in data.items():
-            _check_type(name, value)
-        legacy = {k: v for k, v in LEGACY_VALUES.items() if k not in data}
-        return cls(**{**legacy, **data})
-
-
-def _check_type(name: str, value: Any) -> None:
+def _check_type(cls: type, name: str, value: Any) -> None:
     """Raise ValueError unless ``value`` has field ``name``'s type (a float field takes ints).
 
-    >>> _check_type("progress", 1)
+    >>> _check_type(TrainConfig, "progress", 1)
     Traceback (most recent call last):
     ...
     ValueError: progress must be true or false, got 1.
-    >>> _check_type("num_train_examples", None), _check_type("learning_rate", 1)
-    (None, None)
+    >>> _check_type(TrainConfig, "num_train_examples", None)
+    >>> _check_type(TrainConfig, "learning_rate", 1)
     """
-    hint = typing.get_type_hints(TrainConfig)[name]
+    hint = typing.get_type_hints(cls)[name]
     if not _fits(value, hint):
         raise ValueError(f"{name} must be {_describe(hint)}, got {value!r}.")
 
@@ -317,32 +364,7 @@ def _describe(hint: Any) -> str:
     return names.get(hint, "null")
 
 
-def _check_rates_and_counts(c: TrainConfig) -> None:
-    """The learning rate, commitment cost, example counts and warm-up: values that can work.
-
-    >>> _check_rates_and_counts(TrainConfig(learning_rate=float("nan")))
-    Traceback (most recent call last):
-    ...
-    ValueError: learning_rate must be a finite number > 0, got nan.
-    """
-    if not (math.isfinite(c.learning_rate) and c.learning_rate > 0):
-        raise ValueError(f"learning_rate must be a finite number > 0, got {c.learning_rate}.")
-    if not (math.isfinite(c.commitment_cost) and c.commitment_cost >= 0):
-        raise ValueError(f"commitment_cost must be a finite number >= 0, got {c.commitment_cost}.")
-    for name in ("num_train_examples", "num_eval_examples"):
-        if getattr(c, name) is not None and getattr(c, name) < 1:
-            raise ValueError(
-                f"{name} must be >= 1 (or left out: every example), got {getattr(c, name)}."
-            )
-    if (fits := warmup_that_fits(c)) != c.warmup_steps:
-        raise ValueError(
-            f"warmup_steps ({c.warmup_steps}) must be fewer than num_training_updates "
-            f"({c.num_training_updates}) under the cosine schedule, or the rate never leaves "
-            f"the warm-up; e.g. --warmup-steps {fits}, or --lr-schedule constant."
-        )
-
-
-def warmup_that_fits(c: TrainConfig) -> int:
+def warmup_that_fits(c: RunConfig) -> int:
     """``c.warmup_steps``, or a tenth of the run if the cosine warm-up would never end in it.
 
     >>> cosine = TrainConfig(lr_schedule="cosine", warmup_steps=100)
@@ -361,7 +383,7 @@ class ConfigFileError(ValueError):
     """A run's saved config cannot be read (damaged JSON, a wrong type, an invalid value)."""
 
 
-def check_resumable(config: TrainConfig, old: TrainConfig | None, workdir: Path) -> None:
+def check_resumable(config: RunConfig, old: RunConfig | None, workdir: Path) -> None:
     """Refuse to resume the run in ``workdir``, saved with ``old``, with an incompatible
     ``config``; None (no saved run) passes.
 
@@ -389,10 +411,11 @@ def check_resumable(config: TrainConfig, old: TrainConfig | None, workdir: Path)
         )
 
 
-def incompatible_fields(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
+def incompatible_fields(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
     """Fields that differ between ``old`` and ``new`` and forbid resuming.
 
     Under a cosine schedule the run length is part of the schedule, so it may not change.
+    Configs of two kinds of run (a VQ-VAE's and a prior's) differ in their kind.
 
     >>> incompatible_fields(TrainConfig(), TrainConfig(num_training_updates=5, batch_size=8))
     {'batch_size': (32, 8)}
@@ -400,19 +423,21 @@ def incompatible_fields(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[A
     >>> incompatible_fields(cosine, cosine.replace(num_training_updates=5))
     {'num_training_updates': (25000, 5)}
     """
-    resumable = RESUMABLE_FIELDS
+    if type(old) is not type(new):
+        return {"kind of run": (type(old).__name__, type(new).__name__)}
+    resumable = old.RESUMABLE
     if old.lr_schedule != "constant":
         resumable = resumable - {"num_training_updates"}
     out = {}
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(old):
         a, b = getattr(old, f.name), getattr(new, f.name)
         if a != b and f.name not in resumable:
             out[f.name] = (a, b)
     return out
 
 
-def load_config(workdir: str | Path) -> TrainConfig | None:
-    """The config saved in ``workdir/config.json``, or None if there is none.
+def load_config(workdir: str | Path, cls: type[C] = TrainConfig) -> C | None:
+    """The ``cls`` config saved in ``workdir/config.json``, or None if there is none.
 
     Raises:
       ConfigFileError: the file is damaged (not JSON, unknown fields, wrong types or
@@ -422,7 +447,7 @@ def load_config(workdir: str | Path) -> TrainConfig | None:
     if not path.exists():
         return None
     try:
-        return TrainConfig.from_json(path.read_text()).validate()
+        return cls.from_json(path.read_text()).validate()
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
         raise ConfigFileError(
             f"{path} is damaged: {str(e).rstrip('.')}. Fix it, or delete it: training then "

@@ -123,10 +123,14 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def open_writers(workdir: Path, is_main: bool, step: int) -> dict[str, Any]:
-    """The run's metric writers, their records past ``step`` set aside (work to be redone)."""
+def open_writers(
+    workdir: Path, is_main: bool, step: int, logs: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The run's metric writers by name (``metrics``, ``eval`` and ``logs``, which keep no
+    TensorBoard scalars), their records past ``step`` set aside (work to be redone)."""
     writers = {name: MetricWriter(workdir, name, enabled=is_main) for name in ("metrics", "eval")}
-    writers["usage"] = MetricWriter(workdir, "codebook_usage", tensorboard=False, enabled=is_main)
+    for name in logs:
+        writers[name] = MetricWriter(workdir, name, tensorboard=False, enabled=is_main)
     for name, w in writers.items():
         if n := w.rewind_to(step):
             log.info("set aside %d %s records past step %d in %s", n, name, step, w.path.name)

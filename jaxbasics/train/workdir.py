@@ -27,7 +27,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from jaxbasics.train.config import ConfigFileError, TrainConfig, load_config
+from jaxbasics.train.config import ConfigFileError, RunConfig, TrainConfig, load_config
 
 LOCK = "run.lock"
 
@@ -155,11 +155,11 @@ class SavedConfig(NamedTuple):
         else None.
     """
 
-    config: TrainConfig | None
+    config: RunConfig | None
     step: int | None
 
 
-def saved_config(workdir: str | Path) -> SavedConfig:
+def saved_config(workdir: str | Path, cls: type[RunConfig] = TrainConfig) -> SavedConfig:
     """The config of the run in ``workdir``: ``config.json``, else its newest checkpoint's.
 
     Reads only. An unreadable checkpoint is skipped (training moves it aside later).
@@ -173,7 +173,7 @@ def saved_config(workdir: str | Path) -> SavedConfig:
         holds a config.
     """
     workdir = Path(workdir)
-    config = load_config(workdir)
+    config = load_config(workdir, cls)
     if config is not None or not (workdir / "checkpoints").is_dir():
         return SavedConfig(config, None)
     from jaxbasics.train.checkpoint import Checkpointer, UnreadableCheckpointError
@@ -188,7 +188,7 @@ def saved_config(workdir: str | Path) -> SavedConfig:
                 continue
             if isinstance(meta, dict) and "config" in meta:
                 try:
-                    return SavedConfig(TrainConfig.from_json(json.dumps(meta["config"])), step)
+                    return SavedConfig(cls.from_json(json.dumps(meta["config"])), step)
                 except ValueError as e:
                     raise ConfigFileError(
                         f"{workdir}/config.json is missing and the config saved with checkpoint "
