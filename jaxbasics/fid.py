@@ -54,14 +54,15 @@ def frechet_distance(
 ) -> float:
     """The Fréchet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2): FID's formula.
 
-    ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``. The last trace is
-    computed as the sum of the singular values of ``sigma1^(1/2) sigma2^(1/2)`` (the square
-    roots of the eigenvalues of ``sigma1 sigma2``), each root from ``eigh`` in float64. This
-    stays real and accurate when the covariances are singular (fewer images than 2048
-    features): a zero eigenvalue comes out as round-off of order 1e-16, where the square root
-    of an eigenvalue (``scipy.linalg.sqrtm`` of the non-symmetric product, pytorch-fid's way)
-    turns it into 1e-8, summed over up to 2048 of them. A set against itself gives 0 to about
-    1e-12 of ``tr(sigma)``.
+    ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``. The last trace is the sum
+    of the singular values of ``B1^T B2``, where ``Bi Bi^T = sigma_i`` come from ``eigh`` in
+    float64 with the eigenvalues at round-off level (``d * eps * largest``) dropped: the square
+    roots of the eigenvalues of ``sigma1 sigma2``, without forming that non-symmetric product.
+    This stays real and accurate when the covariances are singular (fewer images than 2048
+    features), where ``scipy.linalg.sqrtm`` of the product (pytorch-fid's way) turns each zero
+    eigenvalue's round-off into about 1e-8 and can return complex values; and the SVD is only
+    as large as the ranks (N - 1 for N images). A set against itself gives 0 to about 1e-12 of
+    ``tr(sigma)``.
 
     Args:
       mu1, mu2: means, shape ``(d,)``.
@@ -86,7 +87,7 @@ def frechet_distance(
             f"frechet_distance needs means (d,) and covariances (d, d) of one d; got mu1 "
             f"{mu1.shape}, sigma1 {sigma1.shape}, mu2 {mu2.shape}, sigma2 {sigma2.shape}."
         )
-    trace_root = np.linalg.svd(_sqrt_psd(sigma1) @ _sqrt_psd(sigma2), compute_uv=False).sum()
+    trace_root = np.linalg.svd(_factor(sigma1).T @ _factor(sigma2), compute_uv=False).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_root)
 
@@ -179,10 +180,11 @@ def fid(
     return FIDResult(frechet_distance(*stats[0], *stats[1]), len(images_a), len(images_b))
 
 
-def _sqrt_psd(sigma: np.ndarray) -> np.ndarray:
-    """The symmetric square root of a covariance; eigenvalues below zero by round-off count as 0."""
+def _factor(sigma: np.ndarray) -> np.ndarray:
+    """``B`` (d, r) with ``B B^T = sigma`` by ``eigh``, eigenvalues at round-off level dropped."""
     w, v = np.linalg.eigh(sigma)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    keep = w > len(w) * np.finfo(np.float64).eps * max(w[-1], 0.0)
+    return v[:, keep] * np.sqrt(w[keep])
 
 
 def _checked(images: npt.ArrayLike) -> np.ndarray:
