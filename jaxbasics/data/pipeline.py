@@ -3,7 +3,8 @@
 Both pipelines pick a whole batch of indices first and then read and transform it at once: sources
 render or gather a whole batch with a few vectorised NumPy ops, and the transform (by default the
 notes' ``x / 255 - 0.5``) runs once per batch, not once per image. Batches are
-``{"image": float32 (B, H, W, 3), "label": int32 (B,)}`` (plus ``"mask"`` for evaluation).
+``{"image": float32 (B, H, W, 3), "label": int32 (B,)}`` (plus ``"mask"`` for evaluation);
+a source with other fields (a prior's ``{"codes", "label"}``) gets them batched untransformed.
 
 The training iterator is checkpointable. Its state is a small JSON-able dict, in Grain 0.2.18
 ``{"next_index": k}`` where ``k`` is the number of batches already produced, i.e. the step:
@@ -95,8 +96,7 @@ class _ReadTrainBatch:
         order = _epoch_permutation(self.seed, epoch, len(self.source))
         first = step_in_epoch * self.batch_size
         indices = order[first + self.start : first + self.stop]  # (b,) of the global batch
-        batch = read_batch(self.source, indices)
-        return {"image": self.transform(batch["image"]), "label": batch["label"]}
+        return _transformed(read_batch(self.source, indices), self.transform)
 
 
 @dataclass(frozen=True)
@@ -112,13 +112,20 @@ class _ReadPaddedBatch:
     def __call__(self, batch_number: int) -> dict[str, np.ndarray]:
         indices = batch_number * self.batch_size + np.arange(self.start, self.stop)
         mask = indices < len(self.source)
-        # A slice that is all padding still reads example 0, for the image shape and dtype.
+        # A slice that is all padding still reads example 0, for the fields' shapes and dtypes.
         real = read_batch(self.source, indices[mask] if mask.any() else [0])
-        image = np.zeros((len(indices), *real["image"].shape[1:]), real["image"].dtype)
-        label = np.zeros(len(indices), np.int32)
-        if mask.any():
-            image[mask], label[mask] = real["image"], real["label"]
-        return {"image": self.transform(image), "label": label, "mask": mask}
+        padded = {}
+        for name, values in real.items():
+            padded[name] = np.zeros((len(indices), *values.shape[1:]), values.dtype)
+            if mask.any():
+                padded[name][mask] = values
+        return {**_transformed(padded, self.transform), "mask": mask}
+
+
+def _transformed(batch: dict[str, np.ndarray], transform: Transform) -> dict[str, np.ndarray]:
+    """The batch with ``transform`` applied to its images; other fields (labels, a prior's
+    code maps) pass through as they are."""
+    return {k: transform(v) if k == "image" else v for k, v in batch.items()}
 
 
 def train_dataset(

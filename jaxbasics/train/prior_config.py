@@ -1,0 +1,138 @@
+"""``PriorConfig``: every knob of a prior run (stage two), and its presets.
+
+A prior is trained on the code maps of a trained VQ-VAE (``model``): the codes of that
+model's own train and test images, or a user's ``codes.npz`` from ``experiments/encode.py``
+(``codes``). Every field is a flag of ``experiments/train_prior.py``; what every run has
+(optimisation, randomness, bookkeeping) comes from
+:class:`~jaxbasics.train.config.RunConfig`.
+
+* ``quickstart``: a small transformer on ``runs/quickstart``'s codes (the VQ-VAE quickstart's
+  run), about 90 s on 2 CPU cores; what ``train_prior.py`` runs with no flags.
+* ``cifar10``: the priors' setting for the ``cifar10`` VQ-VAE preset (``runs/cifar10``).
+
+>>> prior_preset("quickstart").model
+'runs/quickstart'
+>>> prior_preset("cifar10", prior="pixelcnn").prior
+'pixelcnn'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Literal
+
+from jaxbasics.train.config import RunConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorConfig(RunConfig):
+    """Every knob of a prior's training run."""
+
+    # The codes' sources may move: the cached codes' codebook fingerprint is what must match.
+    RESUMABLE: ClassVar[frozenset[str]] = RunConfig.RESUMABLE | {"model", "codes"}
+    RUN_ONLY: ClassVar[frozenset[str]] = RunConfig.RUN_ONLY | {"model", "codes"}
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        *RunConfig.POSITIVE,
+        "dim",
+        "depth",
+        "heads",
+        "channels",
+        "num_layers",
+        "kernel_size",
+    )
+
+    # --- what is modelled
+    model: str = "runs/cifar10"
+    """The VQ-VAE whose codes the prior models: a training workdir or a file from export.py.
+    Its train and test images are encoded once and cached in the prior's workdir."""
+    codes: str | None = None
+    """Instead, model these code maps: a codes.npz written by encode.py with --model's VQ-VAE
+    (all maps of one size; no class labels). Its last tenth is the held-out split."""
+    prior: Literal["transformer", "pixelcnn"] = "transformer"
+    """transformer (causal, over raster-ordered codes, a key/value cache when sampling) or
+    pixelcnn (the VQ-VAE paper's gated PixelCNN)."""
+    conditional: bool = True
+    """Condition on the images' class labels when the data has them (shapes, cifar10, an
+    ImageFolder); each is replaced by 'no class' with probability --label-dropout, so one
+    model samples with and without a class, and with classifier-free guidance."""
+    label_dropout: float = 0.1
+    """Probability of training a step's label as 'no class' (conditional priors only)."""
+
+    # --- transformer sizes
+    dim: int = 256
+    """transformer: width of the token embeddings and of every block."""
+    depth: int = 6
+    """transformer: number of blocks."""
+    heads: int = 8
+    """transformer: attention heads per block (dim must be a multiple)."""
+
+    # --- PixelCNN sizes
+    channels: int = 128
+    """pixelcnn: channels of the vertical and horizontal stacks."""
+    num_layers: int = 12
+    """pixelcnn: gated layers (their receptive field must cover the code map)."""
+    kernel_size: int = 3
+    """pixelcnn: odd kernel size of the masked convolutions."""
+
+    def validate(self) -> PriorConfig:
+        """:meth:`RunConfig.validate`, then the prior's own fields.
+
+        >>> PriorConfig(dim=100, heads=8).validate()
+        Traceback (most recent call last):
+        ...
+        ValueError: dim (100) must be a multiple of heads (8), e.g. --dim 104.
+        """
+        super().validate()
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}.")
+        if self.dim % self.heads:
+            fits = -(-self.dim // self.heads) * self.heads
+            raise ValueError(
+                f"dim ({self.dim}) must be a multiple of heads ({self.heads}), e.g. --dim {fits}."
+            )
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}.")
+        return self
+
+
+PRIOR_PRESETS: dict[str, dict[str, Any]] = {
+    # On the VQ-VAE quickstart's codes (8x8 maps of 1,024 codes, 10,000 + 1,000 shapes images).
+    "quickstart": dict(
+        model="runs/quickstart",
+        dim=128,
+        depth=2,
+        heads=4,
+        channels=64,
+        num_layers=6,
+        batch_size=64,
+        num_training_updates=1_500,
+        learning_rate=2e-3,
+        lr_schedule="cosine",
+        warmup_steps=100,
+        log_every=50,
+        eval_every=500,
+        checkpoint_every=500,
+    ),
+    # On the cifar10 VQ-VAE's codes (8x8 maps of 512 codes, 50,000 + 10,000 images).
+    "cifar10": dict(
+        model="runs/cifar10",
+        batch_size=64,
+        num_training_updates=20_000,
+        learning_rate=5e-4,
+        lr_schedule="cosine",
+        warmup_steps=500,
+    ),
+}
+
+
+def prior_preset(name: str, **overrides: Any) -> PriorConfig:
+    """A named prior preset with ``overrides`` applied.
+
+    >>> prior_preset("nope")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown prior preset 'nope'; choose one of ['cifar10', 'quickstart'].
+    """
+    if name not in PRIOR_PRESETS:
+        raise ValueError(f"unknown prior preset {name!r}; choose one of {sorted(PRIOR_PRESETS)}.")
+    return PriorConfig(**{**PRIOR_PRESETS[name], **overrides})
