@@ -141,15 +141,20 @@ def test_wrong_types_in_config_json_are_named(tmp_path, value, expected):
     ],
 )
 def test_unknown_and_invalid_values_are_named(tmp_path, fields, expected):
-    (tmp_path / "config.json").write_text(json.dumps(fields))
+    (tmp_path / "config.json").write_text(_config_json(**fields))
     with pytest.raises(ConfigFileError, match="is damaged") as e:
         load_config(tmp_path)
     assert expected in str(e.value)
 
 
+def _config_json(**changes) -> str:
+    """A whole config.json, with ``changes``."""
+    return json.dumps({**json.loads(TrainConfig().to_json()), **changes})
+
+
 def test_types_that_fit(tmp_path):
     (tmp_path / "config.json").write_text(
-        json.dumps({"learning_rate": 1, "num_train_examples": None, "data_dir": "d"})
+        _config_json(learning_rate=1, num_train_examples=None, data_dir="d")
     )
     config = load_config(tmp_path)
     assert config.learning_rate == 1 and config.num_train_examples is None
@@ -209,3 +214,30 @@ def test_write_atomic_leaves_no_temporary_file_when_the_disk_is_full(tmp_path, m
 
 def test_presets_live_in_their_own_module_only():
     assert not hasattr(config_module, "preset") and not hasattr(config_module, "PRESETS")
+
+
+def test_a_config_json_lacking_a_field_is_refused_unless_older_versions_lacked_it(tmp_path):
+    """A default would silently change the run (another learning rate, CIFAR-10 for shapes);
+    only the fields added since older versions (LEGACY_VALUES) may be missing."""
+    saved = json.loads(TrainConfig(learning_rate=0.002, dataset="shapes").to_json())
+    for removed, expected in [
+        (["learning_rate"], "['learning_rate']"),
+        (list(saved), "['batch_size', 'checkpoint_every', "),
+    ]:
+        (tmp_path / "config.json").write_text(
+            json.dumps({k: v for k, v in saved.items() if k not in removed})
+        )
+        with pytest.raises(ConfigFileError, match="is damaged: the config lacks the fields") as e:
+            load_config(tmp_path)
+        assert expected in str(e.value) and "\n" not in str(e.value)
+    older = {k: v for k, v in saved.items() if k not in TrainConfig.LEGACY_VALUES}
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    assert load_config(tmp_path) == TrainConfig(
+        learning_rate=0.002, dataset="shapes", **TrainConfig.LEGACY_VALUES
+    )
+
+
+def test_a_config_json_that_is_a_folder_is_named_in_one_line(tmp_path):
+    (tmp_path / "config.json").mkdir()
+    with pytest.raises(ConfigFileError, match="config.json is a folder, not the run's config"):
+        load_config(tmp_path)

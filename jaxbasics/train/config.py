@@ -158,26 +158,37 @@ class RunConfig:
 
     @classmethod
     def from_json(cls: type[C], text: str) -> C:
-        """Inverse of :meth:`to_json`. Unknown keys and values of the wrong type are an error.
+        """Inverse of :meth:`to_json`. Unknown, missing or mistyped fields are an error.
 
-        A config written by an older version may lack newer fields: they take the value
-        that reproduces what that version did (``LEGACY_VALUES``), not today's default.
-        Fields that no longer exist (``REMOVED_FIELDS``) are dropped. Each value must
-        have its field's type (a float field takes an int too); values are not validated.
+        A config written by an older version lacks the fields added since: they take the
+        value that reproduces what that version did (``LEGACY_VALUES``), not today's default.
+        Any other missing field is an error (a hand-edited or damaged file: a default would
+        silently change the run). Fields that no longer exist (``REMOVED_FIELDS``) are
+        dropped. Each value must have its field's type (a float field takes an int too);
+        values are not validated.
 
         >>> c = TrainConfig(decay=0.99)
         >>> TrainConfig.from_json(c.to_json()) == c
         True
-        >>> TrainConfig.from_json('{"batch_size": 8}').ema_init
+        >>> older = json.loads(c.to_json())  # as an early version wrote it:
+        >>> for new in TrainConfig.LEGACY_VALUES:
+        ...     del older[new]
+        >>> older["debug_nan_step"] = None
+        >>> TrainConfig.from_json(json.dumps(older)).ema_init
         'notes'
         >>> TrainConfig.from_json('{"batch_size": "16"}')
         Traceback (most recent call last):
         ...
         ValueError: batch_size must be an int, got '16'.
+        >>> del older["learning_rate"], older["seed"]
+        >>> TrainConfig.from_json(json.dumps(older))
+        Traceback (most recent call last):
+        ...
+        ValueError: the config lacks the fields ['learning_rate', 'seed']; ...
 
         Raises:
-          ValueError: the text is not a JSON object of known fields of the right types
-            (``json.JSONDecodeError`` is one).
+          ValueError: the text is not a JSON object of known fields of the right types, or
+            lacks a field older versions wrote too (``json.JSONDecodeError`` is one).
         """
         data = json.loads(text)
         if not isinstance(data, dict):
@@ -192,6 +203,12 @@ class RunConfig:
             )
         for name, value in data.items():
             _check_type(cls, name, value)
+        missing = sorted(names - set(data) - set(cls.LEGACY_VALUES))
+        if missing:
+            raise ValueError(
+                f"the config lacks the fields {missing}; only fields that older versions did "
+                "not write may be missing"
+            )
         legacy = {k: v for k, v in cls.LEGACY_VALUES.items() if k not in data}
         return cls(**{**legacy, **data})
 
@@ -440,12 +457,17 @@ def load_config(workdir: str | Path, cls: type[C] = TrainConfig) -> C | None:
     """The ``cls`` config saved in ``workdir/config.json``, or None if there is none.
 
     Raises:
-      ConfigFileError: the file is damaged (not JSON, unknown fields, wrong types or
-        invalid values); the one-line message names it and the way out.
+      ConfigFileError: the file is damaged (not JSON, unknown or missing fields, wrong types
+        or invalid values) or is a folder; the one-line message names it and the way out.
     """
     path = Path(workdir) / "config.json"
     if not path.exists():
         return None
+    if path.is_dir():
+        raise ConfigFileError(
+            f"{path} is a folder, not the run's config file; move it away: training then takes "
+            "the run's config from its newest checkpoint."
+        )
     try:
         return cls.from_json(path.read_text()).validate()
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
