@@ -70,6 +70,23 @@ def training_curves(recon_errors: Sequence[float], perplexities: Sequence[float]
     return fig
 
 
+def training_curve(values: Sequence[float], title: str) -> Figure:
+    """One smoothed per-step curve (a prior's training bits per code).
+
+    >>> training_curve([3.0, 2.0, 1.5], "bits per code").axes[0].get_title()
+    'bits per code'
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = np.arange(1, len(values) + 1)
+    ax.plot(steps, values, alpha=0.25, color="C0")
+    ax.plot(steps, smooth(values), color="C0")
+    ax.set_title(title)
+    ax.set_xlabel("iteration")
+    fig.tight_layout()
+    return fig
+
+
 def image_grid(rows: Sequence[np.ndarray], titles: Sequence[str] = ()) -> Figure:
     """One row of images per entry of ``rows`` (each (N, H, W, 3) in [-0.5, 0.5]).
 

@@ -144,6 +144,8 @@ def _setup(task: Any, workdir: Path) -> _Run:
     if is_main:
         write_atomic(workdir / "config.json", config.to_json())
         write_atomic(workdir / "data_stats.json", json.dumps(data.stats))
+        if data.write is not None:
+            data.write(workdir)
     state, step, batches, history = _start(task, restored, dataset, shardings)
     if restored is not None:
         log.info("Resuming from checkpoint at step %d in %s", step, workdir)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxbasics.train.config import TrainConfig, warmup_that_fits
+from jaxbasics.train.config import C, TrainConfig, warmup_that_fits
 
 # What the notes' notebook does and our defaults change (docs/codebook.md measures each).
 FAITHFUL: dict[str, Any] = dict(
@@ -93,9 +93,9 @@ def whole_splits_on_other_data(config: TrainConfig, name: str, given: set[str]) 
     return config.replace(**{k: None for k in counts if k not in given and k in PRESETS[name]})
 
 
-def warmup_within_run(config: TrainConfig, given: set[str]) -> TrainConfig:
+def warmup_within_run(config: C, given: set[str]) -> C:
     """Shorten a preset's cosine warm-up to a tenth of a run too short for it
-    (:func:`~jaxbasics.train.config.warmup_that_fits`).
+    (:func:`~jaxbasics.train.config.warmup_that_fits`); any run's config, a prior's too.
 
     ``--preset quickstart --num-training-updates 50`` would otherwise be refused (its 100
     warm-up steps never end). A warm-up set explicitly (in ``given``) is left for validation

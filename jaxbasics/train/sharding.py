@@ -83,7 +83,7 @@ def host_local(x: jax.Array, sharding: Any = None) -> np.ndarray:
 
 
 def abstract_state(config: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
-    """The train state's shapes, dtypes and shardings: the target of a checkpoint restore.
+    """The VQ-VAE train state's shapes, dtypes and shardings: the target of a restore.
 
     Args:
       config: the run's :class:`~jaxbasics.train.config.TrainConfig`.
@@ -91,9 +91,18 @@ def abstract_state(config: Any, sharding: jax.sharding.Sharding | None = None) -
     """
     from jaxbasics.train.state import structure
 
+    return placed(structure(config).abstract, sharding)
+
+
+def placed(abstract: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
+    """``abstract`` (a tree of shapes and dtypes) with every leaf placed on ``sharding``
+    (default: replicated over all devices).
+
+    >>> placed({"w": jax.ShapeDtypeStruct((2,), "float32")})["w"].sharding.is_fully_replicated
+    True
+    """
     if sharding is None:
         sharding = make_shardings(jax.device_count()).replicated
     return jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-        structure(config).abstract,
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
     )

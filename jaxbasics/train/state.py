@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxbasics.train.config import TrainConfig
+from jaxbasics.train.config import RunConfig, TrainConfig
 from jaxbasics.vqvae import codebook
 from jaxbasics.vqvae.ema import EMAVariable
 from jaxbasics.vqvae.model import VQVAE
@@ -95,7 +95,7 @@ def model_kwargs(config: TrainConfig) -> dict[str, Any]:
     )
 
 
-def learning_rate(config: TrainConfig) -> float | optax.Schedule:
+def learning_rate(config: RunConfig) -> float | optax.Schedule:
     """The learning rate: a constant, or warm-up plus cosine decay to 0 over the run.
 
     >>> sched = learning_rate(TrainConfig(lr_schedule="cosine", warmup_steps=10,
@@ -114,7 +114,7 @@ def learning_rate(config: TrainConfig) -> float | optax.Schedule:
     )
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
     """Adam, as in the notes (``torch.optim.Adam(model.parameters(), lr=learning_rate)``).
 
     PyTorch's defaults (betas 0.9/0.999, eps 1e-8, no amsgrad) are optax's. A schedule

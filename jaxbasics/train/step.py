@@ -132,7 +132,12 @@ def _step_key(state: TrainState) -> jax.Array:
     return jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl="rbg"), state.step)
 
 
-def _all_finite(*trees: Any) -> jax.Array:
+def all_finite(*trees: Any) -> jax.Array:
+    """Whether every array of ``trees`` is finite, as a bool scalar (traceable).
+
+    >>> bool(all_finite({"a": jnp.ones(2)}, [jnp.array([1.0, jnp.nan])]))
+    False
+    """
     leaves = [x for t in trees for x in jax.tree.leaves(t)]
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
@@ -211,7 +216,7 @@ def make_train_step(
             perplexity=out.perplexity,
             code_counts=counts,
             restarted_codes=restarted,
-            finite=jnp.isfinite(loss) & _all_finite(new_state.params, new_state.ema),
+            finite=jnp.isfinite(loss) & all_finite(new_state.params, new_state.ema),
         )
         return new_state.replace(code_usage=usage), metrics
 

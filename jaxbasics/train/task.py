@@ -27,10 +27,13 @@ class TaskData(NamedTuple):
       train: the train split, a random-access source for
         :func:`~jaxbasics.data.pipeline.train_dataset`.
       stats: what ``data_stats.json`` keeps of it (a resume compares it with the data then).
+      write: writes what else the run keeps of its data into the workdir (the prior's
+        code cache), once every check has passed; None if nothing.
     """
 
     train: Any
     stats: dict[str, Any]
+    write: Callable[[Path], None] | None = None
 
 
 class Interval(Protocol):

@@ -1,0 +1,231 @@
+"""A prior's data: the code maps of a trained VQ-VAE's images, encoded once and cached.
+
+Stage two models the codes stage one gives its images. :func:`code_data` finds them:
+
+* a prior workdir's cache ``prior_codes.npz`` (written when the run starts), whose codebook
+  fingerprint must be the VQ-VAE's: a prior is never trained on another codebook's codes;
+* else the VQ-VAE's own train and test images (its run's dataset, sizes and data dir),
+  encoded in batches by one compiled program, with their class labels and names;
+* else, with ``--codes``, a ``codes.npz`` written by ``experiments/encode.py`` with the same
+  VQ-VAE: its maps (all of one size) without labels, the last tenth held out.
+
+A :class:`CodeSource` serves them to the Grain pipeline as ``{"codes", "label"}`` batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jaxbasics.train.prior_config import PriorConfig
+
+CACHE = "prior_codes.npz"
+# Images per encoding batch (one compiled program; the last batch is padded).
+ENCODE_BATCH = 256
+
+
+@dataclass(frozen=True)
+class CodeSource:
+    """In-memory code maps, a random-access source of ``{"codes": (h, w), "label": int}``.
+
+    >>> src = CodeSource(np.arange(8, dtype=np.int32).reshape(2, 2, 2), np.array([0, 1]))
+    >>> src.read_batch([1])["codes"].tolist(), len(src)
+    ([[[4, 5], [6, 7]]], 2)
+    """
+
+    codes: np.ndarray = field(repr=False)  # (N, h, w) int32
+    labels: np.ndarray = field(repr=False)  # (N,) int32; zeros when the codes have none
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"codes": self.codes[index], "label": int(self.labels[index])}
+
+    def read_batch(self, indices: Any) -> dict[str, np.ndarray]:
+        idx = np.asarray(indices, np.int64)
+        return {"codes": self.codes[idx], "label": self.labels[idx].astype(np.int32)}
+
+
+class CodeData(NamedTuple):
+    """The code maps a prior trains and is evaluated on.
+
+    Attributes:
+      train, test: :class:`CodeSource` splits.
+      num_codes: K, the VQ-VAE's codebook size.
+      class_names: the labels' names; () when the codes carry no labels.
+      codebook_sha256: the fingerprint of the codebook that made them
+        (:func:`~jaxbasics.train.codes.codebook_fingerprint`).
+    """
+
+    train: CodeSource
+    test: CodeSource
+    num_codes: int
+    class_names: tuple[str, ...]
+    codebook_sha256: str
+
+    def stats(self) -> dict[str, Any]:
+        """What a run keeps of its codes (``data_stats.json``, checkpoint meta): enough to
+        rebuild the prior without them, and the floors its NLL is measured against.
+
+        >>> src = CodeSource(np.array([[[0, 1]], [[1, 1]]], np.int32), np.zeros(2, np.int32))
+        >>> CodeData(src, src, 4, (), "ab").stats()["entropy_bits"]
+        0.811...
+        """
+        h, w = self.train.codes.shape[1:]
+        counts = np.bincount(self.train.codes.reshape(-1), minlength=self.num_codes)
+        p = counts[counts > 0] / counts.sum()
+        return {
+            "num_codes": self.num_codes,
+            "height": int(h),
+            "width": int(w),
+            "class_names": list(self.class_names),
+            "codebook_sha256": self.codebook_sha256,
+            "num_examples": len(self.train),
+            "uniform_bits": math.log2(self.num_codes),
+            "entropy_bits": float(-np.sum(p * np.log2(p))),
+        }
+
+    def save(self, path: Path) -> None:
+        """Write the cache (atomically; see :func:`read_cache`)."""
+        from jaxbasics.train.codes import write_atomically
+
+        def write(file: Any) -> None:
+            np.savez_compressed(
+                file,
+                train_codes=self.train.codes,
+                train_labels=self.train.labels,
+                test_codes=self.test.codes,
+                test_labels=self.test.labels,
+                num_codes=np.array(self.num_codes),
+                class_names=np.array(self.class_names, dtype=str),
+                codebook_sha256=np.array(self.codebook_sha256),
+            )
+
+        write_atomically(path, write, CACHE)
+
+
+def read_cache(path: Path) -> CodeData:
+    """Read a prior workdir's code cache, written by :meth:`CodeData.save`.
+
+    Raises:
+      ValueError: the file is damaged (one line naming it).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            train = CodeSource(z["train_codes"].astype(np.int32), z["train_labels"])
+            test = CodeSource(z["test_codes"].astype(np.int32), z["test_labels"])
+            data = CodeData(
+                train,
+                test,
+                int(z["num_codes"]),
+                tuple(str(n) for n in z["class_names"]),
+                str(z["codebook_sha256"]),
+            )
+    except Exception as e:  # noqa: BLE001 - whatever numpy raises, the cache is unusable
+        raise ValueError(
+            f"{path} (the prior's cached codes) is damaged ({type(e).__name__}: {e}); delete "
+            "it to encode the VQ-VAE's images again."
+        ) from e
+    for split in (data.train, data.test):
+        if split.codes.size and not 0 <= split.codes.min() <= split.codes.max() < data.num_codes:
+            raise ValueError(f"{path} holds codes outside [0, {data.num_codes}); delete it.")
+    return data
+
+
+def code_data(config: PriorConfig, workdir: Path, loaded: Any, fingerprint: str) -> CodeData:
+    """The codes a prior run in ``workdir`` models, for the VQ-VAE ``loaded`` whose codebook's
+    fingerprint is ``fingerprint`` (see the module docstring). Reads only; a new run's codes
+    are cached by :meth:`CodeData.save`. The caller compares the fingerprints.
+
+    Raises:
+      ValueError: a ``codes.npz`` from another model, or holding maps of several sizes or
+        too few maps; a damaged cache (one line each).
+    """
+    cache = workdir / CACHE
+    if cache.exists():
+        return read_cache(cache)
+    if config.codes is not None:
+        return _from_codes_file(Path(config.codes), loaded, fingerprint)
+    return _encode_dataset(loaded, fingerprint)
+
+
+def _from_codes_file(path: Path, loaded: Any, fingerprint: str) -> CodeData:
+    from jaxbasics.train.codes import check_codes_fit, read_codes
+
+    codes = read_codes(path)
+    check_codes_fit(codes, loaded.model, loaded.config, path)
+    shapes = sorted({m.shape for m in codes.maps})
+    if len(shapes) > 1:
+        raise ValueError(
+            f"{path} holds code maps of {len(shapes)} sizes ({shapes[:3]}...); a prior models "
+            "maps of one size: encode images of one size (e.g. --resize S --center-crop S)."
+        )
+    if len(codes.maps) < 2:
+        raise ValueError(f"{path} holds {len(codes.maps)} code map; a prior needs at least 2.")
+    maps = np.stack(codes.maps).astype(np.int32)
+    held_out = max(1, len(maps) // 10)
+    labels = np.zeros(len(maps), np.int32)
+    train = CodeSource(maps[:-held_out], labels[:-held_out])
+    test = CodeSource(maps[-held_out:], labels[-held_out:])
+    return CodeData(train, test, loaded.config.num_embeddings, (), fingerprint)
+
+
+def _encode_dataset(loaded: Any, fingerprint: str) -> CodeData:
+    """Encode the VQ-VAE run's train and test images (its own dataset and sizes)."""
+    from jaxbasics.train.codes import model_fns
+    from jaxbasics.train.data import sources
+
+    data = sources(loaded.config)
+    encode = model_fns(loaded.model).encode
+    train = _encode_split(encode, data.train, "train")
+    test = _encode_split(encode, data.test, "test")
+    names = class_names(loaded.config)
+    return CodeData(train, test, loaded.config.num_embeddings, names, fingerprint)
+
+
+def _encode_split(encode: Any, source: Any, name: str) -> CodeSource:
+    from tqdm.auto import tqdm
+
+    from jaxbasics.data.sources import read_batch
+    from jaxbasics.train.codes import to_model_input
+
+    codes, labels = [], []
+    for start in tqdm(range(0, len(source), ENCODE_BATCH), desc=f"encode {name}", unit="batch"):
+        idx = np.arange(start, min(start + ENCODE_BATCH, len(source)))
+        batch = read_batch(source, np.pad(idx, (0, ENCODE_BATCH - len(idx)), mode="edge"))
+        codes.append(np.asarray(encode(to_model_input(batch["image"])))[: len(idx)])
+        labels.append(batch["label"][: len(idx)])
+    return CodeSource(np.concatenate(codes).astype(np.int32), np.concatenate(labels))
+
+
+def class_names(vq_config: Any) -> tuple[str, ...]:
+    """The names of a VQ-VAE run's image labels: shapes', CIFAR-10's or an ImageFolder's
+    classes; () for a folder without class folders.
+
+    >>> from jaxbasics.train.config import TrainConfig
+    >>> class_names(TrainConfig(dataset="shapes"))[:2]
+    ('ellipse', 'rectangle')
+    """
+    if vq_config.dataset == "shapes":
+        from jaxbasics.data.shapes import SHAPES_CLASSES
+
+        return SHAPES_CLASSES
+    if vq_config.dataset == "cifar10":
+        from jaxbasics.data.cifar10 import CIFAR10_CLASSES
+
+        return CIFAR10_CLASSES
+    from jaxbasics.data.sources import get_source
+
+    source = get_source(
+        "folder",
+        "train",
+        data_dir=vq_config.data_dir,
+        image_size=vq_config.image_size,
+        eval_fraction=vq_config.eval_fraction,
+    )
+    return tuple(source.classes)

@@ -1,0 +1,421 @@
+"""The prior as a :class:`~jaxbasics.train.task.Task`: stage two, trained by stage one's loop.
+
+A prior run models the code maps of a trained VQ-VAE (:mod:`jaxbasics.train.prior_data`)
+with a :class:`~jaxbasics.prior.TransformerPrior` or :class:`~jaxbasics.prior.PixelCNNPrior`,
+trained by cross-entropy with Adam. With class labels, each step replaces a tenth of them
+(``label_dropout``) by the "no class" label, so the one model samples with and without a
+class, and with classifier-free guidance. A step's key is ``fold_in(base, step)``.
+
+What it writes besides the loop's files:
+
+* ``metrics.jsonl``: ``loss`` (nats per code), ``bits_per_code`` and ``images_per_s`` (code
+  maps per second) of the interval's last step;
+* ``eval.jsonl``: the held-out ``bits_per_code`` (given the label, when there are labels),
+  ``bits_per_code_unconditional`` (the "no class" label), and the two floors: ``uniform_bits``
+  (log2 K) and ``entropy_bits`` (the entropy of the training codes' frequencies);
+* ``samples.png`` at every evaluation (one row per class, or two rows without classes),
+  decoded by the VQ-VAE; ``curves.png`` at the end; ``prior_codes.npz``, the cached codes.
+
+:func:`load_prior` reads a trained prior back, for :mod:`experiments.sample`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxbasics.prior import PixelCNNPrior, TransformerPrior, bits_per_code, cross_entropy
+from jaxbasics.prior import drop_labels as drop
+from jaxbasics.train.prior_config import PriorConfig
+from jaxbasics.train.sharding import global_batch, placed
+from jaxbasics.train.task import TaskData
+
+log = logging.getLogger(__name__)
+
+# Maps per row of samples.png.
+SAMPLES_PER_ROW = 8
+
+
+@flax.struct.dataclass
+class PriorState:
+    """What a prior's training step reads and writes.
+
+    Attributes:
+      params: the prior's ``nnx.Param`` arrays.
+      opt_state: the optax (Adam) state.
+      step: int32 scalar, the number of updates applied.
+      rng: uint32 key data of the run's base "rbg" key (see
+        :func:`jaxbasics.train.state.init_key`).
+    """
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    rng: jax.Array
+
+
+class PriorMetrics(NamedTuple):
+    """One training step's report: ``loss`` (nats per code), ``bits_per_code``, ``finite``."""
+
+    loss: jax.Array
+    bits_per_code: jax.Array
+    finite: jax.Array
+
+
+class PriorShape(NamedTuple):
+    """What the codes fix of a prior: K, the map's (h, w), and the number of classes (0 for
+    an unconditional prior)."""
+
+    num_codes: int
+    height: int
+    width: int
+    num_classes: int
+
+    @classmethod
+    def of(cls, stats: dict[str, Any], config: PriorConfig) -> PriorShape:
+        """The shape of ``config``'s prior on codes described by ``stats``
+        (:meth:`~jaxbasics.train.prior_data.CodeData.stats`)."""
+        classes = len(stats["class_names"]) if config.conditional else 0
+        return cls(stats["num_codes"], stats["height"], stats["width"], classes)
+
+
+def make_prior(config: PriorConfig, shape: PriorShape, rngs: nnx.Rngs) -> Any:
+    """The prior ``config`` selects, for codes of ``shape``.
+
+    >>> p = make_prior(PriorConfig(dim=16, depth=1, heads=2), PriorShape(8, 2, 2, 0), nnx.Rngs(0))
+    >>> p(jnp.zeros((1, 2, 2), jnp.int32)).shape
+    (1, 2, 2, 8)
+    """
+    common = dict(num_classes=shape.num_classes, rngs=rngs)
+    if config.prior == "pixelcnn":
+        return PixelCNNPrior(
+            shape.num_codes,
+            shape.height,
+            shape.width,
+            channels=config.channels,
+            num_layers=config.num_layers,
+            kernel_size=config.kernel_size,
+            **common,
+        )
+    return TransformerPrior(
+        shape.num_codes,
+        shape.height,
+        shape.width,
+        dim=config.dim,
+        depth=config.depth,
+        heads=config.heads,
+        **common,
+    )
+
+
+class Structure(NamedTuple):
+    """Everything static about a prior run, derived once per compile key and shape.
+
+    Attributes:
+      graphdef: the prior's graph; ``nnx.merge(graphdef, params)`` is the model.
+      abstract: the :class:`PriorState` as shapes and dtypes.
+      init: ``init(key) -> PriorState``, compiled.
+      train_step: ``(state, (codes, labels)) -> (state, PriorMetrics)``, compiled, donating.
+      eval_step: ``(state, (codes, labels, mask)) -> sums`` of bits over the real maps.
+    """
+
+    graphdef: nnx.GraphDef
+    abstract: PriorState
+    init: Any
+    train_step: Any
+    eval_step: Any
+
+
+@functools.lru_cache(maxsize=8)
+def structure(key: PriorConfig, shape: PriorShape) -> Structure:
+    """The :class:`Structure` of a prior run (``key``: the config's compile key).
+
+    >>> s = structure(PriorConfig(dim=16, depth=1, heads=2).compile_key(), PriorShape(8, 2, 2, 3))
+    >>> int(s.init(jax.random.key(0, impl="rbg")).step)
+    0
+    """
+    from jaxbasics.train.state import init_key, make_optimizer
+    from jaxbasics.train.step import all_finite
+
+    graphdef = nnx.split(nnx.eval_shape(lambda: make_prior(key, shape, nnx.Rngs(0))))[0]
+    tx = make_optimizer(key)
+    classes = shape.num_classes
+
+    @jax.jit
+    def init(rng: jax.Array) -> PriorState:
+        model_key, state_key = jax.random.split(rng)
+        params = nnx.split(make_prior(key, shape, nnx.Rngs(params=model_key)))[1]
+        return PriorState(
+            params, tx.init(params), jnp.zeros((), jnp.int32), jax.random.key_data(state_key)
+        )
+
+    def train_step(state: PriorState, inputs: Any) -> tuple[PriorState, PriorMetrics]:
+        codes, labels = inputs
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl="rbg"), state.step)
+        labels = (
+            drop(labels, step_key, num_classes=classes, rate=key.label_dropout) if classes else None
+        )
+
+        def loss_fn(params: Any) -> jax.Array:
+            return cross_entropy(nnx.merge(graphdef, params)(codes, labels), codes)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = PriorMetrics(
+            loss=loss,
+            bits_per_code=loss / math.log(2.0),
+            finite=jnp.isfinite(loss) & all_finite(params),
+        )
+        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+    def eval_step(state: PriorState, inputs: Any) -> dict[str, jax.Array]:
+        codes, labels, mask = inputs
+        model = nnx.merge(graphdef, state.params)
+        w = mask.astype(jnp.float32)
+        sums = {"maps": jnp.sum(w)}
+        uncond = bits_per_code(model(codes, None), codes, per_example=True)
+        sums["bits_unconditional"] = jnp.sum(uncond * w)
+        if classes:
+            cond = bits_per_code(model(codes, labels), codes, per_example=True)
+            sums["bits"] = jnp.sum(cond * w)
+        return sums
+
+    abstract = jax.eval_shape(init, init_key(key.seed))
+    return Structure(
+        graphdef, abstract, init, jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
+    )
+
+
+class PriorEvaluation(NamedTuple):
+    """A prior's evaluation: ``metrics`` is the ``eval.jsonl`` record."""
+
+    metrics: dict[str, Any]
+
+
+class _LastStep:
+    """A prior's log interval: its record is the interval's last step (nothing to sum)."""
+
+    def add(self, metrics: Any) -> None:
+        pass
+
+    def records(self, history: dict[str, Any], images_per_s: float) -> dict[str, dict]:
+        bits = history["train_bits_per_code"][-1]
+        return {
+            "metrics": {
+                "loss": history["loss"],
+                "bits_per_code": bits,
+                "images_per_s": images_per_s,
+            }
+        }
+
+    def saved(self) -> dict[str, Any]:
+        return {}
+
+
+class PriorTask:
+    """Stage two: a prior over a VQ-VAE's code maps (see the module docstring).
+
+    Args:
+      config: the run's :class:`~jaxbasics.train.prior_config.PriorConfig`.
+    """
+
+    histories = ("train_bits_per_code",)
+    logs = ()
+
+    def __init__(self, config: PriorConfig):
+        self.config = config
+        self.loaded: Any = None  # the VQ-VAE (jaxbasics.train.io.Loaded), once load_data ran
+        self.data: Any = None  # its CodeData
+        self.stats: dict[str, Any] = {}
+
+    @property
+    def structure(self) -> Structure:
+        return structure(self.config.compile_key(), PriorShape.of(self.stats, self.config))
+
+    def load_data(self, workdir: Path) -> TaskData:
+        from jaxbasics.train.codes import codebook_fingerprint
+        from jaxbasics.train.io import load
+        from jaxbasics.train.prior_data import CACHE, code_data
+
+        self.loaded = load(self.config.model)
+        fingerprint = codebook_fingerprint(self.loaded.model)
+        self.data = code_data(self.config, workdir, self.loaded, fingerprint)
+        self.stats = self.data.stats()
+        saved = workdir / "data_stats.json"
+        then = json.loads(saved.read_text()) if saved.exists() else self.stats
+        if fingerprint != self.stats["codebook_sha256"] or fingerprint != then["codebook_sha256"]:
+            raise ValueError(
+                f"the prior in {workdir} models the codes of another codebook than "
+                f"{self.config.model}'s (other weights): its samples would decode to nonsense. "
+                "Pass the --model it was trained on, or a new --workdir for this VQ-VAE."
+            )
+        if len(self.data.train) < self.config.batch_size:
+            raise ValueError(
+                f"the prior's train split has {len(self.data.train)} code maps, fewer than one "
+                f"batch of {self.config.batch_size}; use a smaller --batch-size or more maps."
+            )
+        cached = (workdir / CACHE).exists()
+        write = None if cached else (lambda w: self.data.save(w / CACHE))
+        return TaskData(self.data.train, self.stats, write)
+
+    def abstract_state(self, sharding: Any) -> Any:
+        return placed(self.structure.abstract, sharding)
+
+    def fresh_state(self, dataset: Any, shardings: Any) -> PriorState:
+        from jaxbasics.train.state import init_key
+
+        return jax.device_put(self.structure.init(init_key(self.config.seed)), shardings.replicated)
+
+    def train_step(self) -> Any:
+        return self.structure.train_step
+
+    def step_inputs(self, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        return batch["codes"], batch["label"]
+
+    def step_history(self, metrics: Any) -> dict[str, float]:
+        return {"train_bits_per_code": float(metrics.bits_per_code)}
+
+    def interval(self, saved: dict[str, Any] | None) -> _LastStep:
+        return _LastStep()
+
+    def evaluate(self, state: PriorState, max_batches: int, sharding: Any) -> PriorEvaluation:
+        """Held-out bits per code, given the label and with none, against the two floors."""
+        from jaxbasics.data.pipeline import eval_dataset
+
+        batches = eval_dataset(
+            self.data.test,
+            batch_size=self.config.batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        eval_step = self.structure.eval_step
+        sums: list[Any] = []
+        for i, batch in enumerate(batches):
+            if max_batches and i >= max_batches:
+                break
+            inputs = (batch["codes"], batch["label"], batch["mask"])
+            if sharding is not None:
+                inputs = tuple(global_batch(x, sharding) for x in inputs)
+            sums.append(eval_step(state, inputs))
+        total = {k: float(sum(s[k] for s in jax.device_get(sums))) for k in sums[0]}
+        maps = total["maps"]
+        record = {"bits_per_code": total.get("bits", total["bits_unconditional"]) / maps}
+        if "bits" in total:  # a conditional prior: also without the label
+            record["bits_per_code_unconditional"] = total["bits_unconditional"] / maps
+        record |= {k: self.stats[k] for k in ("uniform_bits", "entropy_bits")}
+        record["num_maps"] = int(maps)
+        return PriorEvaluation(record)
+
+    def describe(self, metrics: dict[str, Any]) -> str:
+        return (
+            f"held-out {metrics['bits_per_code']:.3f} bits per code (uniform "
+            f"{metrics['uniform_bits']:.2f}, code frequencies {metrics['entropy_bits']:.2f})"
+        )
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"codes": self.stats}
+
+    def figures(
+        self, workdir: Path, history: dict[str, Any], evaluation: Any, state: Any, final: bool
+    ) -> None:
+        """``samples.png`` after every evaluation; ``curves.png`` at the end too."""
+        from jaxbasics import plots
+
+        prior = nnx.merge(self.structure.graphdef, state.params)
+        rows, titles = sample_rows(
+            prior, self.loaded.model, self.stats["class_names"], self.config.seed
+        )
+        plots.save(plots.image_grid(rows, titles), workdir / "samples.png")
+        if final:
+            plots.save(
+                plots.training_curve(history["train_bits_per_code"], "bits per code (train)"),
+                workdir / "curves.png",
+            )
+
+
+def sample_rows(
+    prior: Any, vqvae: Any, class_names: Any, seed: int
+) -> tuple[list[np.ndarray], list[str]]:
+    """Rows of decoded samples for a picture: one per class (or two unconditional rows).
+
+    Args:
+      prior: a prior; conditional ones sample one row per class.
+      vqvae: the VQ-VAE whose decoder turns codes into images.
+      class_names: the classes' names (titles).
+      seed: the samples' key: the same seed draws the same rows.
+
+    Returns:
+      ``(rows, titles)``: (SAMPLES_PER_ROW, H, W, 3) image rows in [-0.5, 0.5], titles.
+    """
+    from jaxbasics.prior import sample
+    from jaxbasics.train.codes import model_fns
+
+    classes = prior.num_classes
+    key = jax.random.key(seed)
+    if classes:
+        labels = np.repeat(np.arange(classes), SAMPLES_PER_ROW)
+        titles = [str(n) for n in class_names][:classes]
+    else:
+        labels, titles = None, []
+    n = len(labels) if labels is not None else 2 * SAMPLES_PER_ROW
+    codes = sample(prior, n, key, labels=labels)
+    images = np.asarray(model_fns(vqvae).decode(np.asarray(codes)))
+    return list(images.reshape(-1, SAMPLES_PER_ROW, *images.shape[1:])), titles
+
+
+class LoadedPrior(NamedTuple):
+    """What :func:`load_prior` returns.
+
+    Attributes:
+      prior: the trained prior (a Flax NNX module).
+      config: its :class:`~jaxbasics.train.prior_config.PriorConfig`.
+      codes: what its run kept of its codes (K, map size, class names, codebook fingerprint,
+        the floors; :meth:`~jaxbasics.train.prior_data.CodeData.stats`).
+      step: the training step the weights come from.
+    """
+
+    prior: Any
+    config: PriorConfig
+    codes: dict[str, Any]
+    step: int
+
+
+def load_prior(workdir: str | Path, step: int | None = None) -> LoadedPrior:
+    """Load a trained prior from its run's workdir: the newest readable checkpoint, or ``step``.
+
+    Raises:
+      FileNotFoundError: ``workdir`` holds no prior run.
+      UnreadableCheckpointError, IncompatibleCheckpointError: as
+        :func:`jaxbasics.train.checkpoint.read` (one line each).
+    """
+    from jaxbasics.train.checkpoint import read
+    from jaxbasics.train.workdir import saved_config
+
+    workdir = Path(workdir)
+    if not (workdir / "checkpoints").is_dir():
+        raise FileNotFoundError(
+            f"{workdir} is not a prior's training workdir (no checkpoints/); train one with "
+            "experiments/train_prior.py --workdir DIR."
+        )
+    config = saved_config(workdir, PriorConfig).config
+    if config is None:
+        raise FileNotFoundError(f"{workdir} holds no prior run's config.")
+    meta = read(workdir, None, step=step, items=("meta",))
+    codes = meta.meta["codes"]
+    s = structure(config.compile_key(), PriorShape.of(codes, config))
+    restored = read(
+        workdir, placed(s.abstract), step=meta.step, items=("state",), fields=("params",)
+    )
+    return LoadedPrior(nnx.merge(s.graphdef, restored.state.params), config, codes, restored.step)
