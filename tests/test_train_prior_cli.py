@@ -1,0 +1,76 @@
+"""experiments/train_prior.py as a user runs it, and the command line it shares with
+train_vqvae.py (jaxbasics.train.cli)."""
+
+import dataclasses
+import importlib.util
+import sys
+
+import pytest
+from conftest import EXPERIMENTS, run
+
+from jaxbasics.train.cli import resolve_config
+from jaxbasics.train.prior_config import PriorConfig, prior_preset
+
+TRAIN_PRIOR = str(EXPERIMENTS / "train_prior.py")
+
+
+def one_line_error(stderr: str) -> str:
+    """The single ``error:`` line of a refused run's stderr (and no traceback)."""
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def test_every_flag_is_documented_and_the_preset_sets_the_defaults():
+    from simple_parsing.docstring import get_attribute_docstring
+
+    r = run([sys.executable, TRAIN_PRIOR, "--help"])
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())  # unwrapped
+    squeezed = "".join(text.split())  # argparse also wraps at hyphens
+    for name in (f.name for f in dataclasses.fields(PriorConfig)):
+        assert "--" + name.replace("_", "-") in text, name
+        doc = get_attribute_docstring(PriorConfig, name).docstring_below
+        assert doc and "".join(doc.split()) in squeezed, name  # --help says what it does
+    assert "--faithful" not in text  # the VQ-VAE's flag only
+    assert "runs/prior-<preset>" in text
+    assert "of every block. (default: 128)" in text  # --dim: the quickstart's
+    assert "workdir. (default: runs/quickstart)" in text  # --model
+    cifar = run([sys.executable, TRAIN_PRIOR, "--preset", "cifar10", "--help"])
+    cifar = " ".join(cifar.stdout.split())
+    assert "of every block. (default: 256)" in cifar and "(default: runs/cifar10)" in cifar
+    assert prior_preset("quickstart").dim == 128 and prior_preset("cifar10").dim == 256
+
+
+def test_bad_flags_exit_2_with_the_reason(tmp_path):
+    w = tmp_path / "run"
+    r = run([sys.executable, TRAIN_PRIOR, "--dim", "100", "--heads", "8", "--workdir", str(w)])
+    assert r.returncode == 2
+    assert one_line_error(r.stderr).endswith(
+        "error: dim (100) must be a multiple of heads (8), e.g. --dim 104."
+    )
+    assert not w.exists()  # a run that cannot start leaves no workdir
+    r = run([sys.executable, TRAIN_PRIOR, "--faithful", "--workdir", str(w)])
+    assert r.returncode == 2
+    assert one_line_error(r.stderr).endswith("unrecognized arguments: --faithful")
+
+
+def test_an_existing_prior_run_keeps_its_saved_config(tmp_path):
+    saved = prior_preset("quickstart", dim=64, num_training_updates=200)
+    (tmp_path / "config.json").write_text(saved.to_json())
+    requested = prior_preset("cifar10", num_training_updates=300)
+    resolved = resolve_config(requested, {"num_training_updates"}, tmp_path)
+    assert resolved == saved.replace(num_training_updates=300)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("jaxbasics.train.prior_task") is None,
+    reason="needs the prior task (jaxbasics.train.prior_task)",
+)
+def test_a_missing_model_is_one_line(tmp_path, xla_cache):
+    w = tmp_path / "run"
+    cmd = [sys.executable, TRAIN_PRIOR, "--model", "/nonexistent", "--workdir", str(w)]
+    r = run([*cmd, "--compilation-cache", xla_cache, "--progress", "false"])
+    assert r.returncode == 1 and not r.stdout
+    assert "/nonexistent" in one_line_error(r.stderr)
