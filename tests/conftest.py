@@ -171,3 +171,39 @@ def workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("trained_run")
     fit(small_config(num_training_updates=TRAINED_STEPS), workdir)
     return workdir
+
+
+PRIOR_STEPS = 12
+
+
+def prior_config(model, **overrides):
+    """A tiny prior over ``model``'s codes: 12 steps in batches of 8, evaluated at 6 and 12."""
+    from jaxbasics.train.prior_config import PriorConfig
+
+    values = dict(
+        model=str(model),
+        dim=16,
+        depth=1,
+        heads=2,
+        channels=8,
+        num_layers=3,
+        batch_size=8,
+        num_training_updates=PRIOR_STEPS,
+        learning_rate=1e-2,
+        log_every=4,
+        eval_every=6,
+        checkpoint_every=6,
+        progress=False,
+    )
+    return PriorConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="session")
+def prior_workdir(workdir, tmp_path_factory):
+    """The workdir of a finished tiny class-conditional transformer prior over the codes of
+    :func:`workdir`'s model, shared read-only by the prior's tests."""
+    from jaxbasics.train.loop import fit
+
+    prior = tmp_path_factory.mktemp("prior_run")
+    fit(prior_config(workdir), prior)
+    return prior

@@ -58,6 +58,8 @@ class RunConfig:
     LEGACY_VALUES: ClassVar[dict[str, Any]] = {"lr_schedule": "constant", "warmup_steps": 0}
     # Fields older versions wrote that no longer exist; they are dropped when read.
     REMOVED_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    # What the run trains, in messages.
+    KIND: ClassVar[str] = "training"
     # Fields that must be >= 1.
     POSITIVE: ClassVar[tuple[str, ...]] = (
         "batch_size",
@@ -216,6 +218,8 @@ class RunConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(RunConfig):
     """Every knob of a VQ-VAE training run."""
+
+    KIND: ClassVar[str] = "VQ-VAE"
 
     RESUMABLE: ClassVar[frozenset[str]] = RunConfig.RESUMABLE | {"data_dir", "conv_form"}
     RUN_ONLY: ClassVar[frozenset[str]] = RunConfig.RUN_ONLY | {
@@ -453,6 +457,29 @@ def incompatible_fields(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, 
     return out
 
 
+def other_kind(text: bytes, cls: type[RunConfig]) -> type[RunConfig] | None:
+    """The kind of run (another :class:`RunConfig` class than ``cls``) whose config ``text``
+    is, if it is a readable one; None otherwise.
+
+    >>> from jaxbasics.train.prior_config import PriorConfig
+    >>> other_kind(PriorConfig().to_json().encode(), TrainConfig).KIND
+    'prior'
+    >>> other_kind(b"{", TrainConfig) is None
+    True
+    """
+    import jaxbasics.train.prior_config  # noqa: F401 - registers the prior's config class
+
+    for kind in RunConfig.__subclasses__():
+        if kind is cls:
+            continue
+        try:
+            kind.from_json(text.decode("utf-8"))
+        except ValueError:
+            continue
+        return kind
+    return None
+
+
 def load_config(workdir: str | Path, cls: type[C] = TrainConfig) -> C | None:
     """The ``cls`` config saved in ``workdir/config.json``, or None if there is none.
 
@@ -471,6 +498,11 @@ def load_config(workdir: str | Path, cls: type[C] = TrainConfig) -> C | None:
     try:
         return cls.from_json(path.read_text()).validate()
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        if (other := other_kind(path.read_bytes(), cls)) is not None:
+            raise ConfigMismatchError(
+                f"{workdir} holds a {other.KIND} run, not a {cls.KIND}'s; pass another --workdir "
+                f"(or the {other.KIND} run to the script that trains it)."
+            ) from e
         raise ConfigFileError(
             f"{path} is damaged: {str(e).rstrip('.')}. Fix it, or delete it: training then "
             "takes the run's config from its newest checkpoint."

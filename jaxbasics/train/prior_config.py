@@ -28,6 +28,8 @@ from jaxbasics.train.config import RunConfig
 class PriorConfig(RunConfig):
     """Every knob of a prior's training run."""
 
+    KIND: ClassVar[str] = "prior"
+
     # The codes' sources may move: the cached codes' codebook fingerprint is what must match.
     RESUMABLE: ClassVar[frozenset[str]] = RunConfig.RESUMABLE | {"model", "codes"}
     RUN_ONLY: ClassVar[frozenset[str]] = RunConfig.RUN_ONLY | {"model", "codes"}

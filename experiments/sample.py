@@ -1,0 +1,137 @@
+"""Generate new images: sample code maps from a trained prior, decode them with its VQ-VAE.
+
+  python experiments/sample.py --out samples/                      # the quickstart's prior
+  python experiments/sample.py --prior runs/prior-cifar10 --model runs/cifar10 \\
+      --num 64 --class cat --guidance 2 --seed 1 --out cats/
+
+Writes ``OUT/grid.png`` (all samples, 8 a row), ``OUT/samples/sample_000.png``... (one PNG
+per sample) and ``OUT/codes.npz``, the sampled code maps in encode.py's format:
+``decode.py OUT/codes.npz --model MODEL --out DIR`` gives the same PNGs, bit for bit. The
+same seed (and options) gives the same samples. Prints one JSON summary line.
+
+Sampling options: ``--temperature`` divides the logits (below 1: safer, less varied);
+``--top-k`` draws from the k likeliest codes only; ``--class`` conditions on a class the prior
+was trained with; ``--guidance G`` (with ``--class``) pushes the class's logits away from the
+unconditional ones: ``cond + G * (cond - uncond)`` (classifier-free guidance; 0 = none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from common import check_out, fail, load_model, save_png
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--prior", default="runs/prior-quickstart", help="a prior's training workdir")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="the VQ-VAE that decodes (a workdir or export); default: the one the prior was "
+        "trained on",
+    )
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--num", type=int, default=64, help="how many images")
+    p.add_argument("--class", dest="class_name", default=None, help="a class name (conditional)")
+    p.add_argument("--temperature", type=float, default=1.0, help="> 0; 1 samples the prior")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest codes")
+    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance, >= 0")
+    p.add_argument("--seed", type=int, default=0, help="the samples' PRNG seed")
+    p.add_argument("--step", type=int, default=None, help="the prior's checkpoint step")
+    return p.parse_args(argv)
+
+
+def class_label(name: str | None, loaded_prior) -> int | None:
+    """The label of ``--class``; None without one. One-line errors for a class the prior does
+    not know, or a prior trained without classes."""
+    if name is None:
+        return None
+    classes = loaded_prior.codes["class_names"] if loaded_prior.prior.num_classes else []
+    if not classes:
+        raise ValueError(
+            f"--class {name}: this prior was trained without class labels; leave --class out."
+        )
+    if name not in classes:
+        raise ValueError(f"--class {name!r} is not one of the prior's classes: {classes}.")
+    return classes.index(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from jaxbasics.train.prior_task import load_prior
+
+    out = Path(args.out)
+    try:
+        if args.num < 1:
+            raise ValueError(f"--num must be at least 1, got {args.num}.")
+        if args.guidance and args.class_name is None:
+            raise ValueError("--guidance needs --class NAME: it steers samples towards a class.")
+        loaded_prior = load_prior(args.prior, args.step)
+        model_path = args.model or loaded_prior.config.model
+        label = class_label(args.class_name, loaded_prior)
+        names = [f"sample_{i:03d}" for i in range(args.num)]
+        check_out(out, [args.prior, model_path], ["codes.npz", "grid.png"])
+        check_out(out / "samples", [args.prior, model_path], [f"{n}.png" for n in names])
+    except (OSError, ValueError) as e:
+        return fail(e)
+    loaded = load_model(model_path)
+    import jax
+
+    from jaxbasics import plots
+    from jaxbasics.prior import sample
+    from jaxbasics.train.codes import (
+        CODE_BUDGET,
+        codebook_fingerprint,
+        model_fns,
+        run_batched,
+        to_pixels,
+        write_codes,
+    )
+
+    if codebook_fingerprint(loaded.model) != loaded_prior.codes["codebook_sha256"]:
+        return fail(
+            ValueError(
+                f"{args.prior} was trained on the codes of another VQ-VAE than {model_path} "
+                "(another codebook): its samples would decode to nonsense. Pass the --model it "
+                "was trained on."
+            )
+        )
+    labels = None if label is None else np.full(args.num, label)
+    try:
+        codes = sample(
+            loaded_prior.prior,
+            args.num,
+            jax.random.key(args.seed),
+            labels=labels,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            guidance=args.guidance,
+        )
+    except ValueError as e:
+        return fail(e)
+    maps = list(np.asarray(codes))
+    write_codes(out / "codes.npz", names, maps, loaded.model, loaded.config)
+    fns = model_fns(loaded.model)
+    # Decoded exactly as decode.py decodes codes.npz, so its PNGs are these, bit for bit.
+    images = run_batched(fns.decode, maps, budget=CODE_BUDGET, progress=args.num > 32)
+    for name, image in zip(names, images, strict=True):
+        save_png(out / "samples" / f"{name}.png", to_pixels(image))
+    rows = [np.stack(images[i : i + 8]) for i in range(0, len(images), 8)]
+    plots.save(plots.image_grid(rows), out / "grid.png")
+    summary = {"images": args.num, "out": str(out), "prior_step": loaded_prior.step}
+    summary |= {"class": args.class_name, "guidance": args.guidance, "seed": args.seed}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Stage two on the shared loop: a prior's run, its resume, its data, and sampling from it."""
+
+import hashlib
+import json
+import shutil
+import signal
+
+import jax
+import numpy as np
+import pytest
+import sample
+from conftest import PRIOR_STEPS, prior_config
+
+from jaxbasics.train import loop
+from jaxbasics.train.loop import fit
+from jaxbasics.train.metrics import read_jsonl
+from jaxbasics.train.prior_task import load_prior
+
+
+def _params(workdir):
+    return jax.tree.leaves(load_prior(workdir).prior)
+
+
+def test_a_prior_run_learns_the_codes_and_writes_its_files(prior_workdir):
+    last = read_jsonl(prior_workdir / "eval.jsonl")[-1]
+    assert last["step"] == PRIOR_STEPS and last["num_maps"] == 12
+    assert last["uniform_bits"] == 4.0  # K = 16 codes
+    # better than knowing only how often each code is used: it learned where codes go
+    assert last["bits_per_code"] < last["entropy_bits"] < last["uniform_bits"]
+    assert "bits_per_code_unconditional" in last  # shapes has classes: both are measured
+    for name in ("samples.png", "curves.png", "prior_codes.npz", "config.json"):
+        assert (prior_workdir / name).stat().st_size > 0, name
+    stats = json.loads((prior_workdir / "data_stats.json").read_text())
+    assert (stats["height"], stats["width"], stats["num_codes"]) == (8, 8, 16)
+    assert stats["class_names"][:2] == ["ellipse", "rectangle"]
+    steps = [r["step"] for r in read_jsonl(prior_workdir / "metrics.jsonl")]
+    assert steps == [4, 8, 12]
+
+
+def test_a_stopped_prior_resumes_bitwise(prior_workdir, workdir, tmp_path, monkeypatch):
+    """Stopped by a signal after step 5, then rerun: the same parameters as the shared
+    uninterrupted run, and the same metrics records."""
+    calls = []
+
+    def batch_then_signal(local, sharding):
+        calls.append(1)
+        if len(calls) == 5 * 2:  # codes and labels: two arrays per step
+            signal.raise_signal(signal.SIGINT)
+        return jax.make_array_from_process_local_data(sharding, local)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "global_batch", batch_then_signal)
+        stopped = fit(prior_config(workdir), tmp_path)
+    assert stopped.interrupted == signal.SIGINT and stopped.step == 5
+    assert fit(prior_config(workdir), tmp_path).step == PRIOR_STEPS
+    for x, y in zip(_params(prior_workdir), _params(tmp_path), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+    def bits(w):
+        return [(r["step"], r["bits_per_code"]) for r in read_jsonl(w / "metrics.jsonl")]
+
+    assert bits(tmp_path) == bits(prior_workdir)
+
+
+def test_a_prior_is_refused_on_another_codebooks_codes(prior_workdir, workdir, tmp_path, capsys):
+    """The prior's cached codes belong to one codebook: resuming it, or sampling it, with
+    another VQ-VAE is a one-line error; nothing in the prior's workdir changes."""
+    from jaxbasics.train.config import load_config
+    from jaxbasics.train.io import save_model
+    from jaxbasics.train.state import init_state
+
+    config = load_config(workdir)
+    state = init_state(config.replace(seed=1))  # same sizes, other weights
+    other = tmp_path / "other.msgpack"
+    save_model(other, config, state.params, state.ema, data_variance=0.06, step=1)
+
+    copy = shutil.copytree(prior_workdir, tmp_path / "prior")
+    before = {p: hashlib.sha256(p.read_bytes()).digest() for p in copy.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="another codebook"):
+        fit(prior_config(other, num_training_updates=20), copy)
+    after = {p: hashlib.sha256(p.read_bytes()).digest() for p in copy.rglob("*") if p.is_file()}
+    assert after == before
+
+    capsys.readouterr()
+    code = sample.main(["--prior", str(copy), "--model", str(other), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 1 and "another VQ-VAE" in err and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_samples_repeat_with_their_seed_and_decode_py_reproduces_them(
+    prior_workdir, workdir, tmp_path, capsys
+):
+    import decode
+
+    args = ["--prior", str(prior_workdir), "--model", str(workdir), "--num", "9"]
+    assert (
+        sample.main([*args, "--class", "ring", "--guidance", "2", "--out", str(tmp_path / "a")])
+        == 0
+    )
+    assert (
+        sample.main([*args, "--class", "ring", "--guidance", "2", "--out", str(tmp_path / "b")])
+        == 0
+    )
+    assert sample.main([*args, "--seed", "1", "--out", str(tmp_path / "c")]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert summary["images"] == 9 and summary["prior_step"] == PRIOR_STEPS
+
+    def maps(d):
+        with np.load(d / "codes.npz") as z:
+            return z["codes"]
+
+    np.testing.assert_array_equal(maps(tmp_path / "a"), maps(tmp_path / "b"))
+    assert not np.array_equal(maps(tmp_path / "a"), maps(tmp_path / "c"))
+    assert (
+        decode.main(
+            [str(tmp_path / "a/codes.npz"), "--model", str(workdir), "--out", str(tmp_path / "d")]
+        )
+        == 0
+    )
+    pngs = sorted((tmp_path / "a/samples").iterdir())
+    assert len(pngs) == 9 and (tmp_path / "a/grid.png").exists()
+    for png in pngs:
+        assert png.read_bytes() == (tmp_path / "d" / png.name).read_bytes(), png.name
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--class", "dog"], "'dog' is not one of the prior's classes"),
+        (["--temperature", "0"], "temperature must be > 0"),
+        (["--guidance", "2"], "--guidance needs --class"),
+        (["--top-k", "0"], "top_k must be in [1, 16]"),
+        (["--num", "0"], "--num must be at least 1"),
+    ],
+)
+def test_bad_sampling_options_are_one_line(
+    prior_workdir, workdir, tmp_path, capsys, flags, message
+):
+    args = ["--prior", str(prior_workdir), "--model", str(workdir), "--out", str(tmp_path / "s")]
+    assert sample.main(args + flags) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_prior_on_a_codes_file_is_unconditional(workdir, tmp_path):
+    """``--codes``: a user's codes.npz (no labels), its last tenth held out; the PixelCNN."""
+    from jaxbasics.train.codes import model_fns, write_codes
+    from jaxbasics.train.io import load
+
+    loaded = load(workdir)
+    images = np.random.default_rng(0).uniform(-0.5, 0.5, (40, 32, 32, 3)).astype(np.float32)
+    maps = list(np.asarray(model_fns(loaded.model).encode(images)))
+    codes = write_codes(
+        tmp_path / "codes.npz", [f"{i}.png" for i in range(40)], maps, loaded.model, loaded.config
+    )
+    config = prior_config(
+        workdir, codes=str(codes), prior="pixelcnn", num_training_updates=4, eval_every=4
+    )
+    result = fit(config, tmp_path / "prior")
+    assert set(result.eval_metrics) == {"bits_per_code", "uniform_bits", "entropy_bits", "num_maps"}
+    assert result.eval_metrics["num_maps"] == 4
+    assert json.loads((tmp_path / "prior/data_stats.json").read_text())["class_names"] == []
+
+
+def test_a_workdir_of_the_other_kind_is_named_not_called_damaged(prior_workdir, workdir):
+    """train_vqvae.py --workdir on a prior's run (or the reverse) says which run it holds,
+    instead of calling its config.json damaged and suggesting to delete it."""
+    from jaxbasics.train.config import ConfigMismatchError, load_config
+    from jaxbasics.train.prior_config import PriorConfig
+
+    with pytest.raises(ConfigMismatchError, match="holds a prior run, not a VQ-VAE's"):
+        load_config(prior_workdir)
+    with pytest.raises(ConfigMismatchError, match="holds a VQ-VAE run, not a prior's"):
+        load_config(workdir, PriorConfig)
