@@ -29,22 +29,26 @@ def add_model_args(parser: argparse.ArgumentParser, *, images: bool) -> None:
 
 def image_args(doc: str, out_help: str, argv: list[str] | None) -> argparse.Namespace:
     """The command line of a script that runs a model on images: inputs, --out, --model..."""
-    from jaxbasics.data.images import MAX_PIXELS
-
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out", required=True, help=out_help)
+    add_max_pixels(parser, "images of more pixels (width x height, read before decoding")
+    add_model_args(parser, images=True)
+    return parser.parse_args(argv)
+
+
+def add_max_pixels(parser: argparse.ArgumentParser, refused: str) -> None:
+    """--max-pixels: the largest image a script reads or writes (``refused``: what is refused)."""
+    from jaxbasics.data.images import MAX_PIXELS
+
     parser.add_argument(
         "--max-pixels",
         type=int,
         default=MAX_PIXELS,
-        help="refuse images of more pixels (width x height, read before decoding; default "
-        "%(default)s): a tiny file can decode to gigabytes",
+        help=f"refuse {refused}; default %(default)s): a tiny file can decode to gigabytes",
     )
-    add_model_args(parser, images=True)
-    return parser.parse_args(argv)
 
 
 class Inputs(NamedTuple):
@@ -88,14 +92,18 @@ def model_and_images(
 def check_out(
     out: str | Path, inputs: Iterable[str | Path], names: Sequence[str] | None = None
 ) -> Path:
-    """The rule every script's ``--out`` goes through: nothing given is ever written over.
+    """The rule every script's ``--out`` goes through: nothing given is ever written over,
+    nothing is written outside ``--out``.
 
     ``out`` is the file a script writes, or, with ``names`` (relative paths), the folder it
     writes ``out/name`` into. Symbolic links are followed. Refused, before anything is written:
     a file that is one of ``inputs``; a folder that is a file, or is or holds one of
-    ``inputs`` (a folder inside an input folder is fine); anything written inside a training
-    workdir (a folder holding ``config.json`` and ``checkpoints/``: it belongs to the run); a
-    file to be written where a folder must go for another (``x.png`` and ``x.png/y.png``).
+    ``inputs`` (a folder inside an input folder is fine); a name no file system takes
+    (:func:`~jaxbasics.train.codes.name_problem`); a file to be written that is a link (it is
+    never written through), or that a linked folder places outside ``out``; anything written
+    inside a training workdir (a folder holding ``config.json`` and ``checkpoints/``: it
+    belongs to the run); a file to be written where a folder must go for another (``x.png``
+    and ``x.png/y.png``).
 
     Returns:
       ``out``, absolute, links resolved.
@@ -112,6 +120,8 @@ def check_out(
     ...
     ValueError: --out ... is one of the inputs: it would be written over. Choose a new file.
     """
+    from jaxbasics.train.codes import name_problem, shorten
+
     target = Path(os.path.realpath(out))
     given = {Path(os.path.realpath(i)) for i in inputs}
     if names is None:
@@ -131,15 +141,48 @@ def check_out(
                 f"--out {out} holds the input {held}: the files written there could overwrite "
                 "it. Choose a new folder (a subfolder of the inputs is fine)."
             )
+        for name in names:
+            if (problem := name_problem(name)) is not None:
+                raise ValueError(f"--out {out}: the file name {shorten(name)!r} {problem}.")
         written = [Path(os.path.realpath(target / n)) for n in names]
         hit = next((w for w in written if w in given), None)
         if hit is not None:
             raise ValueError(f"--out {out}: {hit} is one of the inputs, reached through a link.")
+        _check_paths(out, target, names, written)
         clash = {d.as_posix() for n in names for d in PurePosixPath(n).parents} & set(names)
         if clash:
             raise ValueError(f"--out {out}: {clash.pop()} would be both a file and a folder.")
     _check_no_workdir(out, {target, *(w.parent for w in written)})
     return target
+
+
+# Linux's PATH_MAX, in bytes with the closing NUL: a longer path cannot be opened.
+PATH_MAX = 4096
+
+
+def _check_paths(
+    out: str | Path, target: Path, names: Sequence[str], written: Sequence[Path]
+) -> None:
+    """Refuse writing to a path too long to open, through a link at ``target / name``, or to a
+    file a linked folder takes outside ``target`` (``written``: each name resolved)."""
+    from jaxbasics.train.codes import shorten
+
+    for name, path in zip(names, written, strict=True):
+        if len(os.fsencode(path)) >= PATH_MAX:
+            raise ValueError(
+                f"--out {out}: {shorten(str(path))} is longer than the {PATH_MAX - 1} bytes a "
+                "path may have. Choose a folder with a shorter path."
+            )
+        if (target / name).is_symlink():
+            raise ValueError(
+                f"--out {out}: {shorten(str(target / name), 200)} is a link, which would be "
+                "written through. Remove it, or choose a new folder."
+            )
+        if not path.is_relative_to(target):
+            raise ValueError(
+                f"--out {out}: {shorten(name)} would be written to {shorten(str(path), 200)}, "
+                "outside it, through a linked folder. Remove the link, or choose a new folder."
+            )
 
 
 def _check_no_workdir(out: str | Path, folders: Iterable[Path]) -> None:

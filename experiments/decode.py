@@ -2,10 +2,12 @@
 
   python experiments/decode.py codes.npz --model runs/quickstart --out decoded/
 
-The file is checked whole before anything is written (codes in range, names that stay inside
-``--out``: see ``jaxbasics.train.codes.read_codes``), and ``--out`` may not hold the codes or
-the model. Codes are only decoded by the model that made them: a model of other sizes (K, code
-size...) or with another codebook is refused. ``<out>/<name>.png`` is bit for bit what
+The file is checked whole before anything is written (codes in range, maps that decode to at
+most ``--max-pixels``, names that stay inside ``--out``: see
+``jaxbasics.train.codes.read_codes``), and ``--out`` may not hold the codes or the model, nor
+lead outside itself through links. Codes are only decoded by the model that made them: a
+model of other sizes (K, code size...) or with another codebook is refused. PNGs are written
+batch by batch (memory holds one batch of images); ``<out>/<name>.png`` is bit for bit what
 ``reconstruct.py`` writes for that image. Prints one JSON summary line.
 """
 
@@ -17,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from common import add_model_args, check_out, fail, load_model, save_png
+from common import add_max_pixels, add_model_args, check_out, fail, load_model, save_png
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,21 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("codes", help="a codes.npz written by encode.py")
     parser.add_argument("--out", required=True, help="output folder")
+    add_max_pixels(parser, "code maps that decode to images of more pixels (16 per code")
     add_model_args(parser, images=False)
     args = parser.parse_args(argv)
 
     from jaxbasics.train.codes import (
         CODE_BUDGET,
         check_codes_fit,
+        each_batch,
         model_fns,
         output_names,
         read_codes,
-        run_batched,
         to_pixels,
     )
 
     try:  # the codes first: a wrong path should not wait for the model to load
-        codes = read_codes(args.codes)
+        codes = read_codes(args.codes, args.max_pixels)
         names = output_names(codes.names)
         check_out(args.out, [args.codes, args.model], names)
     except (OSError, ValueError) as e:
@@ -52,14 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         return fail(e)
     fns = model_fns(loaded.model)
     many = len(codes.maps) > 32
-    images = run_batched(fns.decode, codes.maps, budget=CODE_BUDGET, progress=many, desc="decode")
     out = Path(args.out)
-    try:
-        for name, image in zip(names, images, strict=True):
-            save_png(out / name, to_pixels(image))
+    try:  # each batch written as it comes: memory holds one batch of images, not all
+        for members, images in each_batch(
+            fns.decode, codes.maps, budget=CODE_BUDGET, progress=many, desc="decode"
+        ):
+            for i, image in zip(members, images, strict=True):
+                save_png(out / names[i], to_pixels(image))
     except OSError as e:
         return fail(e)
-    print(json.dumps({"images": len(images), "out": str(out), "model_step": loaded.step}))
+    print(json.dumps({"images": len(names), "out": str(out), "model_step": loaded.step}))
     return 0
 
 

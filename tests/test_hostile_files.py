@@ -6,6 +6,7 @@ workdir, damaged or crafted files never decode into garbage, and a tiny file tha
 decode to gigabytes is refused from its header.
 """
 
+import json
 import os
 import struct
 import zlib
@@ -22,7 +23,7 @@ from test_train_codes import _main, _rgb, _tree
 
 from jaxbasics.data.folder import folder
 from jaxbasics.data.images import ImageReadError, read_image
-from jaxbasics.train.codes import read_codes, write_codes
+from jaxbasics.train.codes import output_names, read_codes, write_codes
 from jaxbasics.train.io import load
 
 NAMES = ["a.png", "b.png", "sub/c.png"]
@@ -75,7 +76,16 @@ HOSTILE = {
     "no maps": lambda a: dict(codes=a["codes"][:0], shapes=a["shapes"][:0], names=a["names"][:0]),
     "config not json": lambda a: dict(config=np.array("{not json")),
     "K a string": lambda a: dict(config=np.array('{"num_embeddings": "16"}')),
+    "config lacking K": lambda a: dict(config=np.array(_without(a["config"], "num_embeddings"))),
+    # Each last, after names that would be written: nothing may be written before the refusal.
+    "a part of 300 bytes": lambda a: dict(names=np.array([*NAMES[:2], "a" * 296 + ".png"])),
+    "2000 folders deep": lambda a: dict(names=np.array([*NAMES[:2], "d/" * 2000 + "x"])),
+    "a lone surrogate": lambda a: dict(names=np.array([*NAMES[:2], "\ud800.png"])),
 }
+
+
+def _without(config, field):
+    return json.dumps({k: v for k, v in json.loads(str(config)).items() if k != field})
 
 
 @pytest.mark.parametrize("case", HOSTILE)
@@ -157,6 +167,97 @@ def test_encode_and_export_never_write_over_what_they_were_given(workdir, tmp_pa
         assert code == 1 and len(err.strip().splitlines()) == 1 and "--out" in err, err
     assert _tree(tmp_path) == before and (workdir / "config.json").read_bytes() == config
     assert not (workdir / "c.npz").exists() and load(workdir).step > 0
+
+
+def test_a_code_map_too_large_to_decode_is_refused_from_its_shape(
+    arrays, workdir, tmp_path, capsys
+):
+    """A 20000x20000 map of zeros is a few hundred kB compressed and 6.4 G pixels decoded: its
+    shape is refused first, before the codes are even looked at."""
+    huge = _craft(
+        tmp_path / "huge.npz",
+        arrays,
+        shapes=np.array([[20000, 20000]] * 3, np.int32),
+        codes=np.zeros(3, np.float32),
+    )
+    with pytest.raises(ValueError, match="huge.npz: code map 0 is 20000x20000 codes, which dec"):
+        read_codes(huge)
+    real = _craft(tmp_path / "real.npz", arrays)  # 8x8 codes: 32x32 = 1,024 pixels
+    args = [real, "--model", workdir, "--out", tmp_path / "out"]
+    code, _, err = _main(decode_script, capsys, *args, "--max-pixels", "1023")
+    assert code == 1 and "real.npz: code map 0" in err and "--max-pixels 1024" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    code, summary, _ = _main(decode_script, capsys, *args, "--max-pixels", "1024")
+    assert code == 0 and summary["images"] == 3
+
+
+def test_decode_writes_each_batch_before_decoding_the_next(
+    arrays, workdir, tmp_path, capsys, monkeypatch
+):
+    """40 maps go in two batches; the first batch's PNGs are written before the second batch
+    is decoded, so memory holds one batch of images, never all of them."""
+    from jaxbasics.train import codes
+
+    many = _craft(
+        tmp_path / "many.npz",
+        arrays,
+        codes=np.tile(arrays["codes"][:64], 40),
+        shapes=np.full((40, 2), 8, np.int32),
+        names=np.array([f"{i}.png" for i in range(40)]),
+    )
+    decoded, written = [], []
+    model_fns = codes.model_fns
+
+    def counting(model):
+        fns = model_fns(model)
+        return fns._replace(decode=lambda c: decoded.append(len(c)) or fns.decode(c))
+
+    def save(path, pixels):
+        written.append(len(decoded))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"png")
+
+    monkeypatch.setattr(codes, "model_fns", counting)
+    monkeypatch.setattr(decode_script, "save_png", save)
+    args = [many, "--model", workdir, "--out", tmp_path / "out"]
+    code, summary, _ = _main(decode_script, capsys, *args)
+    assert code == 0 and summary["images"] == 40 and decoded == [32, 32]
+    assert written == [1] * 32 + [2] * 8
+
+
+def test_out_never_leads_through_a_link(arrays, workdir, tmp_path, capsys):
+    """A link where a file goes is never written through; a linked folder never takes a file
+    outside --out. Both are refused before anything is written."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "elsewhere").mkdir()
+    codes = _craft(tmp_path / "codes.npz", arrays)  # names a.png, b.png, sub/c.png
+    Image.fromarray(_rgb(32, 23)).save(tmp_path / "in.png")
+    for link, target, script, args, message in [
+        ("b.png", victim, decode_script, [codes], "is a link, which would be written through"),
+        ("sub", tmp_path / "elsewhere", decode_script, [codes], "outside it, through a linked"),
+        ("in.png", victim, reconstruct_script, [tmp_path / "in.png"], "is a link, which would"),
+    ]:
+        out = tmp_path / f"out_{link}"
+        out.mkdir()
+        os.symlink(target, out / link)
+        before = _tree(tmp_path)
+        code, _, err = _main(script, capsys, *args, "--model", workdir, "--out", out)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+        assert _tree(tmp_path) == before and victim.read_text() == "keep me"
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_out_refuses_names_no_file_system_takes(tmp_path):
+    """What reconstruct.py and decode.py add to a name (.png, ~1.png) can take a part over the
+    limit, and a deep folder's path over PATH_MAX: refused before anything is written."""
+    for names, message in [
+        (output_names(["a" * 250 + ".jpg", "a" * 250 + ".png"]), "has a part of 258 bytes"),
+        (["/".join(["d" * 250] * 20)], "bytes a path may have"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            common.check_out(tmp_path / "out", [], names)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_link_inside_out_cannot_lead_onto_an_input(tmp_path):

@@ -224,7 +224,14 @@ PIXEL_BUDGET = BATCH * 64 * 64
 CODE_BUDGET = PIXEL_BUDGET // 16
 
 
-def run_batched(
+class Batch(NamedTuple):
+    """One batch of :func:`each_batch`: which items it held, and their results in that order."""
+
+    members: list[int]
+    results: np.ndarray
+
+
+def each_batch(
     fn: Callable[[np.ndarray], jax.Array],
     items: Sequence[np.ndarray],
     *,
@@ -232,25 +239,42 @@ def run_batched(
     budget: int | None = None,
     progress: bool = False,
     desc: str = "",
-) -> list[np.ndarray]:
-    """``fn`` over ``items`` in padded batches; one result per item, in order.
+) -> Iterator[Batch]:
+    """``fn`` over ``items`` in padded batches, one :class:`Batch` at a time (so a caller that
+    writes each batch's results keeps no more than one batch in memory).
 
     Items of one shape go in batches of exactly :func:`batch_rows` ``(shape, size, budget)``
-    rows (the last is padded with copies of its first item), so every image of a given size
-    goes through one and the same compiled program, whatever the other images.
+    rows (the last is padded with copies of its first item; padding rows are dropped from the
+    results), so every image of a given size goes through one and the same compiled program,
+    whatever the other images.
+
+    >>> [b.members for b in each_batch(lambda x: x, [np.zeros(2), np.zeros(3), np.ones(2)])]
+    [[0, 2], [1]]
     """
     from tqdm.auto import tqdm
 
-    out: list[Any] = [None] * len(items)
     groups = list(batches([x.shape for x in items], size, budget))
     for members in tqdm(groups, desc=desc, unit="batch", disable=not progress):
         rows = batch_rows(items[members[0]].shape, size, budget)
         stack = np.stack([items[i] for i in members])
         if len(members) < rows:
             stack = np.concatenate([stack, np.repeat(stack[:1], rows - len(members), 0)])
-        result = np.asarray(fn(stack))
-        for row, i in enumerate(members):
-            out[i] = result[row]
+        yield Batch(members, np.asarray(fn(stack))[: len(members)])
+
+
+def run_batched(
+    fn: Callable[[np.ndarray], jax.Array], items: Sequence[np.ndarray], **kwargs: Any
+) -> list[np.ndarray]:
+    """``fn`` over ``items`` in padded batches (:func:`each_batch`); one result per item, in
+    order.
+
+    >>> [r.tolist() for r in run_batched(lambda x: 2 * x, [np.ones(2), np.ones(3)], size=4)]
+    [[2.0, 2.0], [2.0, 2.0, 2.0]]
+    """
+    out: list[Any] = [None] * len(items)
+    for members, results in each_batch(fn, items, **kwargs):
+        for i, result in zip(members, results, strict=True):
+            out[i] = result
     return out
 
 
@@ -329,17 +353,21 @@ class Codes(NamedTuple):
 
 
 _FIELDS = ("codes", "shapes", "names", "config", "codebook_sha256")
+# What a name may be: parts of at most NAME_MAX bytes (the file systems' limit), at most
+# MAX_DEPTH of them (pathlib's mkdir recurses once per missing folder).
+NAME_MAX = 255
+MAX_DEPTH = 32
 
 
-def read_codes(path: str | Path) -> Codes:
+def read_codes(path: str | Path, max_pixels: int = MAX_PIXELS) -> Codes:
     """Read a ``codes.npz`` written by :func:`write_codes` (or ``experiments/encode.py``),
     checking all of it first, so that a damaged or crafted file is refused before a script
     writes anything.
 
     The checks: integer codes (not bool, float or complex), each in [0, K) for the K of the
-    file's config; one positive (h, w) per map, adding up to the codes; one name per map, each
-    a relative path that stays inside the output folder (no absolute path, no ``..``, ``.``
-    or empty part, ``/`` or ``\\`` separated), none repeated.
+    file's config; one positive (h, w) per map, adding up to the codes, none decoding to more
+    than ``max_pixels`` pixels (``16 h w``; checked before the codes are read); one name per
+    map, each a path that stays inside the output folder (:func:`name_problem`), none repeated.
 
     Raises:
       FileNotFoundError: there is no such file.
@@ -364,22 +392,49 @@ def read_codes(path: str | Path) -> Codes:
             raise ValueError(
                 f"{path} is not a codes.npz from encode.py: it lacks {sorted(missing)}."
             )
+        config, sha = (_read(f, k, path) for k in ("config", "codebook_sha256"))
+        for name, text in (("config", config), ("codebook_sha256", sha)):
+            if text.shape or text.dtype.kind != "U":
+                raise _bad(path, f"{name} is a {text.dtype} array of shape {text.shape}, not text")
         try:
-            flat, shapes, names, config, sha = (f[k] for k in _FIELDS)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            raise _bad(path, f"an array cannot be read ({type(e).__name__}: {e})") from e
-    for name, text in (("config", config), ("codebook_sha256", sha)):
-        if text.shape or text.dtype.kind != "U":
-            raise _bad(path, f"{name} is a {text.dtype} array of shape {text.shape}, not text")
+            config = TrainConfig.from_json(str(config))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise _bad(path, f"its config is not a model config ({e})") from e
+        k = config.num_embeddings
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise _bad(path, f"its config's num_embeddings is {k!r}, not a positive integer")
+        shapes = _checked_shapes(path, _read(f, "shapes", path), max_pixels)
+        maps = _checked_maps(path, _read(f, "codes", path), shapes, k)
+        names = _checked_names(path, _read(f, "names", path), len(maps))
+    return Codes(names, maps, config, str(sha))
+
+
+def _read(npz: Any, key: str, path: str | Path) -> np.ndarray:
+    """Array ``key`` of an open ``.npz``, or an error naming the file."""
     try:
-        config = TrainConfig.from_json(str(config))
-    except (ValueError, TypeError, AttributeError) as e:
-        raise _bad(path, f"its config is not a model config ({e})") from e
-    k = config.num_embeddings
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise _bad(path, f"its config's num_embeddings is {k!r}, not a positive integer")
-    maps = _checked_maps(path, flat, shapes, k)
-    return Codes(_checked_names(path, names, len(maps)), maps, config, str(sha))
+        return npz[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise _bad(path, f"its {key} cannot be read ({type(e).__name__}: {e})") from e
+
+
+def _checked_shapes(path: str | Path, shapes: np.ndarray, max_pixels: int) -> np.ndarray:
+    """The (N, 2) int64 map shapes of a ``codes.npz``: positive, none over ``max_pixels``."""
+    if shapes.ndim != 2 or shapes.shape[1:] != (2,) or shapes.dtype.kind not in "iu":
+        raise _bad(path, f"shapes are {shapes.dtype} {shapes.shape}, not (N, 2) integers")
+    if not len(shapes):
+        raise _bad(path, "it holds no code maps")
+    if shapes.min() < 1:
+        raise _bad(path, "a map's (h, w) is below 1")
+    pixels = 16 * shapes[:, 0].astype(np.float64) * shapes[:, 1]  # exact below 2**53
+    big = int(np.argmax(pixels))
+    if pixels[big] > max_pixels:
+        h, w = (int(side) for side in shapes[big])
+        raise ValueError(
+            f"{path}: code map {big} is {h}x{w} codes, which decode to a {4 * w}x{4 * h} image "
+            f"of {16 * h * w:,} pixels, more than the limit of {max_pixels:,}. If you trust the "
+            f"file, raise the limit: --max-pixels {16 * h * w} (max_pixels= in Python)."
+        )
+    return shapes.astype(np.int64)
 
 
 def _checked_maps(path: str | Path, flat: np.ndarray, shapes: np.ndarray, k: int) -> list:
@@ -389,13 +444,9 @@ def _checked_maps(path: str | Path, flat: np.ndarray, shapes: np.ndarray, k: int
     if flat.size and (flat.min() < 0 or flat.max() >= k):
         bad = int(flat.min()) if flat.min() < 0 else int(flat.max())
         raise _bad(path, f"it holds code {bad}, outside 0..{k - 1} (K = {k})")
-    if shapes.ndim != 2 or shapes.shape[1:] != (2,) or shapes.dtype.kind not in "iu":
-        raise _bad(path, f"shapes are {shapes.dtype} {shapes.shape}, not (N, 2) integers")
-    if not len(shapes):
-        raise _bad(path, "it holds no code maps")
-    if shapes.min() < 1 or shapes.max() > flat.size:
-        raise _bad(path, "a map's (h, w) is below 1 or beyond the number of codes")
-    ends = np.cumsum(shapes.astype(np.int64).prod(axis=1))
+    if shapes.max() > flat.size:
+        raise _bad(path, "a map's (h, w) is beyond the number of codes")
+    ends = np.cumsum(shapes.prod(axis=1))
     if ends[-1] != flat.size:
         raise _bad(path, f"its {len(shapes)} map shapes do not add up to its {flat.size} codes")
     pieces = np.split(flat.astype(np.int32), ends[:-1])
@@ -407,12 +458,13 @@ def _checked_names(path: str | Path, names: np.ndarray, count: int) -> list[str]
     if names.shape != (count,) or names.dtype.kind != "U":
         raise _bad(path, f"names are {names.dtype} {names.shape}, not {count} strings")
     names = [str(n) for n in names]
-    unsafe = next((n for n in names if not _is_relative(n)), None)
-    if unsafe is not None:
-        raise _bad(path, f"name {unsafe!r} is not a relative path inside the output folder")
+    for name in names:
+        problem = name_problem(name)
+        if problem is not None:
+            raise _bad(path, f"name {shorten(name)!r} {problem}")
     repeated = next((n for n, c in Counter(names).items() if c > 1), None)
     if repeated is not None:
-        raise _bad(path, f"name {repeated!r} is repeated")
+        raise _bad(path, f"name {shorten(repeated)!r} is repeated")
     return names
 
 
@@ -420,14 +472,39 @@ def _bad(path: str | Path, problem: str) -> ValueError:
     return ValueError(f"{path} is not a valid codes.npz: {problem}. Encode the images again.")
 
 
-def _is_relative(name: str) -> bool:
-    r"""Whether ``name`` is a plain relative path: it cannot leave the folder it is joined to.
+def name_problem(name: str) -> str | None:
+    r"""Why ``name`` cannot be a file's path inside a folder it is joined to, or None if it can.
 
-    >>> [_is_relative(n) for n in ["a/x.png", "../x", "/x", "a//x", "./x", "a\\..\\x", ""]]
+    It must stay inside (no absolute path, no ``..``, ``.`` or empty part, ``/`` or ``\``
+    separated, no NUL) and be a path file systems take: parts of at most :data:`NAME_MAX`
+    bytes (as the file system encodes them), at most :data:`MAX_DEPTH` of them.
+
+    >>> [name_problem(n) is None for n in ["a/x.png", "../x", "/x", "a//x", "./x", "a\\..\\x", ""]]
     [True, False, False, False, False, False, False]
+    >>> name_problem("x" * 256), name_problem("d/" * 32 + "x")
+    ('has a part of 256 bytes (at most 255)', 'is 33 parts deep (at most 32)')
     """
     parts = name.replace("\\", "/").split("/")
-    return "\0" not in name and all(part not in ("", ".", "..") for part in parts)
+    if "\0" in name or any(part in ("", ".", "..") for part in parts):
+        return "is not a relative path inside the output folder"
+    try:
+        longest = max(len(os.fsencode(part)) for part in parts)
+    except UnicodeEncodeError:
+        return "holds characters that no file name can (a lone surrogate)"
+    if longest > NAME_MAX:
+        return f"has a part of {longest} bytes (at most {NAME_MAX})"
+    if len(parts) > MAX_DEPTH:
+        return f"is {len(parts)} parts deep (at most {MAX_DEPTH})"
+    return None
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """``text``, cut to ``limit`` characters with ``...`` if longer (names in messages).
+
+    >>> shorten("abcdef", 5)
+    'ab...'
+    """
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_codes_fit(codes: Codes, model: Any, config: Any, where: str | Path) -> None:
