@@ -105,9 +105,7 @@ def test_load_falls_back_past_damaged_checkpoints_and_moves_nothing(workdir, tmp
     assert _contents(copy) == before
 
 
-def test_an_unreadable_step_or_run_is_one_line_naming_the_readable_ones(
-    workdir, tmp_path, capsys
-):
+def test_an_unreadable_step_or_run_is_one_line_naming_the_readable_ones(workdir, tmp_path, capsys):
     """Missing metadata is unreadable, not another version's layout: step 10 without it is
     refused naming step 5, and with every checkpoint unreadable the error names each."""
     copy = _copy(workdir, tmp_path)
@@ -201,7 +199,7 @@ def test_an_export_whose_arrays_misfit_its_config_is_refused(workdir, tmp_path):
     payload["config"]["num_embeddings"] = 32  # the arrays still hold 16 codes
     path.write_bytes(flax.serialization.msgpack_serialize(payload))
     with pytest.raises(
-        IncompatibleModelError, match=r"vq/codebook: saved \(16, 8\) float32, expected \(32, 8\)"
+        IncompatibleModelError, match="config says num_embeddings = 32, the stored weights 16"
     ):
         load(path)
     (tmp_path / "junk.msgpack").write_bytes(b"not a model")
@@ -290,3 +288,86 @@ def test_a_crafted_export_is_refused_naming_the_field(case, exported, tmp_path):
     assert str(e.value).startswith(str(path))
     path.write_bytes(flax.serialization.msgpack_serialize(_tampered(exported, lambda p: None)))
     assert load(path).step == TRAINED_STEPS  # the untampered payload loads
+
+
+# An export whose config declares sizes its arrays do not have, and the refusal.
+DECLARED = {
+    "num_hiddens": (2_000_000, 16),  # np.zeros of the declared params: 116 TiB
+    "num_residual_layers": (10**7, 2),  # building the abstract model: a 10**7-step loop
+    "num_residual_hiddens": (10**6, 4),
+    "embedding_dim": (10**6, 8),
+    "num_embeddings": (10**9, 16),
+}
+
+
+@pytest.mark.parametrize("field", DECLARED)
+def test_an_export_declaring_other_sizes_is_refused_before_anything_is_built(
+    field, exported, tmp_path, monkeypatch
+):
+    import flax.serialization
+
+    from jaxbasics.train import state
+
+    declared, stored = DECLARED[field]
+    path = tmp_path / "model.msgpack"
+    payload = _tampered(exported, lambda p: p["config"].update({field: declared}))
+    path.write_bytes(flax.serialization.msgpack_serialize(payload))
+
+    def no_building(config):
+        raise AssertionError("a model was built from the declared sizes")
+
+    monkeypatch.setattr(state, "structure", no_building)
+    with pytest.raises(IncompatibleModelError) as e:
+        load(path)
+    assert str(e.value) == (
+        f"{path}: its config says {field} = {declared}, the stored weights {stored}; "
+        "export the run again."
+    )
+
+
+@pytest.mark.parametrize(
+    "leaf", [("params", "encoder", "conv_1", "bias"), ("ema", "vq", "codebook")]
+)
+def test_an_export_of_non_finite_weights_is_refused_naming_the_array(leaf, exported, tmp_path):
+    import flax.serialization
+
+    def poison(payload):
+        *folders, name = leaf
+        tree = payload
+        for key in folders:
+            tree = tree[key]
+        tree[name] = tree[name].copy()
+        tree[name].flat[-1] = np.nan
+
+    path = tmp_path / "model.msgpack"
+    path.write_bytes(flax.serialization.msgpack_serialize(_tampered(exported, poison)))
+    with pytest.raises(IncompatibleModelError, match=f"{'/'.join(leaf)} holds NaN or infinity"):
+        load(path)
+
+
+def test_a_checkpoint_of_non_finite_weights_is_refused_naming_the_array(workdir, monkeypatch):
+    from jaxbasics.train import io
+
+    restore = io._restore
+
+    def diverged(*args):
+        weights = restore(*args)
+        return weights._replace(params=jax.tree.map(lambda a: a * np.inf, weights.params))
+
+    monkeypatch.setattr(io, "_restore", diverged)
+    with pytest.raises(IncompatibleModelError) as e:
+        load(workdir)
+    assert str(e.value).startswith(
+        f"{workdir}: checkpoint 10's params/decoder/conv_1/bias holds NaN or infinity"
+    )
+    assert "\n" not in str(e.value)
+
+
+def test_an_export_of_another_format_says_which(exported, tmp_path):
+    import flax.serialization
+
+    path = tmp_path / "model.msgpack"
+    payload = _tampered(exported, lambda p: p.update(format="other"))
+    path.write_bytes(flax.serialization.msgpack_serialize(payload))
+    with pytest.raises(IncompatibleModelError, match="its format is 'other'. Pass a file"):
+        load(path)

@@ -118,8 +118,8 @@ def load(path: str | Path, step: int | None = None, *, expect: TrainConfig | Non
       UnreadableCheckpointError: checkpoint ``step``, or every checkpoint, cannot be read
         (an ``OSError``; the message names the readable ones).
       IncompatibleCheckpointError: the checkpoint's arrays do not fit the run's config.
-      IncompatibleModelError: the export's arrays do not fit its config, or the model does
-        not fit ``expect``.
+      IncompatibleModelError: the export's arrays do not fit its config, the weights hold
+        NaN or infinity, or the model does not fit ``expect``.
     """
     path = Path(path)
     if not path.exists():
@@ -143,9 +143,19 @@ def load(path: str | Path, step: int | None = None, *, expect: TrainConfig | Non
 
 
 def _load_workdir(workdir: Path, step: int | None) -> Loaded:
+    from flax import nnx
+
     from jaxbasics.train.state import to_model
 
     weights = _restore(workdir, step)
+    trees = {"params": weights.params, "ema": weights.ema}
+    bad = _first_non_finite({k: nnx.to_pure_dict(v) for k, v in trees.items()})
+    if bad is not None:
+        raise IncompatibleModelError(
+            f"{workdir}: checkpoint {weights.step}'s {bad} holds NaN or infinity, and so would "
+            "every output (the run diverged, or the checkpoint is damaged); load an earlier "
+            "step (--step, step=)."
+        )
     model = to_model(weights.config, weights.params, weights.ema)
     return Loaded(model, weights.config, weights.data_variance, weights.step)
 
@@ -210,7 +220,7 @@ def save_model(
         "data_variance": float(data_variance),
         "step": int(step),
         "params": jax.tree.map(np.asarray, nnx.to_pure_dict(params)),
-        "ema": _codebook_only(nnx.to_pure_dict(ema)),
+        "ema": jax.tree.map(np.asarray, _codebook_only(nnx.to_pure_dict(ema))),
     }
     data = flax.serialization.msgpack_serialize(payload)
     return write_atomically(path, lambda file: file.write(data), "model.msgpack")
@@ -222,7 +232,7 @@ def _codebook_only(ema: dict) -> dict:
 
     if not ema:
         return {}
-    return {QUANTIZER: {"codebook": np.asarray(ema[QUANTIZER]["codebook"])}}
+    return {QUANTIZER: {"codebook": ema[QUANTIZER]["codebook"]}}
 
 
 def _with_statistics(ema: dict) -> dict:
@@ -279,6 +289,7 @@ def _load_export(path: Path) -> Loaded:
     from flax import nnx
 
     from jaxbasics.train.checkpoint import layout, layout_differences
+    from jaxbasics.train.codes import shorten
     from jaxbasics.train.state import structure, to_model
 
     try:
@@ -287,32 +298,101 @@ def _load_export(path: Path) -> Loaded:
         raise IncompatibleModelError(
             f"{path} is not a model file written by jaxbasics' export ({type(e).__name__}: {e})."
         ) from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or "format" not in payload:
         raise IncompatibleModelError(f"{path} is not a {FORMAT} export (no 'format' field).")
+    if payload["format"] != FORMAT:
+        raise IncompatibleModelError(
+            f"{path} is not a {FORMAT} export: its format is {shorten(repr(payload['format']))}. "
+            "Pass a file written by experiments/export.py."
+        )
     _check_fields(payload, path)
     config = _export_config(payload["config"], path)
+    for name in ("params", "ema"):
+        _check_arrays(payload[name], f"{path}: the '{name}' field")
+    # Before anything is built from the config: sizes it declares (a million channels, ten
+    # million residual layers) cost memory or time the stored arrays never did.
+    for field, stored in _stored_sizes(payload["params"], payload["ema"]).items():
+        if getattr(config, field) != stored:
+            raise IncompatibleModelError(
+                f"{path}: its config says {field} = {getattr(config, field)!r}, the stored "
+                f"weights {stored}; export the run again."
+            )
     try:
         abstract = structure(config).abstract
     except (TypeError, ValueError) as e:
         raise IncompatibleModelError(
             f"{path}: the 'config' field describes no model ({type(e).__name__}: {e})."
         ) from e
-    trees = {}
     for name in ("params", "ema"):
-        state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), getattr(abstract, name))
-        expected = nnx.to_pure_dict(state)
-        stored = payload[name]
-        _check_arrays(stored, f"{path}: the '{name}' field")
+        expected = nnx.to_pure_dict(getattr(abstract, name))  # shapes and dtypes, no arrays
         kept = expected if name == "params" else _codebook_only(expected)
-        diff = layout_differences(layout(stored), layout(kept))
+        diff = layout_differences(layout(payload[name]), layout(kept))
         if diff:
             raise IncompatibleModelError(
                 f"{path}: the stored {name} do not fit the stored config:\n  " + "\n  ".join(diff)
             )
+    bad = _first_non_finite({k: payload[k] for k in ("params", "ema")})
+    if bad is not None:
+        raise IncompatibleModelError(
+            f"{path}: {bad} holds NaN or infinity, and so would every output (the run diverged, "
+            "or the file is damaged); export an earlier checkpoint (export.py --step)."
+        )
+    trees = {}
+    for name in ("params", "ema"):
+        state = jax.tree.map(lambda a: a, getattr(abstract, name))  # a copy: abstract is cached
+        stored = payload[name]
         nnx.replace_by_pure_dict(state, stored if name == "params" else _with_statistics(stored))
         trees[name] = jax.tree.map(jax.numpy.asarray, state)
     model = to_model(config, trees["params"], trees["ema"])
     return Loaded(model, config, float(payload["data_variance"]), payload["step"])
+
+
+def _stored_sizes(params: dict, ema: dict) -> dict[str, int]:
+    """The model sizes an export's arrays imply, those they tell: widths from the arrays that
+    have them, the residual layers from their count (a model of none has no residual width).
+
+    >>> k = np.zeros((4, 4, 8, 16))
+    >>> _stored_sizes({"encoder": {"conv_2": {"kernel": k}}}, {"vq": {"codebook": k[0, 0]}})
+    {'num_hiddens': 16, 'num_embeddings': 8, 'num_residual_layers': 0}
+    """
+    from jaxbasics.vqvae.codebook import QUANTIZER
+
+    layers = _get(params, "encoder", "residual_stack", "layers")
+    layers = layers if isinstance(layers, dict) else {}
+    codebook = _get(ema, QUANTIZER, "codebook")
+    if codebook is None:  # plain VQ: the codebook is a parameter
+        codebook = _get(params, QUANTIZER, "codebook")
+    where = {
+        "num_hiddens": (_get(params, "encoder", "conv_2", "kernel"), -1),
+        "num_residual_hiddens": (_get(next(iter(layers.values()), {}), "conv_3x3", "kernel"), -1),
+        "embedding_dim": (_get(params, "pre_vq_conv", "kernel"), -1),
+        "num_embeddings": (codebook, 0),
+    }
+    sizes = {
+        field: array.shape[axis]
+        for field, (array, axis) in where.items()
+        if isinstance(array, np.ndarray) and array.ndim
+    }
+    return {**sizes, "num_residual_layers": len(layers)}
+
+
+def _get(tree: Any, *keys: Any) -> Any:
+    """``tree[k1][k2]...``, or None where a level is missing or no dict."""
+    for key in keys:
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _first_non_finite(tree: Any) -> str | None:
+    """The path of the first array in ``tree`` holding NaN or infinity, or None.
+
+    >>> _first_non_finite({"a": np.ones(2), "b": {"c": np.array([1.0, np.nan])}})
+    'b/c'
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if not np.isfinite(np.asarray(leaf)).all():
+            return "/".join(str(getattr(k, "key", k)) for k in path)
+    return None
 
 
 def _check_fields(payload: dict, path: Path) -> None:
