@@ -81,7 +81,9 @@ def evaluate(
       An :class:`Evaluation`.
     """
     from jaxbasics.data.pipeline import eval_dataset
+    from jaxbasics.train.host import retain_host_memory
 
+    retain_host_memory()
     eval_step = compiled(config, "eval")
     sums, first = [], None
     batches = eval_dataset(

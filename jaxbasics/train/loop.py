@@ -338,7 +338,10 @@ def run(task: Any, workdir: str | Path) -> FitResult:
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from jaxbasics.train.host import retain_host_memory
+
     config = task.config.validate()
+    retain_host_memory()
     with hold(workdir):
         run = _setup(task, Path(workdir))
         show = config.progress and run.is_main

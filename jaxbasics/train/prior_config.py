@@ -107,13 +107,13 @@ PRIOR_PRESETS: dict[str, dict[str, Any]] = {
         channels=64,
         num_layers=6,
         batch_size=64,
-        num_training_updates=1_500,
+        num_training_updates=500,
         learning_rate=2e-3,
         lr_schedule="cosine",
-        warmup_steps=100,
-        log_every=50,
-        eval_every=500,
-        checkpoint_every=500,
+        warmup_steps=50,
+        log_every=25,
+        eval_every=250,
+        checkpoint_every=250,
     ),
     # On the cifar10 VQ-VAE's codes (8x8 maps of 512 codes, 50,000 + 10,000 images).
     "cifar10": dict(

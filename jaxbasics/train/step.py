@@ -12,11 +12,7 @@ kept in the config's :class:`~jaxbasics.train.state.Structure`.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
-import os
-import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -40,50 +36,6 @@ from jaxbasics.vqvae.quantizer import code_counts, perplexity
 
 # fold_in data of the k-means key; train steps use fold_in(key, step), step < 2**32 - 1.
 KMEANS_STREAM = 2**32 - 1
-
-# glibc's mallopt parameters (malloc.h) and whether retain_host_memory has applied them.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_HOST_MEMORY_RETAINED: list[bool] = []
-
-
-def retain_host_memory() -> bool:
-    """Keep the host memory that XLA:CPU frees after each step in the process for the next one.
-
-    Every execution of a compiled program allocates its temporary buffer (55 MB for the
-    reference model's training step at batch 32, 427 MB at batch 256) and frees it at the
-    end. glibc's malloc serves blocks that large with a fresh ``mmap`` and unmaps them on
-    ``free``, so every step page-faults its whole temporary buffer in again: 16% of the
-    step's CPU samples at batch 32 under ``perf``. With ``mmap`` off (``M_MMAP_MAX=0``) and
-    no trimming (``M_TRIM_THRESHOLD``), large blocks come from the heap and stay there, and
-    the next step reuses them: the batch-32 step took 14% less time, the batch-256 one 5%
-    less (``docs/speed.md``). The process then keeps its peak heap until it exits, which a
-    training process reaches within its first steps anyway.
-
-    Applied once per process, and only on Linux with glibc and the CPU backend; set
-    ``JAXBASICS_RETAIN_HOST_MEMORY=0`` to leave malloc alone. :func:`make_train_step` and
-    :func:`make_eval_step` call it.
-
-    Returns:
-      Whether the setting is in effect.
-    """
-    if not _HOST_MEMORY_RETAINED:
-        _HOST_MEMORY_RETAINED.append(_set_malloc_retention())
-    return _HOST_MEMORY_RETAINED[0]
-
-
-def _set_malloc_retention() -> bool:
-    if os.environ.get("JAXBASICS_RETAIN_HOST_MEMORY", "1") == "0":
-        return False
-    if not sys.platform.startswith("linux") or jax.default_backend() != "cpu":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to set
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    # -1 is SIZE_MAX as glibc's size_t threshold: the heap's top is never trimmed
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
 
 
 class TrainMetrics(NamedTuple):
@@ -171,12 +123,9 @@ def make_train_step(
       config: the run's config (model sizes, learning rate, restart threshold).
       data_variance: variance of the training images scaled to [0, 1].
 
-    On the CPU this also keeps freed host memory in the process (:func:`retain_host_memory`).
-
     Returns:
       The compiled step. ``images`` are (B, H, W, 3) float32 in [-0.5, 0.5].
     """
-    retain_host_memory()
     s = structure(config)
     k = config.num_embeddings
 
@@ -271,10 +220,8 @@ def make_eval_step(
     """Build the jitted ``eval_step(state, images, mask) -> (sums, recon)``.
 
     Eval mode: the EMA statistics are read, never updated. ``mask`` (B,) marks the
-    real examples of a padded last batch; padded ones add nothing to the sums. On the CPU
-    freed host memory stays in the process (:func:`retain_host_memory`).
+    real examples of a padded last batch; padded ones add nothing to the sums.
     """
-    retain_host_memory()
     s = structure(config)
 
     def eval_step(

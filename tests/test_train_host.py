@@ -1,4 +1,4 @@
-"""The training step's host-side setting: freed host memory stays in the process."""
+"""The host-side setting of training: freed host memory stays in the process."""
 
 import os
 import resource
@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbasics.train.step import retain_host_memory
+from jaxbasics.train.host import retain_host_memory
 
 
 def _page_faults_of_a_fresh_block() -> int:
