@@ -24,12 +24,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypedDict
+from typing import Any, Literal, Protocol, TypedDict, get_args
 
 import numpy as np
 
 SPLITS = ("train", "test")
-DATASETS = ("shapes", "cifar10", "folder")
+# The datasets get_source knows (the --dataset choices).
+Dataset = Literal["shapes", "cifar10", "folder"]
+DATASETS = get_args(Dataset)
 
 
 class Example(TypedDict):

@@ -27,6 +27,9 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
+from jaxbasics.data.sources import Dataset
+from jaxbasics.vqvae.layers import ConvForm
+
 C = TypeVar("C", bound="RunConfig")
 
 
@@ -250,7 +253,7 @@ class TrainConfig(RunConfig):
     )
 
     # --- data
-    dataset: Literal["shapes", "cifar10", "folder"] = "cifar10"
+    dataset: Dataset = "cifar10"
     """Training data: shapes (embedded, no download), cifar10 (--data-dir: a TFDS data dir or
     a torchvision cifar-10-batches-py folder) or folder (--data-dir: a folder of images)."""
     data_dir: str | None = None
@@ -290,7 +293,7 @@ class TrainConfig(RunConfig):
     """EMA quantiser's initial statistics: notes (ema_w drawn apart from the codebook, zero
     cluster sizes: unused codes jump to norms of ~1e5 after step 1) or consistent
     (ema_w = codebook, cluster sizes 1: unused codes stay where they are)."""
-    conv_form: Literal["auto", "xla", "im2col"] = "auto"
+    conv_form: ConvForm = "auto"
     """How convolutions are evaluated: xla (XLA's own), im2col (matmul forms, measured fastest on
     CPU and GPU) or auto (im2col, but xla on TPU). Parameters are the same in every form."""
     compute_dtype: Literal["float32", "bfloat16"] = "float32"

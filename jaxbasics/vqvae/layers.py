@@ -29,7 +29,7 @@ the convolution, while the parameters themselves stay float32 (``nnx.Conv``'s ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,9 @@ from flax import nnx
 
 from jaxbasics.vqvae.wgrad import chunked_wgrad_conv_general_dilated, padding_pairs
 
-FORMS = ("auto", "xla", "im2col")
+# The convolution forms (the --conv-form choices).
+ConvForm = Literal["auto", "xla", "im2col"]
+FORMS = get_args(ConvForm)
 
 
 def resolve_form(form: str, backend: str | None = None) -> str:
