@@ -15,6 +15,7 @@ Prints one JSON line per batch size::
     python experiments/benchmark.py --batch 32,256 --torch-compile  # also torch.compile
     python experiments/benchmark.py --quick --small --batch 4     # smoke test, seconds
     python experiments/benchmark.py --layers --batch 32,256        # per-layer forward + backward
+    python experiments/benchmark.py --prior --batch 1,64 --torch-compile  # prior sampling
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from jaxbasics.prior import sample
 from jaxbasics.tensors import bchw_to_bhwc
 from jaxbasics.train.config import TrainConfig
 from jaxbasics.train.presets import preset
+from jaxbasics.train.prior_config import prior_preset
+from jaxbasics.train.prior_task import PriorShape, make_prior
 from jaxbasics.train.sharding import make_shardings
 from jaxbasics.train.state import init_state
 from jaxbasics.train.step import make_eval_step, make_train_step
@@ -50,6 +55,12 @@ SMALL_SIZES = dict(
     embedding_dim=8,
     num_embeddings=16,
 )
+# The cifar10 prior preset's transformer, on the cifar10 VQ-VAE's 8x8 maps of 512 codes and
+# CIFAR-10's 10 classes; ``--small`` shrinks it for smoke tests.
+CIFAR10_PRIOR = prior_preset("cifar10")
+PRIOR_CODE_MAP = (8, 8)
+PRIOR_CLASSES = 10
+SMALL_PRIOR = dict(prior_dim=16, prior_depth=1, prior_heads=2, num_codes=16)
 
 
 def import_torch() -> Any | None:
@@ -241,8 +252,6 @@ def layer_sides(
     >>> sorted(sides)
     ['jax']
     """
-    from flax import nnx
-
     from jaxbasics.vqvae.layers import ConvTranspose4x4s2, conv
 
     _, kind, cin, cout, k, stride, hw, _, need_x = spec
@@ -362,6 +371,127 @@ def loop_line(config: TrainConfig, data: np.ndarray, rounds: int, k: int) -> dic
     }
 
 
+def prior_sides(
+    args: argparse.Namespace, batch: int, torch: Any | None, notes: list[str]
+) -> tuple[dict[str, Callable[..., Any]], dict[str, Any]]:
+    """One call = ``batch`` code maps sampled by each side from the same transformer prior.
+
+    ``jax`` is :func:`jaxbasics.prior.sample` (one compiled loop); ``torch`` the eager
+    ``torch_prior_reference.sample`` with the weights copied by ``from_flax``;
+    ``torch_compile`` the same loop with the model's decode step under ``torch.compile``
+    (``dynamic=False``: the position is a tensor, so one graph serves all positions). Each
+    side's first call (a compile, for the compiled ones) is timed into the returned info; a
+    decode step that torch.compile fails on is said so in ``notes``, and not timed. Keyword
+    arguments of a call override the sampling options (``top_k=1``: greedy).
+
+    >>> args = parse_args(["--prior", "--small", "--no-torch"])
+    >>> sides, info = prior_sides(args, 2, None, [])
+    >>> sorted(sides), sides["jax"]().shape, sorted(info)
+    (['jax'], (2, 8, 8), ['compile_s'])
+    """
+    config = prior_preset(
+        "cifar10", dim=args.prior_dim, depth=args.prior_depth, heads=args.prior_heads
+    )
+    prior = make_prior(
+        config, PriorShape(args.num_codes, *PRIOR_CODE_MAP, PRIOR_CLASSES), nnx.Rngs(0)
+    )
+    labels = np.arange(batch) % PRIOR_CLASSES
+    options = dict(temperature=args.temperature, top_k=args.top_k)
+    jax_labels, key = jnp.asarray(labels), jax.random.key(0)
+
+    def jax_side(**kw: Any) -> np.ndarray:
+        return np.asarray(sample(prior, batch, key, labels=jax_labels, **{**options, **kw}))
+
+    sides: dict[str, Callable[..., Any]] = {"jax": jax_side}
+    if torch is not None:
+        import torch_prior_reference as tpr
+
+        device = args.torch_device
+        model = tpr.from_flax(prior).to(device)
+        torch_labels = torch.from_numpy(labels).to(device)
+
+        def torch_side(decode_step: Callable | None) -> Callable[..., np.ndarray]:
+            def run(**kw: Any) -> np.ndarray:
+                generator = torch.Generator(device).manual_seed(0)
+                kw = {**options, **kw, "labels": torch_labels, "decode_step": decode_step}
+                return tpr.sample(model, batch, generator, **kw).cpu().numpy()
+
+            return run
+
+        sides["torch"] = torch_side(None)
+        if args.torch_compile:
+            # Cold, as JAX's compile: inductor's on-disk caches would time a lookup instead.
+            torch._inductor.config.force_disable_caches = True
+            sides["torch_compile"] = torch_side(torch.compile(model.decode_step, dynamic=False))
+    first: dict[str, float] = {}
+    for name, side in list(sides.items()):
+        t0 = time.perf_counter()
+        try:
+            side()  # compiles the compiled sides
+        except Exception as e:  # torch.compile failing is a finding to report, not a crash
+            if name != "torch_compile":
+                raise
+            del sides[name]
+            notes.append(f"torch.compile of the decode step failed: {type(e).__name__}: {e}")
+            continue
+        first[name] = round(time.perf_counter() - t0, 2)
+    info = {"compile_s": first["jax"]}
+    if "torch_compile" in first:
+        info["torch_compile_s"] = first["torch_compile"]
+    return sides, info
+
+
+def prior_line(args, batch, torch, rounds, k, warmup, notes) -> dict[str, Any]:
+    """One sampling record: the sides of :func:`prior_sides` alternating, ``batch`` maps a call.
+
+    First the sides sample greedily (``top_k=1``) and must agree on every code: else they do
+    not compute the same function, and timing them would compare nothing.
+    """
+    load_before = os.getloadavg()[0]
+    notes = list(notes)
+    sides, info = prior_sides(args, batch, torch, notes)
+    # Full float32 matmuls: a GPU's TF32 default would flip near-tied argmaxes of one side.
+    with jax.default_matmul_precision("highest"):
+        greedy = {name: side(top_k=1) for name, side in sides.items()}
+    for name, codes in greedy.items():
+        if not np.array_equal(codes, greedy["jax"]):
+            differ = int((codes != greedy["jax"]).sum())
+            raise SystemExit(
+                f"greedy codes of {name} differ from JAX's in {differ} of {codes.size} places: "
+                "the sides do not sample the same prior; fix the model before timing it."
+            )
+    alternate(sides, 1, warmup)
+    times = alternate(sides, rounds, k)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    out: dict[str, Any] = {"mode": "prior", "batch": batch}
+    for name, seconds in med.items():
+        out[f"{name}_ms_per_sample"] = round(1e3 * seconds, 2)
+        out[f"{name}_images_per_s"] = round(batch / seconds, 1)
+    out.setdefault("torch_ms_per_sample", None)
+    out.setdefault("torch_images_per_s", None)
+    out["ratio"] = round(med["torch"] / med["jax"], 3) if "torch" in med else None
+    if "torch_compile" in med:
+        out["ratio_vs_compile"] = round(med["torch_compile"] / med["jax"], 3)
+    out["codes_match"] = len(greedy) > 1 or None
+    out.update(info)
+    out.update(
+        num_codes=args.num_codes,
+        code_map=list(PRIOR_CODE_MAP),
+        num_classes=PRIOR_CLASSES,
+        dim=args.prior_dim,
+        depth=args.prior_depth,
+        heads=args.prior_heads,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        device=str(jax.devices()[0].device_kind),
+        steps=len(times["jax"]),
+        small=args.small,
+        load_avg_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)],
+        notes=notes,
+    )
+    return out
+
+
 def peak_device_mb() -> float | None:
     """Peak bytes the first device's allocator has held, in MB (None on the CPU)."""
     stats = jax.local_devices()[0].memory_stats()
@@ -386,6 +516,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--layers", action="store_true", help="per-layer forward + backward instead of the step"
     )
     p.add_argument("--loop", action="store_true", help="loop with a host sync per step vs without")
+    p.add_argument(
+        "--prior",
+        action="store_true",
+        help="sampling speed of the cifar10 transformer prior preset (code maps per second)",
+    )
+    prior = p.add_argument_group("--prior sizes (--small: 16 codes, dim 16, depth 1, 2 heads)")
+    prior.add_argument("--num-codes", type=int, default=512, help="K (default 512)")
+    prior.add_argument("--prior-dim", type=int, default=CIFAR10_PRIOR.dim)
+    prior.add_argument("--prior-depth", type=int, default=CIFAR10_PRIOR.depth)
+    prior.add_argument("--prior-heads", type=int, default=CIFAR10_PRIOR.heads)
+    prior.add_argument("--temperature", type=float, default=1.0)
+    prior.add_argument("--top-k", type=int, default=None, help="default: all codes")
     p.add_argument("--conv-form", default="auto", choices=["auto", "xla", "im2col"])
     p.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--torch-device", default="cpu", help="cpu or cuda")
@@ -399,7 +541,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="simulate N CPU devices and shard the batch over them (measures the "
         "data-parallel overhead; expect no speed-up on 2 cores)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.small:
+        vars(args).update(SMALL_PRIOR)
+    return args
 
 
 def bench_config(args: argparse.Namespace, batch: int) -> TrainConfig:
@@ -481,6 +626,10 @@ def main(argv: list[str] | None = None) -> None:
         for batch in batches:
             for line in layer_lines(batch, torch, args.small, rounds, k, warmup):
                 print(json.dumps(line), flush=True)
+        return
+    if args.prior:
+        for batch in parse_batches(args.batch or ["1,64"]):
+            print(json.dumps(prior_line(args, batch, torch, rounds, k, warmup, notes)), flush=True)
         return
     if args.loop:
         for batch in batches:

@@ -8,7 +8,9 @@
 #    and under torch.compile (compile time, peak device memory of both, images/s, FLOP rate);
 # 3. the same step with the CPU-fast convolution forms, and in bfloat16;
 # 4. the training loop with a host sync per step against the loop that fit() runs;
-# 5. a 2,000-step quickstart run on the embedded shapes data, float32 and bfloat16: its test
+# 5. sampling the cifar10 transformer prior preset, 1 and 64 code maps a call, against its
+#    PyTorch twin (eager, and under torch.compile), after a greedy check that both agree;
+# 6. a 2,000-step quickstart run on the embedded shapes data, float32 and bfloat16: its test
 #    recon error, perplexity, codes used and wall time.
 # Needs the project installed (pip install -e '.[torch]') with a CUDA build of jax and torch;
 # installs nothing itself. DEVICE_CHECK_QUICK=1 shrinks every stage to a smoke test (the
@@ -42,10 +44,12 @@ cuda=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 
 bench() { timeout 300 python3 experiments/benchmark.py "${sizes[@]}" "$@"; }
 # The full check also times PyTorch under torch.compile, the stronger peer (its compile is slow).
 compile=(); [ "${DEVICE_CHECK_QUICK:-0}" = 1 ] || compile=(--torch-compile)
-if [ "$cuda" = none ]; then bench --no-torch; else bench --torch-device "$cuda" "${compile[@]}"; fi
+if [ "$cuda" = none ]; then peer=(--no-torch); else peer=(--torch-device "$cuda" "${compile[@]}"); fi
+bench "${peer[@]}"
 bench --no-torch --conv-form im2col
 bench --no-torch --compute-dtype bfloat16
 bench --no-torch --loop
+timeout 300 python3 experiments/benchmark.py --prior "${sizes[@]/32,256/1,64}" "${peer[@]}"
 
 STEPS=$steps python3 - <<'PY'
 import json, os, subprocess, sys, tempfile, time

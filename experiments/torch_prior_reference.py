@@ -29,17 +29,24 @@ class Block(nn.Module):
         self.fc_1 = nn.Linear(dim, mlp_ratio * dim)
         self.fc_2 = nn.Linear(mlp_ratio * dim, dim)
 
-    def forward(self, x, cache, layer, start):
-        """Tokens at positions start..start+T-1; writes their keys and values into ``cache``."""
+    def forward(self, x, cache, start):
+        """Tokens at positions start..start+T-1; writes their keys and values into ``cache``,
+        this block's (keys, values).
+
+        With an int ``start`` attention reads the cache's filled prefix (eager PyTorch). With
+        a 0-d tensor it reads all N positions under the causal mask, shapes that do not change
+        with the position, so ``torch.compile`` builds one graph for every decoding step.
+        """
         b, t, dim = x.shape
         q, k, v = self.qkv(self.ln_1(x)).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         keys, values = cache
-        end = start + t
-        keys[layer, :, :, start:end] = k
-        values[layer, :, :, start:end] = v
-        visible = torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]
+        positions = start + torch.arange(t, device=x.device)
+        keys[:, :, positions] = k
+        values[:, :, positions] = v
+        end = keys.shape[2] if torch.is_tensor(start) else start + t
+        visible = torch.arange(end, device=x.device)[None, :] <= positions[:, None]
         attn = F.scaled_dot_product_attention(
-            q, keys[layer, :, :, :end], values[layer, :, :, :end], attn_mask=visible
+            q, keys[:, :, :end], values[:, :, :end], attn_mask=visible
         )
         x = x + self.proj(attn.transpose(1, 2).reshape(b, t, dim))
         return x + self.fc_2(F.gelu(self.fc_1(self.ln_2(x))))
@@ -61,27 +68,32 @@ class TransformerPrior(nn.Module):
         self.head = nn.Linear(dim, num_codes)
 
     def init_cache(self, batch):
-        shape = (self.depth, batch, self.heads, self.height * self.width, self.dim // self.heads)
-        return torch.zeros(shape), torch.zeros(shape)
+        """One (keys, values) pair of (B, heads, N, dh) per block: as in the Flax prior, and as
+        ``torch.compile`` copied a whole stacked (depth, ...) cache at every write to a layer."""
+        shape = (batch, self.heads, self.height * self.width, self.dim // self.heads)
+        device = self.head.weight.device
+        return [
+            (torch.zeros(shape, device=device), torch.zeros(shape, device=device))
+            for _ in range(self.depth)
+        ]
 
     def _labels(self, labels, batch):
         if labels is None:
-            return torch.full((batch,), self.num_classes, dtype=torch.long)
+            return torch.full((batch,), self.num_classes, device=self.head.weight.device)
         return labels.long()
 
     def _run(self, prev, start, labels, cache):
         """Logits (B, T, K) of the codes at positions start..start+T-1."""
-        positions = torch.arange(start, start + prev.shape[1])
-        tokens = self.code_embed(prev)
-        if start == 0:
-            tokens[:, 0] = self.class_embed(labels)
+        positions = start + torch.arange(prev.shape[1], device=prev.device)
+        start_token = self.class_embed(labels)[:, None]
+        tokens = torch.where((positions == 0)[None, :, None], start_token, self.code_embed(prev))
         x = (
             tokens
             + self.row_embed(positions // self.width)
             + self.col_embed(positions % self.width)
         )
-        for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer, start)
+        for block, layer_cache in zip(self.blocks, cache, strict=True):
+            x = block(x, layer_cache, start)
         return self.head(self.ln_f(x))
 
     def forward(self, codes, labels=None):
@@ -124,18 +136,26 @@ def from_flax(prior) -> TransformerPrior:
 
 
 @torch.inference_mode()
-def sample(model, n, generator, *, labels=None, temperature=1.0, top_k=None, guidance=0.0):
+def sample(
+    model, n, generator, *, labels=None, temperature=1.0, top_k=None, guidance=0.0, decode_step=None
+):
     """(n, h, w) long codes drawn code by code with a KV cache: the eager twin of
-    ``jaxbasics.prior.sample`` (same temperature, top-k and guidance rules)."""
-    num = model.height * model.width
+    ``jaxbasics.prior.sample`` (same temperature, top-k and guidance rules).
+
+    ``generator`` lives on the model's device. ``decode_step``, e.g.
+    ``torch.compile(model.decode_step)``, replaces the eager step and gets each position as
+    a tensor."""
+    num, device = model.height * model.width, model.head.weight.device
     if guidance > 0:
-        null = torch.full((n,), model.num_classes, dtype=torch.long)
-        labels = torch.cat([labels, null])
+        labels = torch.cat([labels, torch.full((n,), model.num_classes, device=device)])
     batch = 2 * n if guidance > 0 else n
-    cache, prev = model.init_cache(batch), torch.zeros(batch, dtype=torch.long)
-    codes = torch.zeros(n, num, dtype=torch.long)
+    cache, prev = model.init_cache(batch), torch.zeros(batch, dtype=torch.long, device=device)
+    codes = torch.zeros(n, num, dtype=torch.long, device=device)
+    decode = model.decode_step if decode_step is None else decode_step
     for i in range(num):
-        logits = model.decode_step(cache, prev, i, labels)
+        # A tensor position keeps a compiled step's shapes fixed: one graph for all positions.
+        position = i if decode_step is None else torch.tensor(i, device=device)
+        logits = decode(cache, prev, position, labels)
         if guidance > 0:
             cond, uncond = logits.chunk(2)
             logits = cond + guidance * (cond - uncond)

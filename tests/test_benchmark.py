@@ -105,6 +105,77 @@ def test_device_check_runs_end_to_end_in_quick_mode():
     assert {r.get("conv_form") for r in lines if "jax_ms_per_step" in r} >= {"auto", "im2col"}
     assert any(r.get("compute_dtype") == "bfloat16" and "jax_ms_per_step" in r for r in lines)
     assert any(r.get("mode") == "loop" for r in lines)
+    assert [r["batch"] for r in lines if r.get("mode") == "prior"] == [4]
     runs = [r for r in lines if r.get("check", "").startswith("shapes_")]
     assert [r["compute_dtype"] for r in runs] == ["float32", "bfloat16"]
     assert all(r["returncode"] == 0 and r["recon_error"] > 0 for r in runs)
+
+
+PRIOR_KEYS = {
+    "mode",
+    "batch",
+    "jax_ms_per_sample",
+    "jax_images_per_s",
+    "torch_ms_per_sample",
+    "torch_images_per_s",
+    "ratio",
+    "codes_match",
+    "compile_s",
+    "num_codes",
+    "dim",
+    "depth",
+    "heads",
+    "load_avg_1min",
+    "notes",
+}
+
+
+def test_prior_quick_run_times_sampling_after_a_greedy_parity_check():
+    """About 10 s: a tiny prior, three sampling calls a side. JAX only if torch is absent."""
+    no_torch = benchmark.import_torch() is None
+    cmd = [sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--prior", "--quick"]
+    cmd += ["--small", "--batch", "2"] + (["--no-torch"] if no_torch else ["--torch-threads", "1"])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    (r,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert PRIOR_KEYS <= set(r)
+    assert r["mode"] == "prior" and r["batch"] == 2 and r["num_codes"] == 16 and r["depth"] == 1
+    assert r["jax_images_per_s"] > 0 and r["compile_s"] > 0 and "torch_compile_s" not in r
+    assert (r["ratio"] is None) == no_torch
+    assert r["codes_match"] is (None if no_torch else True)
+
+
+def test_prior_sides_refuse_to_time_models_that_sample_differently(monkeypatch):
+    """The greedy parity check fails loudly when the PyTorch twin computes another function."""
+    torch = pytest.importorskip("torch")
+    import torch_prior_reference as tpr
+
+    copy = tpr.from_flax
+
+    def perturbed(prior):
+        model = copy(prior)
+        with torch.no_grad():
+            model.head.bias[3] += 100.0  # code 3 wins every greedy draw
+        return model
+
+    monkeypatch.setattr(tpr, "from_flax", perturbed)
+    args = benchmark.parse_args(["--prior", "--small", "--torch-threads", "1"])
+    with pytest.raises(SystemExit, match="greedy codes of torch differ from JAX's"):
+        benchmark.prior_line(args, 2, torch, rounds=1, k=1, warmup=1, notes=[])
+
+
+def test_torch_prior_decode_with_tensor_positions_gives_the_eager_logits():
+    """The fixed-shape path torch.compile gets (tensor positions, every cache position under
+    the mask) computes what the eager prefix path does; run here without compiling."""
+    torch = pytest.importorskip("torch")
+    import torch_prior_reference as tpr
+
+    model = tpr.TransformerPrior(16, 4, 4, num_classes=3, dim=16, depth=2, heads=2).eval()
+    labels, codes = torch.tensor([0, 2, 1]), torch.randint(0, 16, (3, 16))
+    caches = model.init_cache(3), model.init_cache(3)
+    with torch.no_grad():
+        for i in range(16):
+            prev = codes[:, i - 1] if i else codes[:, 0]
+            eager = model.decode_step(caches[0], prev, i, labels)
+            fixed = model.decode_step(caches[1], prev, torch.tensor(i), labels)
+            torch.testing.assert_close(fixed, eager)
