@@ -163,6 +163,21 @@ def test_a_prior_on_a_codes_file_is_unconditional(workdir, tmp_path):
     assert json.loads((tmp_path / "prior/data_stats.json").read_text())["class_names"] == []
 
 
+def test_a_codes_file_of_another_model_is_refused(workdir, tmp_path):
+    from jaxbasics.train.codes import write_codes
+    from jaxbasics.train.config import load_config
+    from jaxbasics.train.state import init_state, to_model
+
+    config = load_config(workdir)
+    state = init_state(config.replace(seed=1))  # same sizes, another codebook
+    other = to_model(config, state.params, state.ema)
+    maps = [np.zeros((8, 8), np.int32)] * 20
+    codes = write_codes(tmp_path / "c.npz", [f"{i}" for i in range(20)], maps, other, config)
+    with pytest.raises(ValueError, match="encoded by another model"):
+        fit(prior_config(workdir, codes=str(codes)), tmp_path / "prior")
+    assert not (tmp_path / "prior").exists()
+
+
 def test_a_workdir_of_the_other_kind_is_named_not_called_damaged(prior_workdir, workdir):
     """train_vqvae.py --workdir on a prior's run (or the reverse) says which run it holds,
     instead of calling its config.json damaged and suggesting to delete it."""
