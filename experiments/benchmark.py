@@ -38,6 +38,7 @@ from flax import nnx
 from jaxbasics.prior import sample
 from jaxbasics.tensors import bchw_to_bhwc
 from jaxbasics.train.config import TrainConfig
+from jaxbasics.train.host import retain_host_memory
 from jaxbasics.train.presets import preset
 from jaxbasics.train.prior_config import prior_preset
 from jaxbasics.train.prior_task import PriorShape, make_prior
@@ -607,6 +608,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.devices:
         jax.config.update("jax_num_cpu_devices", args.devices)
+    retain_host_memory()  # as training does: XLA's freed temporaries stay in the process
 
     batches = parse_batches(args.batch or ["32,256"])
     steps = args.steps or (3 if args.quick else 20)
