@@ -8,6 +8,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jaxbasics.vqvae import ema
 from jaxbasics.vqvae import quantizer as q
 
 CODEBOOK = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
@@ -106,7 +107,7 @@ def _numpy_ema(flat, idx, cluster, w, decay, eps):
 
 
 def test_ema_module_update_matches_numpy_and_uses_pre_update_codes():
-    vq = q.VectorQuantizerEMA(6, 3, 0.25, decay=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+    vq = ema.VectorQuantizerEMA(6, 3, 0.25, decay=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
     book0, cluster0, w0 = (np.asarray(v[...]) for v in (vq.codebook, vq.ema_cluster_size, vq.ema_w))
     z = np.random.default_rng(0).normal(size=(2, 2, 2, 3)).astype(np.float32)
     out = vq(jnp.asarray(z))
@@ -125,7 +126,7 @@ def test_ema_module_update_matches_numpy_and_uses_pre_update_codes():
 
 
 def test_ema_eval_mode_leaves_statistics_unchanged():
-    vq = q.VectorQuantizerEMA(6, 3, 0.25, rngs=nnx.Rngs(0))
+    vq = ema.VectorQuantizerEMA(6, 3, 0.25, rngs=nnx.Rngs(0))
     vq.eval()
     before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(vq)))
     vq(jnp.ones((1, 2, 2, 3)))
@@ -137,14 +138,14 @@ def test_ema_eval_mode_leaves_statistics_unchanged():
 
 
 def test_ema_statistics_are_not_params():
-    vq = q.VectorQuantizerEMA(6, 3, 0.25, rngs=nnx.Rngs(0))
+    vq = ema.VectorQuantizerEMA(6, 3, 0.25, rngs=nnx.Rngs(0))
     assert len(jax.tree.leaves(nnx.state(vq, nnx.Param))) == 0
-    assert len(jax.tree.leaves(nnx.state(vq, q.EMAVariable))) == 3
+    assert len(jax.tree.leaves(nnx.state(vq, ema.EMAVariable))) == 3
 
 
 def _norm_growth(init, steps=5):
     """Largest ||e_k|| after / before ``steps`` EMA updates on small latents, over all codes."""
-    vq = q.VectorQuantizerEMA(64, 8, 0.25, decay=0.99, init=init, rngs=nnx.Rngs(0))
+    vq = ema.VectorQuantizerEMA(64, 8, 0.25, decay=0.99, init=init, rngs=nnx.Rngs(0))
     before = np.linalg.norm(np.asarray(vq.codebook[...]), axis=1)
     rng = np.random.default_rng(0)
     for _ in range(steps):  # early encoder outputs: small, far inside the N(0, 1) codebook
