@@ -151,7 +151,7 @@ def code_data(config: PriorConfig, workdir: Path, loaded: Any, fingerprint: str)
         return read_cache(cache)
     if config.codes is not None:
         return _from_codes_file(Path(config.codes), loaded, fingerprint)
-    return _encode_dataset(loaded, fingerprint)
+    return _encode_dataset(loaded, fingerprint, config.progress)
 
 
 def _from_codes_file(path: Path, loaded: Any, fingerprint: str) -> CodeData:
@@ -175,27 +175,28 @@ def _from_codes_file(path: Path, loaded: Any, fingerprint: str) -> CodeData:
     return CodeData(train, test, loaded.config.num_embeddings, (), fingerprint)
 
 
-def _encode_dataset(loaded: Any, fingerprint: str) -> CodeData:
+def _encode_dataset(loaded: Any, fingerprint: str, progress: bool) -> CodeData:
     """Encode the VQ-VAE run's train and test images (its own dataset and sizes)."""
     from jaxbasics.train.codes import model_fns
     from jaxbasics.train.data import sources
 
     data = sources(loaded.config)
     encode = model_fns(loaded.model).encode
-    train = _encode_split(encode, data.train, "train")
-    test = _encode_split(encode, data.test, "test")
+    train = _encode_split(encode, data.train, "train", progress)
+    test = _encode_split(encode, data.test, "test", progress)
     names = class_names(loaded.config)
     return CodeData(train, test, loaded.config.num_embeddings, names, fingerprint)
 
 
-def _encode_split(encode: Any, source: Any, name: str) -> CodeSource:
+def _encode_split(encode: Any, source: Any, name: str, progress: bool) -> CodeSource:
     from tqdm.auto import tqdm
 
     from jaxbasics.data.sources import read_batch
     from jaxbasics.train.codes import to_model_input
 
     codes, labels = [], []
-    for start in tqdm(range(0, len(source), ENCODE_BATCH), desc=f"encode {name}", unit="batch"):
+    starts = range(0, len(source), ENCODE_BATCH)
+    for start in tqdm(starts, desc=f"encode {name}", unit="batch", disable=not progress):
         idx = np.arange(start, min(start + ENCODE_BATCH, len(source)))
         batch = read_batch(source, np.pad(idx, (0, ENCODE_BATCH - len(idx)), mode="edge"))
         codes.append(np.asarray(encode(to_model_input(batch["image"])))[: len(idx)])
