@@ -188,3 +188,16 @@ def test_a_workdir_of_the_other_kind_is_named_not_called_damaged(prior_workdir, 
         load_config(prior_workdir)
     with pytest.raises(ConfigMismatchError, match="holds a VQ-VAE run, not a prior's"):
         load_config(workdir, PriorConfig)
+
+
+def test_the_prior_docs_snippet_runs(prior_workdir, workdir):
+    """docs/prior.md's Python block, as written, on the shared runs."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "prior.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    block = block.replace("runs/prior-quickstart", str(prior_workdir))
+    namespace: dict = {}
+    exec(block.replace("runs/quickstart", str(workdir)), namespace)
+    assert namespace["codes"].shape == (16, 8, 8)
+    assert namespace["images"].shape == (16, 32, 32, 3)
