@@ -1,14 +1,19 @@
-"""FID between two sets of images, e.g. generated or reconstructed ones against real ones.
+"""FID of sets of images against one reference set, e.g. samples and reconstructions
+against real test images.
 
   python experiments/fid.py real.npz samples/ --num 1000
+  python experiments/fid.py data/test/ recon/ samples_g0/ samples_g2/ --num 1000 --exclude grids
 
-Each side is a folder of images (PNG, JPEG..., found recursively, in sorted path order, all of
-one size) or an ``.npz`` of uint8 ``(N, H, W, 3)`` images (its array ``images``, or its only
-array). ``--num N`` keeps the first N images of each side. Prints one JSON line,
-``{"fid": ..., "num_a": ..., "num_b": ...}``. FID is biased upwards at small N: compare only
-FIDs of the same N against the same reference. Needs ``pip install -e '.[fid]'``; nothing is
-downloaded (see ``jaxbasics.fid``). A CPU embeds a few images per second; ``--device cuda``
-is much faster.
+The first argument is the reference; each further one is compared with it (the reference is
+embedded once). Each is a folder of images (PNG, JPEG..., found recursively, in sorted path
+order, all of one size) or an ``.npz`` of uint8 ``(N, H, W, 3)`` images (its array
+``images``, or its only array). ``--num N`` keeps N images of each side, drawn at random with
+``--seed`` (the same ones on every run; not the first N: a class-sorted folder's first N would
+be one class). Prints one JSON line per compared set, ``{"fid": ..., "num_a": ...,
+"num_b": ..., "images_b": ...}``. FID is biased upwards at small N: compare only FIDs of the
+same N against the same reference. Needs ``pip install -e '.[fid]'``; nothing is downloaded
+(see ``jaxbasics.fid``). A CPU embeds about 5-10 images a second; ``--device cuda`` is much
+faster.
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ import numpy as np
 from common import fail
 
 
-def load_images(path: str, num: int | None = None, exclude: str | None = None) -> np.ndarray:
-    """The first ``num`` images of a folder or an ``.npz``, stacked as uint8 (N, H, W, 3).
+def load_images(
+    path: str, num: int | None = None, exclude: str | None = None, seed: int = 0
+) -> np.ndarray:
+    """``num`` images (all if None or fewer) of a folder or an ``.npz``, uint8 (N, H, W, 3).
+
+    The ``num`` are drawn without replacement by ``seed`` and kept in path (or array) order.
 
     Raises:
       FileNotFoundError: ``path`` does not exist, or the folder holds no images.
@@ -32,11 +41,13 @@ def load_images(path: str, num: int | None = None, exclude: str | None = None) -
         differ in size.
     """
     if path.endswith(".npz"):
-        return _load_npz(path)[:num]
+        images = _load_npz(path)
+        return images[subset(len(images), num, seed)]
     from jaxbasics.data.images import read_image
     from jaxbasics.train.codes import find_images
 
-    found = find_images([path], exclude=exclude)[:num]
+    found = find_images([path], exclude=exclude)
+    found = [found[i] for i in subset(len(found), num, seed)]
     pixels = [read_image(image.path) for image in found]
     for image, x in zip(found, pixels, strict=True):
         if x.shape != pixels[0].shape:
@@ -46,6 +57,20 @@ def load_images(path: str, num: int | None = None, exclude: str | None = None) -
                 "(reconstruct.py's --out also holds grids/: pass --exclude OUT/grids)."
             )
     return np.stack(pixels)
+
+
+def subset(total: int, num: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of ``num`` of ``total`` items drawn by ``seed``; all when ``num`` is None
+    or at least ``total``.
+
+    >>> subset(10, 4, seed=0).tolist() == subset(10, 4, seed=0).tolist()
+    True
+    >>> subset(3, 5, seed=0).tolist()
+    [0, 1, 2]
+    """
+    if num is None or num >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, num, replace=False))
 
 
 def _load_npz(path: str) -> np.ndarray:
@@ -67,9 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("images_a", help="a folder of images or an .npz")
-    parser.add_argument("images_b", help="a folder of images or an .npz")
-    parser.add_argument("--num", type=int, default=None, help="use the first N of each side")
+    parser.add_argument("images_a", help="the reference: a folder of images or an .npz")
+    parser.add_argument(
+        "images_b", nargs="+", help="one or more sets to compare with it (folders or .npz)"
+    )
+    parser.add_argument(
+        "--num", type=int, default=None, help="use N images of each side, drawn by --seed"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="which N images --num draws")
     parser.add_argument("--batch-size", type=int, default=50, help="images per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--exclude", default=None, help="skip images under this folder")
@@ -77,14 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.num is not None and args.num < 2:
         parser.error(f"--num must be at least 2 (a covariance), got {args.num}.")
 
-    from jaxbasics.fid import fid
+    from jaxbasics.fid import fids
 
     try:
-        a, b = (load_images(p, args.num, args.exclude) for p in (args.images_a, args.images_b))
-        result = fid(a, b, batch_size=args.batch_size, device=args.device)
+        a, *b = (
+            load_images(p, args.num, args.exclude, args.seed)
+            for p in (args.images_a, *args.images_b)
+        )
+        results = fids(a, b, batch_size=args.batch_size, device=args.device)
     except (OSError, ValueError, ImportError) as e:
         return fail(e)
-    print(json.dumps(result._asdict()))
+    for path, result in zip(args.images_b, results, strict=True):
+        print(json.dumps(result._asdict() | {"images_b": path}))
     return 0
 
 

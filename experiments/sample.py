@@ -11,8 +11,10 @@ same seed (and options) gives the same samples. Prints one JSON summary line.
 
 Sampling options: ``--temperature`` divides the logits (below 1: safer, less varied);
 ``--top-k`` draws from the k likeliest codes only; ``--class`` conditions on a class the prior
-was trained with; ``--guidance G`` (with ``--class``) pushes the class's logits away from the
-unconditional ones: ``cond + G * (cond - uncond)`` (classifier-free guidance; 0 = none).
+was trained with; ``--all-classes`` cycles through all of them (sample i has class i mod C: a
+class-balanced set, as FID against a balanced test split wants); ``--guidance G`` (with either)
+pushes the class's logits away from the unconditional ones: ``cond + G * (cond - uncond)``
+(classifier-free guidance; 0 = none).
 """
 
 from __future__ import annotations
@@ -40,7 +42,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--num", type=int, default=64, help="how many images")
-    p.add_argument("--class", dest="class_name", default=None, help="a class name (conditional)")
+    classes = p.add_mutually_exclusive_group()
+    classes.add_argument("--class", dest="class_name", default=None, help="a class name")
+    classes.add_argument(
+        "--all-classes",
+        action="store_true",
+        help="sample i gets class i mod C, all the prior's C classes in turn (class-balanced)",
+    )
     p.add_argument("--temperature", type=float, default=1.0, help="> 0; 1 samples the prior")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest codes")
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance, >= 0")
@@ -49,19 +57,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def class_label(name: str | None, loaded_prior) -> int | None:
-    """The label of ``--class``; None without one. One-line errors for a class the prior does
-    not know, or a prior trained without classes."""
-    if name is None:
+def class_labels(args: argparse.Namespace, loaded_prior) -> np.ndarray | None:
+    """The ``(num,)`` labels of ``--class`` or ``--all-classes``; None without either.
+    One-line errors for a class the prior does not know, or a prior trained without classes."""
+    if args.class_name is None and not args.all_classes:
         return None
+    flag = "--all-classes" if args.all_classes else f"--class {args.class_name}"
     classes = loaded_prior.codes["class_names"] if loaded_prior.prior.num_classes else []
     if not classes:
         raise ValueError(
-            f"--class {name}: this prior was trained without class labels; leave --class out."
+            f"{flag}: this prior was trained without class labels; leave {flag.split()[0]} out."
         )
-    if name not in classes:
-        raise ValueError(f"--class {name!r} is not one of the prior's classes: {classes}.")
-    return classes.index(name)
+    if args.all_classes:
+        return np.arange(args.num) % len(classes)
+    if args.class_name not in classes:
+        raise ValueError(
+            f"--class {args.class_name!r} is not one of the prior's classes: {classes}."
+        )
+    return np.full(args.num, classes.index(args.class_name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.num < 1:
             raise ValueError(f"--num must be at least 1, got {args.num}.")
-        if args.guidance and args.class_name is None:
-            raise ValueError("--guidance needs --class NAME: it steers samples towards a class.")
+        if args.guidance and args.class_name is None and not args.all_classes:
+            raise ValueError(
+                "--guidance needs --class NAME or --all-classes: it steers samples towards a class."
+            )
         loaded_prior = load_prior(args.prior, args.step)
         model_path = args.model or loaded_prior.config.model
-        label = class_label(args.class_name, loaded_prior)
+        labels = class_labels(args, loaded_prior)
         names = [f"sample_{i:03d}" for i in range(args.num)]
         check_out(out, [args.prior, model_path], ["codes.npz", "grid.png"])
         check_out(out / "samples", [args.prior, model_path], [f"{n}.png" for n in names])
@@ -104,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
                 "was trained on."
             )
         )
-    labels = None if label is None else np.full(args.num, label)
     try:
         codes = sample(
             loaded_prior.prior,
@@ -127,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [np.stack(images[i : i + 8]) for i in range(0, len(images), 8)]
     plots.save(plots.image_grid(rows), out / "grid.png")
     summary = {"images": args.num, "out": str(out), "prior_step": loaded_prior.step}
-    summary |= {"class": args.class_name, "guidance": args.guidance, "seed": args.seed}
+    which = "all" if args.all_classes else args.class_name
+    summary |= {"class": which, "guidance": args.guidance, "seed": args.seed}
     print(json.dumps(summary))
     return 0
 

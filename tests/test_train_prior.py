@@ -124,6 +124,28 @@ def test_samples_repeat_with_their_seed_and_decode_py_reproduces_them(
         assert png.read_bytes() == (tmp_path / "d" / png.name).read_bytes(), png.name
 
 
+def test_all_classes_cycles_the_labels_through_the_samples(prior_workdir, workdir, tmp_path):
+    """``--all-classes``: sample i has label i mod C, as the library samples with those labels."""
+    import jax
+
+    from jaxbasics.prior import sample as sample_codes
+    from jaxbasics.train.prior_task import load_prior
+
+    flags = ["--num", "7", "--guidance", "1", "--seed", "3", "--all-classes"]
+    out = tmp_path / "all"
+    assert (
+        sample.main(
+            ["--prior", str(prior_workdir), "--model", str(workdir), *flags, "--out", str(out)]
+        )
+        == 0
+    )
+    prior = load_prior(prior_workdir).prior
+    labels = np.arange(7) % prior.num_classes
+    expected = sample_codes(prior, 7, jax.random.key(3), labels=labels, guidance=1.0)
+    with np.load(out / "codes.npz") as z:
+        np.testing.assert_array_equal(z["codes"], np.asarray(expected).reshape(-1))
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -132,6 +154,7 @@ def test_samples_repeat_with_their_seed_and_decode_py_reproduces_them(
         (["--guidance", "2"], "--guidance needs --class"),
         (["--top-k", "0"], "top_k must be in [1, 16]"),
         (["--num", "0"], "--num must be at least 1"),
+        (["--all-classes", "--guidance", "-1"], "guidance must be"),
     ],
 )
 def test_bad_sampling_options_are_one_line(
@@ -143,7 +166,7 @@ def test_bad_sampling_options_are_one_line(
     assert message in err and err.count("\n") == 1
 
 
-def test_a_prior_on_a_codes_file_is_unconditional(workdir, tmp_path):
+def test_a_prior_on_a_codes_file_is_unconditional(workdir, tmp_path, capsys):
     """``--codes``: a user's codes.npz (no labels), its last tenth held out; the PixelCNN."""
     from jaxbasics.train.codes import model_fns, write_codes
     from jaxbasics.train.io import load
@@ -161,6 +184,11 @@ def test_a_prior_on_a_codes_file_is_unconditional(workdir, tmp_path):
     assert set(result.eval_metrics) == {"bits_per_code", "uniform_bits", "entropy_bits", "num_maps"}
     assert result.eval_metrics["num_maps"] == 4
     assert json.loads((tmp_path / "prior/data_stats.json").read_text())["class_names"] == []
+    args = ["--prior", str(tmp_path / "prior"), "--out", str(tmp_path / "s"), "--all-classes"]
+    assert sample.main(args) == 1
+    err = capsys.readouterr().err
+    assert "trained without class labels; leave --all-classes out" in err
+    assert err.count("\n") == 1
 
 
 def test_a_codes_file_of_another_model_is_refused(workdir, tmp_path):
