@@ -4,14 +4,24 @@ Every multi-device run is a subprocess (device count is fixed at JAX start-up); 
 1-device runs happen in this process and share its compiled steps.
 """
 
+import dataclasses
 import signal
 import socket
 import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import checkpoint_steps, cli_env, restore, small_config, train_cmd, wait_for
+from conftest import (
+    EXPERIMENTS,
+    checkpoint_steps,
+    cli_env,
+    restore,
+    small_config,
+    train_cmd,
+    wait_for,
+)
 
 from jaxbasics.train.loop import fit
 from jaxbasics.train.metrics import read_jsonl
@@ -80,6 +90,42 @@ def test_batch_must_divide_across_devices(tmp_path, xla_cache):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1
     assert "batch_size 12 does not divide across 8 devices" in err and "16" in err
+
+
+def test_a_prior_on_eight_devices_follows_the_one_device_run(prior_workdir, tmp_path, xla_cache):
+    """train_prior.py's data parallelism is the loop's: the shared 1-device prior run, repeated
+    on 8 devices (its batch of 8 split 1 per device), ends at the same weights and NLL."""
+    from jaxbasics.train.prior_task import load_prior
+
+    one = load_prior(prior_workdir)
+    config = one.config
+    flags = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value is not None:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            flags += ["--" + field.name.replace("_", "-"), text]
+    eight = tmp_path / "eight"
+    cmd = [sys.executable, str(EXPERIMENTS / "train_prior.py"), *flags, "--workdir", str(eight)]
+    proc = subprocess.run(
+        [*cmd, "--compilation-cache", xla_cache],
+        capture_output=True,
+        text=True,
+        env=cli_env(8),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (proc.stdout + proc.stderr).count("CpuDevice") == 8
+    many = load_prior(eight)
+    assert one.step == many.step == config.num_training_updates
+    # The logits, not the weights: the keys' bias has gradient exactly 0 (softmax ignores a
+    # shift shared by all keys), and Adam turns its round-off into steps of the learning rate.
+    p = one.prior
+    codes = np.random.default_rng(0).integers(0, p.num_codes, (4, p.height, p.width))
+    labels = np.arange(4) % p.num_classes
+    np.testing.assert_allclose(one.prior(codes, labels), many.prior(codes, labels), atol=1e-4)
+    last = [read_jsonl(w / "eval.jsonl")[-1]["bits_per_code"] for w in (prior_workdir, eight)]
+    np.testing.assert_allclose(*last, rtol=1e-4)
 
 
 def _free_port():
