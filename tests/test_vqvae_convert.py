@@ -55,3 +55,16 @@ def test_wrong_shape_is_listed(plain):
     sd["_vq_vae._embedding.weight"] = np.zeros((32, 8), np.float32)
     with pytest.raises(ValueError, match=r"_vq_vae._embedding.weight: got \(32, 8\)"):
         from_torch_state_dict(sd, plain)
+
+
+def test_an_fsq_model_is_refused_in_one_line_both_ways():
+    from jaxbasics.vqvae.model import VQVAE
+
+    fsq = nnx.eval_shape(lambda: VQVAE(8, 2, 1, quantizer="fsq", rngs=nnx.Rngs(0)))
+    for convert in (
+        lambda: to_torch_state_dict(nnx.state(fsq)),
+        lambda: from_torch_state_dict({}, fsq),
+    ):
+        with pytest.raises(ValueError, match="converter handles VQ models only.*FSQ model") as e:
+            convert()
+        assert "\n" not in str(e.value)

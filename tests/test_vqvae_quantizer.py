@@ -168,3 +168,15 @@ def test_notes_ema_init_throws_unused_codes_to_norm_1e5():
     """
     growth, largest = _norm_growth("notes")
     assert growth > 1e4 and largest > 1e4, (growth, largest)
+
+
+@pytest.mark.parametrize("make", [q.VectorQuantizer, ema.VectorQuantizerEMA])
+def test_indices_and_lookup_are_the_quantisers_own_assignment_and_codes(make):
+    """The model's encode and decode go through these: the forward pass's indices, the codes."""
+    vq = make(6, 3, 0.25, rngs=nnx.Rngs(0))
+    vq.eval()  # the EMA statistics stay as they are
+    z = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+    idx = vq.indices(z)
+    np.testing.assert_array_equal(idx, vq(z).indices)
+    np.testing.assert_array_equal(vq.lookup(idx), np.asarray(vq.codebook[...])[np.asarray(idx)])
+    assert vq.learned

@@ -8,7 +8,8 @@ Layouts:
     transpose plus ``[::-1, ::-1]``.
   * Codebook, ``_ema_w`` and ``_ema_cluster_size`` keep their shapes.
 
-Nothing converts silently: a missing, extra or wrongly-shaped entry raises.
+Nothing converts silently: a missing, extra or wrongly-shaped entry raises, and so does an
+FSQ model (``quantizer="fsq"``): the notes' PyTorch VQ-VAE has no FSQ quantiser.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ _TOP = {
 }
 _VQ = {"_embedding.weight": "codebook", "_ema_w": "ema_w", "_ema_cluster_size": "ema_cluster_size"}
 _BLOCK = {"1": "conv_3x3", "3": "conv_1x1"}
+
+
+def _refuse_fsq(has_codebook: bool) -> None:
+    if not has_codebook:
+        raise ValueError(
+            "the PyTorch converter handles VQ models only (a learned codebook, plain or EMA): "
+            "this is an FSQ model (quantizer='fsq'), and the notes' PyTorch VQ-VAE has no FSQ "
+            "quantiser."
+        )
 
 
 def _to_flax(name: str, value: np.ndarray) -> np.ndarray:
@@ -92,9 +102,14 @@ def to_torch_state_dict(state: nnx.State) -> dict[str, np.ndarray]:
     >>> sd = to_torch_state_dict(nnx.state(VQVAE(16, 4, 1, 8, 16, rngs=nnx.Rngs(0))))
     >>> sd["_encoder._conv_1.weight"].shape, sd["_decoder._conv_trans_1.weight"].shape
     ((8, 3, 4, 4), (16, 8, 4, 4))
+
+    Raises:
+      ValueError: ``state`` is an FSQ model's (it holds no codebook).
     """
+    flat = _flat(state)
+    _refuse_fsq(any(path[0] == "vq" for path in flat))
     sd = {}
-    for path, value in _flat(state).items():
+    for path, value in flat.items():
         name = _torch_name(path)
         sd[name] = np.ascontiguousarray(_to_torch(name, np.asarray(value)))
     return sd
@@ -117,7 +132,8 @@ def from_torch_state_dict(state_dict: Mapping[str, np.ndarray], model: VQVAE) ->
 
     Raises:
       KeyError: names missing from, or unexpected in, ``state_dict`` (all listed).
-      ValueError: entries whose shapes differ from the model's (all listed).
+      ValueError: entries whose shapes differ from the model's (all listed), or ``model`` is
+        an FSQ model.
 
     >>> from flax import nnx
     >>> model = VQVAE(16, 4, 1, 8, 16, rngs=nnx.Rngs(0))
@@ -133,6 +149,7 @@ def from_torch_state_dict(state_dict: Mapping[str, np.ndarray], model: VQVAE) ->
     ...
     KeyError: "state_dict is missing 19 entries: ['_decoder._conv_1.bias', ...
     """
+    _refuse_fsq(model.vq.learned)
     state = nnx.state(model)
     expected = {_torch_name(p): (p, v.shape) for p, v in _flat(state).items()}
     given = {k: np.asarray(v) for k, v in state_dict.items()}

@@ -17,6 +17,7 @@ from flax import nnx
 from jaxbasics.tensors import one_hot
 from jaxbasics.vqvae.quantizer import (
     EMA_INITS,
+    Quantizer,
     QuantizerOutput,
     assign,
     code_counts,
@@ -92,7 +93,7 @@ class EMAVariable(nnx.Variable):
     """
 
 
-class VectorQuantizerEMA(nnx.Module):
+class VectorQuantizerEMA(Quantizer):
     """The notes' ``VectorQuantizerEMA``: codes follow an EMA of their assignments.
 
     The codebook, ``ema_cluster_size`` and ``ema_w`` are :class:`EMAVariable`, not

@@ -14,15 +14,21 @@ are construction options; neither changes the parameters (:mod:`jaxbasics.vqvae.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxbasics.vqvae.ema import VectorQuantizerEMA
+from jaxbasics.vqvae.fsq import FSQuantizer, check_levels
 from jaxbasics.vqvae.layers import ConvTranspose4x4s2, conv
-from jaxbasics.vqvae.quantizer import VectorQuantizer, assign, lookup, mse
+from jaxbasics.vqvae.quantizer import Quantizer, VectorQuantizer, mse
+
+# The quantisers: vq (a learned codebook, plain or EMA) or fsq (finite scalar quantisation).
+QuantizerKind = Literal["vq", "fsq"]
+QUANTIZERS = get_args(QuantizerKind)
 
 
 class Residual(nnx.Module):
@@ -162,7 +168,7 @@ class VQVAEOutput(NamedTuple):
 
     Attributes:
       recon: (B, H, W, 3) reconstructed images.
-      quantized: (B, H/4, W/4, D) straight-through quantised latents.
+      quantized: (B, H/4, W/4, D) straight-through quantised latents (FSQ: codes in [-1, 1]).
       indices: (B, H/4, W/4) int32 code indices.
       vq_loss: scalar quantiser loss.
       perplexity: scalar code-usage perplexity of this batch.
@@ -216,8 +222,12 @@ def check_images(x: jax.Array, in_channels: int = 3) -> None:
 class VQVAE(nnx.Module):
     """The reference CIFAR-10 VQ-VAE: Encoder -> 1x1 conv -> quantiser -> Decoder.
 
-    ``decay > 0`` selects the EMA quantiser (:class:`VectorQuantizerEMA`), otherwise
-    the plain one. Call it on NHWC float images in [-0.5, 0.5].
+    ``quantizer="vq"``: ``decay > 0`` selects the EMA quantiser (:class:`VectorQuantizerEMA`),
+    otherwise the plain one. ``quantizer="fsq"``: finite scalar quantisation
+    (:class:`~jaxbasics.vqvae.fsq.FSQuantizer`) with ``fsq_levels``; the 1x1 conv then maps to
+    D = len(fsq_levels) channels, K = prod(fsq_levels), and ``embedding_dim``,
+    ``num_embeddings``, ``commitment_cost``, ``decay``, ``epsilon``, ``estimator`` and
+    ``ema_init`` are not used. Call it on NHWC float images in [-0.5, 0.5].
 
     Args:
       num_hiddens: encoder/decoder width (reference 128).
@@ -232,10 +242,12 @@ class VQVAE(nnx.Module):
         or ``"rotation"`` (the rotation trick).
       ema_init: the EMA quantiser's initial statistics, ``"notes"`` or ``"consistent"``
         (:class:`VectorQuantizerEMA`).
+      quantizer: ``"vq"`` or ``"fsq"``, see above.
+      fsq_levels: FSQ's levels per channel, e.g. (8, 8, 8): 512 codes of 3 dimensions.
       conv_form: ``"auto"``, ``"xla"`` or ``"im2col"`` (:mod:`jaxbasics.vqvae.layers`).
       compute_dtype: dtype of the encoder's and decoder's activations and matmuls, e.g.
         ``"bfloat16"``; None keeps float32. Parameters, the quantiser (distances, codebook
-        updates) and the outputs stay float32.
+        updates, FSQ's rounding) and the outputs stay float32.
       rngs: NNX random streams.
 
     >>> model = VQVAE(num_hiddens=16, num_residual_hiddens=4, num_residual_layers=1,
@@ -243,6 +255,9 @@ class VQVAE(nnx.Module):
     >>> out = model(jnp.zeros((2, 32, 32, 3)))
     >>> out.recon.shape, out.indices.shape
     ((2, 32, 32, 3), (2, 8, 8))
+    >>> fsq = VQVAE(16, 4, 1, quantizer="fsq", fsq_levels=(8, 5, 5, 5), rngs=nnx.Rngs(0))
+    >>> fsq.vq.num_embeddings, fsq.latents(jnp.zeros((2, 32, 32, 3))).shape
+    (1000, (2, 8, 8, 4))
     """
 
     def __init__(
@@ -258,16 +273,25 @@ class VQVAE(nnx.Module):
         *,
         estimator: str = "ste",
         ema_init: str = "notes",
+        quantizer: str = "vq",
+        fsq_levels: Sequence[int] = (8, 8, 8),
         conv_form: str = "auto",
         compute_dtype: str | None = None,
         rngs: nnx.Rngs,
     ):
+        if quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}.")
         self.in_channels = 3
         dtype = None if compute_dtype in (None, "float32") else jnp.dtype(compute_dtype)
         opts = dict(form=conv_form, dtype=dtype, rngs=rngs)
+        if quantizer == "fsq":  # one channel per level
+            embedding_dim = len(check_levels(fsq_levels))
         self.encoder = Encoder(3, num_hiddens, num_residual_layers, num_residual_hiddens, **opts)
         self.pre_vq_conv = conv(num_hiddens, embedding_dim, 1, **opts)
-        if decay > 0.0:
+        self.vq: Quantizer
+        if quantizer == "fsq":
+            self.vq = FSQuantizer(fsq_levels)
+        elif decay > 0.0:
             self.vq = VectorQuantizerEMA(
                 num_embeddings,
                 embedding_dim,
@@ -322,9 +346,7 @@ class VQVAE(nnx.Module):
         >>> model.encode(jnp.zeros((1, 32, 32, 3))).shape
         (1, 8, 8)
         """
-        z = self.latents(x)
-        _, _, idx = assign(z, self.vq.codebook[...])
-        return idx.reshape(z.shape[:-1])
+        return self.vq.indices(self.latents(x))
 
     def decode_indices(self, indices: jax.Array) -> jax.Array:
         """(B, h, w) code indices -> (B, 4h, 4w, 3) images.
@@ -333,7 +355,7 @@ class VQVAE(nnx.Module):
         >>> model.decode_indices(jnp.zeros((1, 8, 8), jnp.int32)).shape
         (1, 32, 32, 3)
         """
-        return self.decode(lookup(self.vq.codebook[...], indices))
+        return self.decode(self.vq.lookup(indices))
 
 
 def recon_error(recon: jax.Array, x: jax.Array, data_variance: float) -> jax.Array:

@@ -14,7 +14,7 @@ to exactly ``embedding_dim`` channels.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +52,8 @@ class QuantizerOutput(NamedTuple):
       encodings: (N, K) float32 one-hot rows of ``indices`` (N = B*H*W).
       loss: scalar VQ loss (codebook + commitment terms; see the quantiser).
       perplexity: scalar exp(entropy) of the average code usage in this batch.
-      distances: (N, K) squared Euclidean distances to every code.
+      distances: (N, K) squared Euclidean distances to every code; None for FSQ
+        (:mod:`jaxbasics.vqvae.fsq`), which rounds each channel and measures no distance.
     """
 
     quantized: jax.Array
@@ -60,7 +61,7 @@ class QuantizerOutput(NamedTuple):
     encodings: jax.Array
     loss: jax.Array
     perplexity: jax.Array
-    distances: jax.Array
+    distances: jax.Array | None = None
 
 
 def distances(flat: jax.Array, codebook: jax.Array) -> jax.Array:
@@ -256,7 +257,35 @@ def quantize(
     )
 
 
-class VectorQuantizer(nnx.Module):
+class Quantizer(nnx.Module):
+    """What the VQ-VAE asks of any quantiser besides quantising (``__call__``).
+
+    ``codebook[...]`` is the (K, D) array of codes (a parameter, an EMA statistic, or FSQ's
+    fixed grid), :meth:`indices` encodes latents to code indices and :meth:`lookup` decodes
+    them: the model's ``encode`` and ``decode_indices``, the figures and the codes'
+    fingerprint use only these. ``learned`` says whether training moves the codes. The
+    defaults here serve a stored codebook: the nearest code, and a gather.
+
+    >>> vq = VectorQuantizer(4, 2, 0.25, rngs=nnx.Rngs(0))
+    >>> z = vq.codebook[...][jnp.array([[3, 1]])][..., None, :]   # (1, 2, 1, 2) latents
+    >>> vq.indices(z).tolist(), bool((vq.lookup(vq.indices(z)) == z).all())
+    ([[[3], [1]]], True)
+    """
+
+    learned: ClassVar[bool] = True
+    codebook: Any
+
+    def indices(self, z: jax.Array) -> jax.Array:
+        """(..., D) latents -> (...) int32 index of each vector's code. Updates nothing."""
+        _, _, idx = assign(z, self.codebook[...])
+        return idx.reshape(z.shape[:-1])
+
+    def lookup(self, indices: jax.Array) -> jax.Array:
+        """(...) code indices -> (..., D) code vectors."""
+        return lookup(self.codebook[...], indices)
+
+
+class VectorQuantizer(Quantizer):
     """The notes' ``VectorQuantizer``: a learned codebook trained by the VQ loss.
 
     Codebook init is uniform(-1/K, 1/K), as in the reference. Loss is
@@ -295,4 +324,3 @@ class VectorQuantizer(nnx.Module):
 
     def __call__(self, z: jax.Array) -> QuantizerOutput:
         return quantize(z, self.codebook[...], self.commitment_cost, self.estimator)
-
