@@ -3,6 +3,7 @@
   python experiments/train_vqvae.py                       # the quickstart: embedded data, ~90 s
   python experiments/train_vqvae.py --preset cifar10 --data-dir ~/tensorflow_datasets
   python experiments/train_vqvae.py --preset cifar10 --help   # that preset's values
+  python experiments/train_vqvae.py --quantizer fsq --fsq-levels 8,5,5,5   # FSQ, 1,000 codes
 
 Every TrainConfig field is a flag (``batch_size`` -> ``--batch-size``); ``--preset`` picks
 their starting values (quickstart, cifar10 or notes) and ``--faithful`` turns off what the
@@ -20,7 +21,7 @@ import sys
 
 from jaxbasics.train import cli
 from jaxbasics.train.config import TrainConfig
-from jaxbasics.train.presets import PRESETS, preset, whole_splits_on_other_data
+from jaxbasics.train.presets import PRESETS, adjust, preset
 
 SCRIPT = cli.Script(
     config=TrainConfig,
@@ -33,7 +34,7 @@ SCRIPT = cli.Script(
     workdir="runs/{preset}",
     wrote="curves.png, reconstructions.png, codebook.png, metrics.jsonl, eval.jsonl and "
     "checkpoints/",
-    adjust=whole_splits_on_other_data,
+    adjust=adjust,
     faithful="reproduce the notes' quantiser exactly: their EMA init, straight-through, a "
     "constant learning rate, no dead-code restart or k-means init",
 )

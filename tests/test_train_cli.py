@@ -131,6 +131,10 @@ def test_incompatible_config_is_refused_by_the_cli(tmp_path, xla_cache):
         "num_hiddens: saved 16, requested 128"
         in run([sys.executable, TRAIN, "--workdir", str(tmp_path), "--preset", "cifar10"]).stderr
     )
+    # --quantizer fsq turns the VQ settings off: the saved VQ run differs in all of them
+    r = run([sys.executable, TRAIN, "--workdir", str(tmp_path), "--quantizer", "fsq"])
+    assert r.returncode == 1 and "quantizer: saved 'vq', requested 'fsq'" in r.stderr, r.stderr
+    assert "decay: saved 0.99, requested 0.0" in r.stderr
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
@@ -177,3 +181,9 @@ def test_bad_flag_values_are_explained(tmp_path):
     assert r.returncode == 1 and "is a file" in r.stderr and "Traceback" not in r.stderr
     r = run([sys.executable, TRAIN, "--estimator", "magic", "--workdir", str(tmp_path)])
     assert r.returncode == 2 and "invalid choice: 'magic'" in r.stderr
+    fsq = [sys.executable, TRAIN, "--quantizer", "fsq", "--workdir", str(tmp_path)]
+    r = run([*fsq, "--decay", "0.9"])
+    assert r.returncode == 2 and "error: --decay 0.9 is a VQ setting" in r.stderr
+    r = run([*fsq, "--fsq-levels", "8,1"])
+    assert r.returncode == 2 and "FSQ levels must each be >= 2" in r.stderr
+    assert not list(tmp_path.glob("*/config.json")) and not (tmp_path / "config.json").exists()

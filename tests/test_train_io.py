@@ -188,7 +188,14 @@ def test_a_model_of_other_sizes_is_refused_naming_the_fields(workdir, tmp_path):
             load(source, expect=other)
         assert "num_embeddings: saved 16, expected 32" in str(e.value)
         assert "embedding_dim: saved 8, expected 4" in str(e.value)
-    assert set(MODEL_FIELDS) >= {"num_embeddings", "embedding_dim", "num_hiddens", "decay"}
+    assert set(MODEL_FIELDS) >= {
+        "num_embeddings",
+        "embedding_dim",
+        "num_hiddens",
+        "decay",
+        "quantizer",
+        "fsq_levels",
+    }
 
 
 def test_an_export_whose_arrays_misfit_its_config_is_refused(workdir, tmp_path):
@@ -370,4 +377,42 @@ def test_an_export_of_another_format_says_which(exported, tmp_path):
     payload = _tampered(exported, lambda p: p.update(format="other"))
     path.write_bytes(flax.serialization.msgpack_serialize(payload))
     with pytest.raises(IncompatibleModelError, match="its format is 'other'. Pass a file"):
+        load(path)
+
+
+def test_an_export_from_before_fsq_loads_as_the_vq_model_it_is(exported, tmp_path):
+    """Exports written before the quantizer and fsq_levels fields existed load unchanged."""
+    import flax.serialization
+
+    path = tmp_path / "model.msgpack"
+    payload = _tampered(
+        exported, lambda p: [p["config"].pop(k) for k in ("quantizer", "fsq_levels")]
+    )
+    path.write_bytes(flax.serialization.msgpack_serialize(payload))
+    old = load(path)
+    assert old.config == CONFIG and old.config.quantizer == "vq"
+    path.write_bytes(flax.serialization.msgpack_serialize(exported))
+    x = _images()
+    np.testing.assert_array_equal(old.model.encode(x), load(path).model.encode(x))
+
+
+def test_an_export_claiming_fsq_codes_its_levels_do_not_give_is_refused(exported, tmp_path):
+    """FSQ stores no codebook, so the code count is checked against the levels instead."""
+    import flax.serialization
+
+    path = tmp_path / "model.msgpack"
+    payload = _tampered(
+        exported,
+        lambda p: p["config"].update(
+            quantizer="fsq",
+            fsq_levels="2,2,2,2,2,2,2,2",
+            decay=0.0,
+            commitment_cost=0.0,
+            dead_code_threshold=0.0,
+            kmeans_init_steps=0,
+            num_embeddings=16,
+        ),
+    )
+    path.write_bytes(flax.serialization.msgpack_serialize(payload))
+    with pytest.raises(IncompatibleModelError, match="num_embeddings follows from --fsq-levels"):
         load(path)

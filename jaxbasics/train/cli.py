@@ -243,6 +243,13 @@ def main(script: Script, argv: list[str] | None = None) -> int:
     requested = args.config
     if script.adjust is not None:
         requested = script.adjust(requested, args.preset, given)
+        # What it changed follows from the flags given, so a saved run is asked for it too
+        # (--quantizer fsq on a VQ run: the VQ settings off, refused as a mismatch by fit).
+        explicit |= {
+            f.name
+            for f in dataclasses.fields(requested)
+            if getattr(requested, f.name) != getattr(args.config, f.name)
+        }
     requested = warmup_within_run(requested, given)
     setup_logging()
 

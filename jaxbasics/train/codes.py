@@ -279,8 +279,19 @@ def run_batched(
 
 
 def codebook_fingerprint(model: Any) -> str:
-    """SHA-256 of the model's codebook (float32 bytes): which model codes belong to."""
-    return hashlib.sha256(np.asarray(model.vq.codebook[...], np.float32).tobytes()).hexdigest()
+    """SHA-256 of the model's codebook (float32 bytes): which model codes belong to.
+
+    An FSQ codebook is the fixed grid of its levels, the same in every FSQ model with those
+    levels; there the decoder's weights, which give the codes their meaning, are hashed after
+    it, so codes still belong to one model.
+    """
+    from flax import nnx
+
+    digest = hashlib.sha256(np.asarray(model.vq.codebook[...], np.float32).tobytes())
+    if not model.vq.learned:
+        for leaf in jax.tree.leaves(nnx.state(model.decoder, nnx.Param)):
+            digest.update(np.asarray(leaf, np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def code_dtype(num_embeddings: int) -> np.dtype:

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 from jaxbasics.data.sources import Dataset
+from jaxbasics.vqvae.fsq import check_levels
 from jaxbasics.vqvae.layers import ConvForm
+from jaxbasics.vqvae.model import QuantizerKind
 
 C = TypeVar("C", bound="RunConfig")
 
@@ -241,6 +243,8 @@ class TrainConfig(RunConfig):
         "compute_dtype": "float32",
         "image_size": 32,
         "eval_fraction": 0.1,
+        "quantizer": "vq",
+        "fsq_levels": "8,8,8",
     }
     REMOVED_FIELDS: ClassVar[frozenset[str]] = frozenset({"debug_nan_step"})
     POSITIVE: ClassVar[tuple[str, ...]] = (
@@ -293,6 +297,14 @@ class TrainConfig(RunConfig):
     """EMA quantiser's initial statistics: notes (ema_w drawn apart from the codebook, zero
     cluster sizes: unused codes jump to norms of ~1e5 after step 1) or consistent
     (ema_w = codebook, cluster sizes 1: unused codes stay where they are)."""
+    quantizer: QuantizerKind = "vq"
+    """vq (a learned codebook of --num-embeddings codes of --embedding-dim) or fsq (finite
+    scalar quantisation, Mentzer et al. 2023: each latent channel rounded to a few levels; no
+    codebook loss, EMA, restarts or k-means; the code count and size follow from
+    --fsq-levels, and the VQ-only settings are off)."""
+    fsq_levels: str = "8,8,8"
+    """fsq only: levels per latent channel, comma-separated: 8,8,8 gives 8*8*8 = 512 codes of
+    3 dimensions, 8,5,5,5 gives 1,000 of 4. Each level >= 2, at most 65,536 codes."""
     conv_form: ConvForm = "auto"
     """How convolutions are evaluated: xla (XLA's own), im2col (matmul forms, measured fastest on
     CPU and GPU) or auto (im2col, but xla on TPU). Parameters are the same in every form."""
@@ -351,7 +363,89 @@ class TrainConfig(RunConfig):
             )
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}.")
+        self._validate_quantizer()
         return self
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """``fsq_levels`` as integers.
+
+        >>> TrainConfig(fsq_levels="8,5,5,5").levels
+        (8, 5, 5, 5)
+        """
+        return parse_levels(self.fsq_levels)
+
+    def _validate_quantizer(self) -> None:
+        """FSQ: levels that work, and no VQ-only setting or code count that it would ignore."""
+        if self.quantizer == "vq":
+            if self.fsq_levels != TrainConfig.fsq_levels:
+                raise ValueError(
+                    f"--fsq-levels {self.fsq_levels} applies to --quantizer fsq only; add "
+                    "--quantizer fsq, or leave --fsq-levels out."
+                )
+            return
+        self.levels  # noqa: B018 - raises on levels that cannot work
+        for name, value in fsq_settings(self).items():
+            if getattr(self, name) == value:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if name in VQ_ONLY:
+                raise ValueError(
+                    f"{flag} {getattr(self, name)} is a VQ setting, and FSQ has nothing it "
+                    f"applies to (no codebook loss, EMA, restarts or k-means); leave {flag} out "
+                    f"with --quantizer fsq (or give {value})."
+                )
+            raise ValueError(
+                f"with --quantizer fsq, {name} follows from --fsq-levels {self.fsq_levels}: "
+                f"{value}, not {getattr(self, name)}; leave {flag} out."
+            )
+
+
+# The VQ-only settings and the value each has under FSQ, which has no codebook to learn.
+VQ_ONLY: dict[str, Any] = {
+    "commitment_cost": 0.0,
+    "decay": 0.0,
+    "estimator": "ste",
+    "ema_init": TrainConfig.ema_init,
+    "dead_code_threshold": 0.0,
+    "kmeans_init_steps": 0,
+}
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """``--fsq-levels`` text, ``"8,5,5,5"``, as integers; a one-line ValueError if it cannot
+    work (:func:`jaxbasics.vqvae.fsq.check_levels`).
+
+    >>> parse_levels("8, 8,8")
+    (8, 8, 8)
+    >>> parse_levels("8,x")
+    Traceback (most recent call last):
+    ...
+    ValueError: fsq_levels must be integers separated by commas, e.g. 8,8,8 or 8,5,5,5; got '8,x'.
+    """
+    try:
+        levels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"fsq_levels must be integers separated by commas, e.g. 8,8,8 or 8,5,5,5; got {text!r}."
+        ) from None
+    return check_levels(levels)
+
+
+def fsq_settings(config: TrainConfig) -> dict[str, Any]:
+    """The values an FSQ run has in every field FSQ decides: the VQ-only settings off
+    (:data:`VQ_ONLY`), ``num_embeddings`` and ``embedding_dim`` from the levels (left out
+    when the levels cannot work: validation says why).
+
+    >>> s = fsq_settings(TrainConfig(quantizer="fsq", fsq_levels="8,5,5,5"))
+    >>> s["num_embeddings"], s["embedding_dim"], s["decay"]
+    (1000, 4, 0.0)
+    """
+    try:
+        levels = config.levels
+    except ValueError:
+        return dict(VQ_ONLY)
+    return {**VQ_ONLY, "num_embeddings": math.prod(levels), "embedding_dim": len(levels)}
 
 
 def _check_type(cls: type, name: str, value: Any) -> None:

@@ -52,6 +52,8 @@ MODEL_FIELDS = (
     "embedding_dim",
     "num_embeddings",
     "decay",
+    "quantizer",
+    "fsq_levels",
 )
 
 
@@ -421,9 +423,10 @@ def _check_fields(payload: dict, path: Path) -> None:
 
 
 def _export_config(stored: dict, path: Path) -> TrainConfig:
-    """An export's config, or an error naming what is wrong with it."""
+    """An export's config, or an error naming what is wrong with it (validated: an FSQ code
+    count its levels do not give is refused here, as no array would tell)."""
     try:
-        return TrainConfig.from_json(json.dumps(stored))
+        return TrainConfig.from_json(json.dumps(stored)).validate()
     except (TypeError, ValueError) as e:  # TypeError: something JSON cannot hold (an array)
         raise IncompatibleModelError(f"{path}: the 'config' field is no config ({e})") from e
 

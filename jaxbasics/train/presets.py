@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxbasics.train.config import C, TrainConfig, warmup_that_fits
+from jaxbasics.train.config import C, TrainConfig, fsq_settings, warmup_that_fits
 
 # What the notes' notebook does and our defaults change (docs/codebook.md measures each).
 FAITHFUL: dict[str, Any] = dict(
@@ -76,7 +76,32 @@ def preset(name: str, *, faithful: bool = False, **overrides: Any) -> TrainConfi
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
     config = TrainConfig(**{**PRESETS[name], **(FAITHFUL if faithful else {}), **overrides})
-    return whole_splits_on_other_data(config, name, set(overrides))
+    return adjust(config, name, set(overrides))
+
+
+def adjust(config: TrainConfig, name: str, given: set[str]) -> TrainConfig:
+    """Preset ``name``'s values that do not apply to what was asked for (``given``: the fields
+    set explicitly) dropped: :func:`whole_splits_on_other_data`, :func:`fsq_turns_vq_off`.
+
+    >>> adjust(TrainConfig(quantizer="fsq"), "cifar10", {"quantizer"}).num_embeddings
+    512
+    """
+    return fsq_turns_vq_off(whole_splits_on_other_data(config, name, given), given)
+
+
+def fsq_turns_vq_off(config: TrainConfig, given: set[str]) -> TrainConfig:
+    """Under ``quantizer="fsq"``, the VQ-only settings off and the code count and size those
+    of the levels (:func:`~jaxbasics.train.config.fsq_settings`), except the fields in
+    ``given``: a preset's EMA decay or restarts would silently do nothing, while a value set
+    explicitly is left for validation to refuse if FSQ cannot honour it.
+
+    >>> c = fsq_turns_vq_off(TrainConfig(quantizer="fsq", fsq_levels="8,5,5,5"), {"decay"})
+    >>> c.num_embeddings, c.dead_code_threshold, c.decay
+    (1000, 0.0, 0.99)
+    """
+    if config.quantizer != "fsq":
+        return config
+    return config.replace(**{k: v for k, v in fsq_settings(config).items() if k not in given})
 
 
 def whole_splits_on_other_data(config: TrainConfig, name: str, given: set[str]) -> TrainConfig:

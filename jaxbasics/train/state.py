@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from jaxbasics.train.config import RunConfig, TrainConfig
-from jaxbasics.vqvae import codebook
+from jaxbasics.vqvae import codebook, fsq
 from jaxbasics.vqvae.ema import EMAVariable
 from jaxbasics.vqvae.model import VQVAE
 
@@ -90,6 +90,8 @@ def model_kwargs(config: TrainConfig) -> dict[str, Any]:
         decay=config.decay,
         estimator=config.estimator,
         ema_init=config.ema_init,
+        quantizer=config.quantizer,
+        fsq_levels=config.levels,
         conv_form=config.conv_form,
         compute_dtype=config.compute_dtype,
     )
@@ -197,7 +199,8 @@ def init_state(config: TrainConfig) -> TrainState:
 
 
 def codebook_of(config: TrainConfig, state: TrainState) -> jax.Array:
-    """The (K, D) codebook of ``state``: an EMA statistic or a parameter.
+    """The (K, D) codebook of ``state``: an EMA statistic, a parameter, or under FSQ the fixed
+    grid of its levels (:func:`jaxbasics.vqvae.fsq.grid`), which no state holds.
 
     >>> from jaxbasics.train.presets import preset
     >>> cfg = preset("quickstart", num_hiddens=8, num_residual_hiddens=2, embedding_dim=4,
@@ -205,6 +208,8 @@ def codebook_of(config: TrainConfig, state: TrainState) -> jax.Array:
     >>> codebook_of(cfg, init_state(cfg)).shape
     (8, 4)
     """
+    if config.quantizer == "fsq":
+        return fsq.grid(config.levels)
     return codebook.codebook_of(state.params, state.ema, ema_quantizer=config.decay > 0)
 
 
