@@ -7,13 +7,14 @@ in the run's workdir; resuming with a config that differs in a field outside
 :data:`RESUMABLE_FIELDS` is refused.
 
 The named presets (``quickstart``, ``cifar10``, ``notes``) are in
-:mod:`jaxbasics.train.presets`; the dataclass defaults are the ``cifar10`` preset.
-``docs/codebook.md`` lists which defaults differ from the notes, and why.
+:mod:`jaxbasics.train.presets`; the dataclass defaults are the notes' setting with the
+codebook remedies on (the ``notes`` preset turns those off, the ``cifar10`` preset adds a tuned
+schedule). ``docs/codebook.md`` lists which defaults differ from the notes, and why.
 
 >>> TrainConfig().batch_size, TrainConfig().learning_rate, TrainConfig().decay
 (32, 0.0003, 0.99)
->>> from jaxbasics.train.presets import preset
->>> TrainConfig().replace(batch_size=64) == preset("cifar10", batch_size=64)
+>>> from jaxbasics.train.presets import TUNED, preset
+>>> TrainConfig(**TUNED).replace(batch_size=64) == preset("cifar10", batch_size=64)
 True
 """
 
