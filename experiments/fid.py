@@ -54,7 +54,8 @@ def load_images(
             raise ValueError(
                 f"{image.path} is {x.shape[1]}x{x.shape[0]} but {found[0].path} is "
                 f"{pixels[0].shape[1]}x{pixels[0].shape[0]}; FID compares images of one size "
-                "(reconstruct.py's --out also holds grids/: pass --exclude OUT/grids)."
+                "(reconstruct.py's --out also holds grids/: pass --exclude OUT/grids; "
+                "sample.py's holds grid.png: pass OUT/samples)."
             )
     return np.stack(pixels)
 
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num is not None and args.num < 2:
         parser.error(f"--num must be at least 2 (a covariance), got {args.num}.")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}.")
 
     from jaxbasics.fid import fids
 
@@ -114,9 +119,15 @@ def main(argv: list[str] | None = None) -> int:
             load_images(p, args.num, args.exclude, args.seed)
             for p in (args.images_a, *args.images_b)
         )
-        results = fids(a, b, batch_size=args.batch_size, device=args.device)
     except (OSError, ValueError, ImportError) as e:
         return fail(e)
+    try:
+        results = fids(a, b, batch_size=args.batch_size, device=args.device)
+    except (ValueError, ImportError) as e:
+        return fail(e)
+    except (RuntimeError, AssertionError) as e:  # torch on a device it cannot use
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return fail(RuntimeError(f"--device {args.device}: {first}"))
     for path, result in zip(args.images_b, results, strict=True):
         print(json.dumps(result._asdict() | {"images_b": path}))
     return 0

@@ -20,13 +20,18 @@ pushes the class's logits away from the unconditional ones: ``cond + G * (cond -
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from common import check_out, fail, load_model, save_png
+from common import check_out, fail, save_png
+
+# The most samples one run draws: all are sampled at once, ~140 kB of memory each.
+MAX_NUM = 10_000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -83,54 +88,94 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     try:
-        if args.num < 1:
-            raise ValueError(f"--num must be at least 1, got {args.num}.")
+        if not 1 <= args.num <= MAX_NUM:
+            raise ValueError(
+                f"--num must be in [1, {MAX_NUM}] (one run samples them all at once in memory), "
+                f"got {args.num}; for more, run again with another --seed and --out."
+            )
+        if not -(2**63) <= args.seed < 2**63:
+            raise ValueError(f"--seed must fit in 64 bits, got {args.seed}.")
         if args.guidance and args.class_name is None and not args.all_classes:
             raise ValueError(
                 "--guidance needs --class NAME or --all-classes: it steers samples towards a class."
             )
         loaded_prior = load_prior(args.prior, args.step)
         model_path = args.model or loaded_prior.config.model
+        if not args.model and not os.path.exists(model_path):
+            raise FileNotFoundError(
+                f"the VQ-VAE {args.prior} was trained on, {model_path} (as its config.json "
+                "names it), does not exist here; pass --model with its workdir or export."
+            )
         labels = class_labels(args, loaded_prior)
         names = [f"sample_{i:03d}" for i in range(args.num)]
-        check_out(out, [args.prior, model_path], ["codes.npz", "grid.png"])
-        check_out(out / "samples", [args.prior, model_path], [f"{n}.png" for n in names])
+        files = ["codes.npz", "grid.png", *(f"samples/{n}.png" for n in names)]
+        check_out(out, [args.prior, model_path], files)
+        from jaxbasics.train.codes import codebook_fingerprint
+        from jaxbasics.train.io import load
+
+        loaded = load(model_path)
+        if codebook_fingerprint(loaded.model) != loaded_prior.codes["codebook_sha256"]:
+            raise ValueError(
+                f"{args.prior} was trained on the codes of another VQ-VAE than {model_path} "
+                "(another codebook): its samples would decode to nonsense. Pass the --model it "
+                "was trained on."
+            )
+        with writing(out):
+            return generate(args, out, loaded_prior, loaded, labels, names)
     except (OSError, ValueError) as e:
         return fail(e)
-    loaded = load_model(model_path)
+
+
+@contextlib.contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """Hold ``out`` (created) for this process alone: a second sample.py writing the same
+    folder is refused at once, instead of mixing its files with this one's."""
+    import fcntl
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"--out {out} is being written by another sample.py; wait for it to end or "
+                "pass another --out."
+            ) from None
+        yield
+    except BaseException:
+        if created and not any(out.iterdir()):  # refused before writing: leave nothing
+            out.rmdir()
+        raise
+    finally:
+        os.close(fd)
+
+
+def generate(args, out: Path, loaded_prior, loaded, labels, names: list[str]) -> int:
+    """Sample, decode with ``loaded`` (the VQ-VAE) and write everything under ``out``; print
+    the summary line. Returns 0."""
     import jax
 
     from jaxbasics import plots
     from jaxbasics.prior import sample
     from jaxbasics.train.codes import (
         CODE_BUDGET,
-        codebook_fingerprint,
         model_fns,
         run_batched,
         to_pixels,
         write_codes,
     )
 
-    if codebook_fingerprint(loaded.model) != loaded_prior.codes["codebook_sha256"]:
-        return fail(
-            ValueError(
-                f"{args.prior} was trained on the codes of another VQ-VAE than {model_path} "
-                "(another codebook): its samples would decode to nonsense. Pass the --model it "
-                "was trained on."
-            )
-        )
-    try:
-        codes = sample(
-            loaded_prior.prior,
-            args.num,
-            jax.random.key(args.seed),
-            labels=labels,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            guidance=args.guidance,
-        )
-    except ValueError as e:
-        return fail(e)
+    codes = sample(
+        loaded_prior.prior,
+        args.num,
+        jax.random.key(args.seed),
+        labels=labels,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        guidance=args.guidance,
+    )
     maps = list(np.asarray(codes))
     write_codes(out / "codes.npz", names, maps, loaded.model, loaded.config)
     fns = model_fns(loaded.model)
@@ -143,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"images": args.num, "out": str(out), "prior_step": loaded_prior.step}
     which = "all" if args.all_classes else args.class_name
     summary |= {"class": which, "guidance": args.guidance, "seed": args.seed}
+    summary |= {"temperature": args.temperature, "top_k": args.top_k}
     print(json.dumps(summary))
     return 0
 

@@ -6,6 +6,7 @@ module is cheap and works without a display.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,7 +169,7 @@ def save(fig: Figure, path: str | Path) -> Path:
     """Save ``fig`` (format from the suffix) atomically and close it."""
     plt = _pyplot()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")  # one per process
     try:
         fig.savefig(tmp, dpi=100)
         tmp.replace(path)

@@ -157,3 +157,17 @@ def test_script_compares_each_set_with_one_reference(tmp_path, capsys, shapes_im
     assert [same["images_b"], other["images_b"]] == paths[1:]
     assert same["num_a"] == same["num_b"] == other["num_b"] == 3
     assert abs(same["fid"]) < 1e-3 < 1.0 < other["fid"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--batch-size", "-1"], "--batch-size must be at least 1"),
+        (["--seed", "-1"], "--seed must be >= 0"),
+    ],
+)
+def test_script_refuses_bad_numbers_before_embedding(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_:
+        fid_script.main([str(tmp_path), str(tmp_path), *flags])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

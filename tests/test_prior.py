@@ -177,6 +177,12 @@ def test_temperature_divides_logits():
     "options, message",
     [
         (dict(temperature=0.0), "temperature must be > 0"),
+        # float32 turns these into 0, a denormal or nan: every code would come out 0
+        (dict(temperature=1e-45), r"temperature must be in \[1e-06, 1e\+06\]"),
+        (dict(temperature=float("nan")), "temperature must be in"),
+        (dict(temperature=float("inf")), "temperature must be in"),
+        (dict(guidance=float("inf"), labels=jnp.zeros(4, jnp.int32)), "guidance must be in"),
+        (dict(guidance=float("nan"), labels=jnp.zeros(4, jnp.int32)), "guidance must be in"),
         (dict(top_k=K + 1), "top_k must be in"),
         (dict(guidance=1.0), "guidance needs labels"),
         (dict(labels=jnp.zeros(3, jnp.int32)), r"labels must have shape \(4,\)"),

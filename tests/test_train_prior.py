@@ -153,8 +153,12 @@ def test_all_classes_cycles_the_labels_through_the_samples(prior_workdir, workdi
         (["--temperature", "0"], "temperature must be > 0"),
         (["--guidance", "2"], "--guidance needs --class"),
         (["--top-k", "0"], "top_k must be in [1, 16]"),
-        (["--num", "0"], "--num must be at least 1"),
+        (["--num", "0"], "--num must be in [1, 10000]"),
         (["--all-classes", "--guidance", "-1"], "guidance must be"),
+        (["--temperature", "nan"], "temperature must be in"),
+        (["--class", "ring", "--guidance", "inf"], "guidance must be in"),
+        (["--num", "10001"], "--num must be in [1, 10000]"),
+        (["--seed", str(2**70)], "--seed must fit in 64 bits"),
     ],
 )
 def test_bad_sampling_options_are_one_line(
@@ -164,6 +168,25 @@ def test_bad_sampling_options_are_one_line(
     assert sample.main(args + flags) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()  # refused before anything is written
+
+
+def test_sample_out_is_one_writer_and_stays_inside(prior_workdir, workdir, tmp_path, capsys):
+    """A second sample.py on a folder being written is refused (their files would mix); a
+    linked OUT/samples that leads elsewhere is refused before writing."""
+    args = ["--prior", str(prior_workdir), "--model", str(workdir), "--num", "2"]
+    busy = tmp_path / "busy"
+    with sample.writing(busy):
+        assert sample.main([*args, "--out", str(busy)]) == 1
+    assert "being written by another sample.py" in capsys.readouterr().err
+    assert not any(busy.iterdir())
+    elsewhere, linked = tmp_path / "elsewhere", tmp_path / "linked"
+    elsewhere.mkdir()
+    linked.mkdir()
+    (linked / "samples").symlink_to(elsewhere)
+    assert sample.main([*args, "--out", str(linked)]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not any(elsewhere.iterdir()) and not (linked / "codes.npz").exists()
 
 
 def test_a_prior_on_a_codes_file_is_unconditional(workdir, tmp_path, capsys):

@@ -86,17 +86,28 @@ def guide(logits: jax.Array, guidance: jax.Array | float) -> jax.Array:
     return cond + guidance * (cond - uncond)
 
 
+# Bounds that keep logits / temperature and cond + guidance * (cond - uncond) finite in float32.
+MIN_TEMPERATURE = 1e-6
+MAX_GUIDANCE = 1e3
+
+
 def _check(prior: Prior, n: int, labels: Any, temperature: float, top_k: Any, guidance: float):
-    if temperature <= 0:
+    if not MIN_TEMPERATURE <= temperature <= 1 / MIN_TEMPERATURE:  # also refuses nan
         raise ValueError(
             f"temperature must be > 0, got {temperature}; for greedy sampling use top_k=1."
+            if temperature <= 0
+            else f"temperature must be in [{MIN_TEMPERATURE:g}, {1 / MIN_TEMPERATURE:g}] (finite "
+            f"in float32 logits), got {temperature}; for greedy sampling use top_k=1."
         )
     if n < 1:
         raise ValueError(f"n (the number of code maps) must be at least 1, got {n}.")
     if top_k is not None and not 1 <= top_k <= prior.num_codes:
         raise ValueError(f"top_k must be in [1, {prior.num_codes}] or None, got {top_k}.")
-    if guidance < 0:
-        raise ValueError(f"guidance must be >= 0 (0 is plain conditional), got {guidance}.")
+    if not 0 <= guidance <= MAX_GUIDANCE:  # also refuses nan
+        raise ValueError(
+            f"guidance must be in [0, {MAX_GUIDANCE:g}] (0 is plain conditional; larger "
+            f"overflows float32 logits), got {guidance}."
+        )
     if guidance > 0 and labels is None:
         raise ValueError("guidance needs labels: it pushes conditional logits away from the null.")
     if labels is not None and jnp.shape(labels) != (n,):
