@@ -110,6 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         names = [f"sample_{i:03d}" for i in range(args.num)]
         files = ["codes.npz", "grid.png", *(f"samples/{n}.png" for n in names)]
         check_out(out, [args.prior, model_path], files)
+        stale = sorted(
+            {p.name for p in (out / "samples").glob("sample_*.png")} - {f"{n}.png" for n in names}
+        )
+        if stale:
+            raise FileExistsError(
+                f"{out / 'samples'} holds {len(stale)} samples this run would not replace "
+                f"({stale[0]}...): its codes.npz and grid would not match them. Pass an empty "
+                "--out, or delete them."
+            )
         from jaxbasics.train.codes import codebook_fingerprint
         from jaxbasics.train.io import load
 

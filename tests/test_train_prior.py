@@ -187,6 +187,10 @@ def test_sample_out_is_one_writer_and_stays_inside(prior_workdir, workdir, tmp_p
     assert sample.main([*args, "--out", str(linked)]) == 1
     assert capsys.readouterr().err.count("\n") == 1
     assert not any(elsewhere.iterdir()) and not (linked / "codes.npz").exists()
+    # fewer samples into a folder of more: the old extra PNGs would pass for this run's
+    assert sample.main([*args, "--out", str(tmp_path / "o")]) == 0
+    assert sample.main([*args[:-1], "1", "--out", str(tmp_path / "o")]) == 1
+    assert "holds 1 samples this run would not replace (sample_001.png" in capsys.readouterr().err
 
 
 def test_a_prior_on_a_codes_file_is_unconditional(workdir, tmp_path, capsys):
