@@ -273,6 +273,8 @@ def main(script: Script, argv: list[str] | None = None) -> int:
         # Held from the first read of the saved run to the end (fit's own hold nests in it).
         with hold(workdir):
             config = resolve_config(requested, explicit, workdir)  # ConfigFileError: exit 1
+            # The warm-up rule again on the run's real length (a saved run keeps its own)
+            config = warmup_within_run(config, given)
             try:
                 config.validate()
             except ValueError as e:
