@@ -20,11 +20,9 @@ pushes the class's logits away from the unconditional ones: ``cond + G * (cond -
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +83,7 @@ def class_labels(args: argparse.Namespace, loaded_prior) -> np.ndarray | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from jaxbasics.train.prior_task import load_prior
+    from jaxbasics.train.workdir import WorkdirInUseError, hold
 
     out = Path(args.out)
     try:
@@ -121,44 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         from jaxbasics.train.codes import codebook_fingerprint
         from jaxbasics.train.io import load
+        from jaxbasics.train.prior_data import same_codebook
 
         loaded = load(model_path)
-        if codebook_fingerprint(loaded.model) != loaded_prior.codes["codebook_sha256"]:
-            raise ValueError(
-                f"{args.prior} was trained on the codes of another VQ-VAE than {model_path} "
-                "(another codebook): its samples would decode to nonsense. Pass the --model it "
-                "was trained on."
-            )
-        with writing(out):
+        fingerprint = codebook_fingerprint(loaded.model)
+        same_codebook(args.prior, model_path, fingerprint, loaded_prior.codes["codebook_sha256"])
+        # One writer per --out: a second sample.py would mix its files with this one's.
+        with hold(out, "--out", "sample.py"):
             return generate(args, out, loaded_prior, loaded, labels, names)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, WorkdirInUseError) as e:
         return fail(e)
-
-
-@contextlib.contextmanager
-def writing(out: Path) -> Iterator[None]:
-    """Hold ``out`` (created) for this process alone: a second sample.py writing the same
-    folder is refused at once, instead of mixing its files with this one's."""
-    import fcntl
-
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(
-                f"--out {out} is being written by another sample.py; wait for it to end or "
-                "pass another --out."
-            ) from None
-        yield
-    except BaseException:
-        if created and not any(out.iterdir()):  # refused before writing: leave nothing
-            out.rmdir()
-        raise
-    finally:
-        os.close(fd)
 
 
 def generate(args, out: Path, loaded_prior, loaded, labels, names: list[str]) -> int:

@@ -1,7 +1,9 @@
 """Stage two on the shared loop: a prior's run, its resume, its data, and sampling from it."""
 
+import fcntl
 import hashlib
 import json
+import logging
 import shutil
 import signal
 
@@ -62,6 +64,24 @@ def test_a_stopped_prior_resumes_bitwise(prior_workdir, workdir, tmp_path, monke
     assert bits(tmp_path) == bits(prior_workdir)
 
 
+def test_a_prior_falls_back_past_a_damaged_newest_checkpoint(
+    prior_workdir, workdir, tmp_path, caplog
+):
+    """Truncated arrays in checkpoint 12: loading reads checkpoint 6 and says so; training
+    resumes from 6 (moving 12 aside) and ends where the undamaged run ended, bitwise."""
+    copy = shutil.copytree(prior_workdir, tmp_path / "prior")
+    for f in (copy / "checkpoints" / str(PRIOR_STEPS) / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "METADATA" not in f.name:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="jaxbasics"):
+        assert load_prior(copy).step == 6
+    assert any("read checkpoint 6 of" in r.getMessage() for r in caplog.records)
+    assert fit(prior_config(workdir), copy).step == PRIOR_STEPS
+    assert [p.name.split("-")[0] for p in (copy / "corrupt_checkpoints").iterdir()] == ["12"]
+    for x, y in zip(_params(prior_workdir), _params(copy), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_a_prior_is_refused_on_another_codebooks_codes(prior_workdir, workdir, tmp_path, capsys):
     """The prior's cached codes belong to one codebook: resuming it, or sampling it, with
     another VQ-VAE is a one-line error; nothing in the prior's workdir changes."""
@@ -84,7 +104,7 @@ def test_a_prior_is_refused_on_another_codebooks_codes(prior_workdir, workdir, t
     capsys.readouterr()
     code = sample.main(["--prior", str(copy), "--model", str(other), "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err
-    assert code == 1 and "another VQ-VAE" in err and err.count("\n") == 1
+    assert code == 1 and "another codebook" in err and err.count("\n") == 1
     assert not (tmp_path / "s").exists()
 
 
@@ -176,10 +196,12 @@ def test_sample_out_is_one_writer_and_stays_inside(prior_workdir, workdir, tmp_p
     linked OUT/samples that leads elsewhere is refused before writing."""
     args = ["--prior", str(prior_workdir), "--model", str(workdir), "--num", "2"]
     busy = tmp_path / "busy"
-    with sample.writing(busy):
+    busy.mkdir()
+    with open(busy / "run.lock", "w") as held:  # as another process holding it would
+        fcntl.flock(held, fcntl.LOCK_EX)
         assert sample.main([*args, "--out", str(busy)]) == 1
-    assert "being written by another sample.py" in capsys.readouterr().err
-    assert not any(busy.iterdir())
+    assert "in use by another sample.py" in capsys.readouterr().err
+    assert [p.name for p in busy.iterdir()] == ["run.lock"]  # nothing of this run's
     elsewhere, linked = tmp_path / "elsewhere", tmp_path / "linked"
     elsewhere.mkdir()
     linked.mkdir()

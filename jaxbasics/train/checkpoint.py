@@ -299,6 +299,7 @@ class Checkpointer:
             the message lists them.
           UnreadableCheckpointError: the metadata is missing or cannot be read.
         """
+        abstract_state = self._abstract_of(step, abstract_state)
         try:
             stored = self.manager.item_metadata(step)["state"]
             saved = {} if stored is None else layout(stored)
@@ -348,6 +349,7 @@ class Checkpointer:
         args = {"meta": ocp.args.JsonRestore(), "data_iter": ocp.args.JsonRestore()}
         missing = []
         if "state" in items:
+            abstract_state = self._abstract_of(step, abstract_state)
             missing = self.check(step, abstract_state, fields)
             wanted = _fields(abstract_state, fields)
             read = {name: leaf for name, leaf in wanted.items() if name not in missing}
@@ -377,6 +379,21 @@ class Checkpointer:
             )
         return Restored(step, state, out.get("meta"), out.get("data_iter"))
 
+    def _abstract_of(self, step: int, abstract_state: Any) -> Any:
+        """``abstract_state``, or, if it is a function of a checkpoint's ``meta`` (a state
+        whose shapes the run's meta decides), its value for checkpoint ``step``."""
+        if not callable(abstract_state):
+            return abstract_state
+        try:
+            meta = self.manager.restore(
+                step, args=self._ocp.args.Composite(meta=self._ocp.args.JsonRestore())
+            )["meta"]
+        except Exception as e:  # noqa: BLE001 - whatever Orbax raises, the files are bad
+            raise UnreadableCheckpointError(
+                f"checkpoint {step}: its meta cannot be read ({_cause(e)})"
+            ) from e
+        return abstract_state(meta)
+
     def restore_latest(
         self,
         abstract_state: Any,
@@ -396,7 +413,9 @@ class Checkpointer:
           abstract_state: the state's structure, shapes, dtypes and shardings (see
             :func:`jaxbasics.train.state.abstract_state`), the target of the restore. The
             shardings may differ from the saving run's: a checkpoint written on 8 devices
-            restores on 1 and the other way round.
+            restores on 1 and the other way round. A function of the checkpoint's ``meta``
+            that returns it, where the meta decides the shapes (a prior's code count and
+            map size), so that each checkpoint tried is read with its own.
           on_unreadable: called with the step and the error for each unreadable checkpoint.
           quarantine: move an unreadable checkpoint to ``corrupt_checkpoints/`` so training
             can write that step again (process 0 moves, the others wait).

@@ -137,6 +137,26 @@ def read_cache(path: Path) -> CodeData:
     return data
 
 
+def same_codebook(prior: Any, model: Any, fingerprint: str, *trained_on: str) -> None:
+    """Refuse a prior that models another codebook's codes than the VQ-VAE ``model``'s.
+
+    ``fingerprint`` is the VQ-VAE's (:func:`~jaxbasics.train.codes.codebook_fingerprint`),
+    ``trained_on`` the fingerprints the prior ``prior`` (a workdir) was trained on or is about
+    to be. Sizes can agree while the weights differ: such a prior's samples decode to nonsense.
+
+    >>> same_codebook("prior", "vq", "ab12", "ab12")
+    >>> same_codebook("prior", "vq", "ab12", "ab12", "cd34")
+    Traceback (most recent call last):
+    ValueError: the prior prior models the codes of another codebook than vq's ...
+    """
+    if any(f != fingerprint for f in trained_on):
+        raise ValueError(
+            f"the prior {prior} models the codes of another codebook than {model}'s (other "
+            "weights): its samples would decode to nonsense. Pass the --model it was trained "
+            "on (or, to train a new prior for this VQ-VAE, a new --workdir)."
+        )
+
+
 def code_data(config: PriorConfig, workdir: Path, loaded: Any, fingerprint: str) -> CodeData:
     """The codes a prior run in ``workdir`` models, for the VQ-VAE ``loaded`` whose codebook's
     fingerprint is ``fingerprint`` (see the module docstring). Reads only; a new run's codes

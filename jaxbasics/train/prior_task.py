@@ -247,7 +247,7 @@ class PriorTask:
     def load_data(self, workdir: Path) -> TaskData:
         from jaxbasics.train.codes import codebook_fingerprint
         from jaxbasics.train.io import load
-        from jaxbasics.train.prior_data import CACHE, code_data
+        from jaxbasics.train.prior_data import CACHE, code_data, same_codebook
 
         self.loaded = load(self.config.model)
         fingerprint = codebook_fingerprint(self.loaded.model)
@@ -255,12 +255,8 @@ class PriorTask:
         self.stats = self.data.stats()
         saved = workdir / "data_stats.json"
         then = json.loads(saved.read_text()) if saved.exists() else self.stats
-        if fingerprint != self.stats["codebook_sha256"] or fingerprint != then["codebook_sha256"]:
-            raise ValueError(
-                f"the prior in {workdir} models the codes of another codebook than "
-                f"{self.config.model}'s (other weights): its samples would decode to nonsense. "
-                "Pass the --model it was trained on, or a new --workdir for this VQ-VAE."
-            )
+        trained_on = (self.stats["codebook_sha256"], then["codebook_sha256"])
+        same_codebook(workdir, self.config.model, fingerprint, *trained_on)
         if len(self.data.train) < self.config.batch_size:
             raise ValueError(
                 f"the prior's train split has {len(self.data.train)} code maps, fewer than one "
@@ -412,10 +408,17 @@ def load_prior(workdir: str | Path, step: int | None = None) -> LoadedPrior:
     config = saved_config(workdir, PriorConfig).config
     if config is None:
         raise FileNotFoundError(f"{workdir} holds no prior run's config.")
-    meta = read(workdir, None, step=step, items=("meta",))
-    codes = meta.meta["codes"]
-    s = structure(config.compile_key(), PriorShape.of(codes, config))
-    restored = read(
-        workdir, placed(s.abstract), step=meta.step, items=("state",), fields=("params",)
+
+    def of(meta: dict) -> Structure:
+        return structure(config.compile_key(), PriorShape.of(meta["codes"], config))
+
+    def abstract(meta: dict) -> Any:
+        return placed(of(meta).abstract)
+
+    # Each checkpoint is read with the shapes its own meta names (they follow the codes the
+    # run modelled), so that an unreadable newest one falls back to the one before.
+    restored = read(workdir, abstract, step=step, items=("meta", "state"), fields=("params",))
+    graphdef = of(restored.meta).graphdef
+    return LoadedPrior(
+        nnx.merge(graphdef, restored.state.params), config, restored.meta["codes"], restored.step
     )
-    return LoadedPrior(nnx.merge(s.graphdef, restored.state.params), config, codes, restored.step)

@@ -1,12 +1,13 @@
 """A workdir belongs to one run at a time, and its config is the run's own.
 
-:func:`hold` locks a workdir for a training run: ``fcntl.flock`` on ``<workdir>/run.lock``,
-taken before anything in the workdir is read for resuming or written, and released when the
-run ends. A second run on a held workdir is refused at once, naming the holder (the file
-holds its host and PID, for that message only). The kernel releases the lock of a process
-that dies, so the file a killed run leaves behind never blocks a rerun. With several JAX
-processes, process 0 holds the lock and tells the others whether it got it. Readers
-(``load``, ``evaluate.py``) take no lock.
+:func:`hold` locks a workdir for a training run (and ``sample.py``'s ``--out`` for one
+sampling run): ``fcntl.flock`` on ``<workdir>/run.lock``, taken before anything in the
+workdir is read for resuming or written, and released when the run ends. A second run on a
+held workdir is refused at once, naming the holder (the file holds its host and PID, for
+that message only). The kernel releases the lock of a process that dies, so the file a
+killed run leaves behind never blocks a rerun. With several JAX processes, process 0 holds
+the lock and tells the others whether it got it. Readers (``load``, ``evaluate.py``) take no
+lock.
 
 :func:`saved_config` is the config of the run a workdir holds: its ``config.json`` or, if
 that is missing, the config saved with its newest checkpoint, so a lost ``config.json`` never
@@ -40,11 +41,15 @@ class WorkdirInUseError(RuntimeError):
 
 
 @contextlib.contextmanager
-def hold(workdir: str | Path) -> Iterator[None]:
-    """Hold ``workdir`` for one training run for the duration of the ``with`` block.
+def hold(
+    workdir: str | Path, flag: str = "--workdir", what: str = "training run"
+) -> Iterator[None]:
+    """Hold ``workdir`` for one run for the duration of the ``with`` block.
 
     Creates ``workdir`` if needed; if it was created here and is still empty when the block
-    ends (a run that could not start), it is removed again.
+    ends (a run that could not start), it is removed again. ``flag`` and ``what`` word the
+    refusal: the command-line flag that named the folder, and what kind of run holds it
+    (``sample.py`` holds its ``--out`` with ``hold(out, "--out", "sample.py")``).
 
     >>> import tempfile
     >>> run = Path(tempfile.mkdtemp()) / "run"
@@ -64,7 +69,7 @@ def hold(workdir: str | Path) -> Iterator[None]:
     created = [p for p in (path, *path.parents) if not p.exists()]
     fd = None
     try:
-        fd = _agree(path)
+        fd = _agree(path, flag, what)
         _held.add(path)
         yield
     finally:
@@ -79,12 +84,12 @@ def hold(workdir: str | Path) -> Iterator[None]:
                 break
 
 
-def _agree(path: Path) -> int | None:
+def _agree(path: Path, flag: str, what: str) -> int | None:
     """Process 0 takes the lock (its fd is returned); every process learns whether it got it."""
     fd, error = None, None
     if jax.process_index() == 0:
         try:
-            fd = _lock(path)
+            fd = _lock(path, flag, what)
         except Exception as e:  # noqa: BLE001 - the other processes must hear of any failure
             error = e
     if jax.process_count() > 1:
@@ -100,7 +105,7 @@ def _agree(path: Path) -> int | None:
     return fd
 
 
-def _lock(path: Path) -> int:
+def _lock(path: Path, flag: str, what: str) -> int:
     """Lock ``path/LOCK`` and write this host and PID into it; the open, locked fd."""
     path.mkdir(parents=True, exist_ok=True)
     lock = path / LOCK
@@ -111,7 +116,7 @@ def _lock(path: Path) -> int:
         except BlockingIOError:
             holder = os.read(fd, 1024).decode(errors="replace")
             os.close(fd)
-            raise WorkdirInUseError(_in_use(path, holder)) from None
+            raise WorkdirInUseError(_in_use(path, holder, flag, what)) from None
         except BaseException:
             os.close(fd)
             raise
@@ -133,7 +138,7 @@ def _lock(path: Path) -> int:
     return fd
 
 
-def _in_use(path: Path, holder: str) -> str:
+def _in_use(path: Path, holder: str, flag: str, what: str) -> str:
     """The refusal: who holds ``path`` (as its lock file says) and what to do."""
     try:
         info = json.loads(holder)
@@ -141,8 +146,8 @@ def _in_use(path: Path, holder: str) -> str:
     except (ValueError, TypeError, KeyError):
         who = "host and pid not written yet"
     return (
-        f"{path} is in use by another training run ({who}); wait for it to end or stop it, "
-        "or pass another --workdir."
+        f"{path} is in use by another {what} ({who}); wait for it to end or stop it, "
+        f"or pass another {flag}."
     )
 
 
