@@ -598,8 +598,8 @@ def load_config(workdir: str | Path, cls: type[C] = TrainConfig) -> C | None:
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
         if (other := other_kind(path.read_bytes(), cls)) is not None:
             raise ConfigMismatchError(
-                f"{workdir} holds a {other.KIND} run, not a {cls.KIND}'s; pass another --workdir "
-                f"(or the {other.KIND} run to the script that trains it)."
+                f"{workdir} holds a {other.KIND} run, not a {cls.KIND}'s; pass a {cls.KIND}'s "
+                f"run here (and the {other.KIND} run to the scripts that train or use it)."
             ) from e
         raise ConfigFileError(
             f"{path} is damaged: {str(e).rstrip('.')}. Fix it, or delete it: training then "
