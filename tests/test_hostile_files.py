@@ -9,6 +9,7 @@ decode to gigabytes is refused from its header.
 import json
 import os
 import struct
+import zipfile
 import zlib
 
 import common
@@ -102,6 +103,38 @@ def test_a_crafted_codes_file_is_refused_before_anything_is_written(
     code, _, err = _main(decode_script, capsys, crafted, "--model", workdir, "--out", out)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "crafted.npz" in err, err
     assert _tree(tmp_path) == before and not out.exists()
+
+
+def test_a_codes_file_that_unpacks_past_memory_is_refused_before_it_is_read(
+    arrays, tmp_path, monkeypatch
+):
+    """A zip bomb (a member whose unpacked size is past the budget) is refused from the
+    archive's directory; a member whose .npy header declares 2**45 codes over a few bytes of
+    data is one line too, not a MemoryError."""
+    from jaxbasics.train import codes
+
+    real = _craft(tmp_path / "real.npz", arrays)
+    with np.load(real) as f:
+        unpacked = sum(info.file_size for info in f.zip.infolist())
+    monkeypatch.setattr(codes, "memory_budget", lambda: unpacked - 1)
+    with pytest.raises(ValueError, match=r"real.npz is not a valid codes.npz: it unpacks to"):
+        read_codes(real)
+    monkeypatch.setattr(codes, "memory_budget", lambda: unpacked)
+    assert len(read_codes(real).maps) == 3
+
+    header = {"descr": "<i8", "fortran_order": False, "shape": (2**45,)}
+    lying = tmp_path / "lying.npz"
+    with zipfile.ZipFile(lying, "w") as z:
+        for key, value in arrays.items():
+            with z.open(f"{key}.npy", "w") as member:
+                if key == "codes":
+                    np.lib.format.write_array_header_1_0(member, header)
+                    member.write(b"\0" * 64)
+                else:
+                    np.lib.format.write_array(member, value)
+    with pytest.raises(ValueError) as e:
+        read_codes(lying)
+    assert "lying.npz is not a valid codes.npz: its codes cannot be read" in str(e.value)
 
 
 def test_the_real_codes_file_decodes(arrays, workdir, tmp_path, capsys):

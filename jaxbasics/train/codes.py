@@ -370,6 +370,18 @@ NAME_MAX = 255
 MAX_DEPTH = 32
 
 
+def memory_budget() -> int:
+    """Bytes a ``codes.npz`` may unpack to: a quarter of this machine's memory. Its members'
+    sizes are read from the archive's directory first, so a crafted file (a compressed
+    "zip bomb", or an array header declaring a huge shape) is refused instead of filling
+    memory.
+
+    >>> memory_budget() > 2**20
+    True
+    """
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
 def read_codes(path: str | Path, max_pixels: int = MAX_PIXELS) -> Codes:
     """Read a ``codes.npz`` written by :func:`write_codes` (or ``experiments/encode.py``),
     checking all of it first, so that a damaged or crafted file is refused before a script
@@ -403,6 +415,13 @@ def read_codes(path: str | Path, max_pixels: int = MAX_PIXELS) -> Codes:
             raise ValueError(
                 f"{path} is not a codes.npz from encode.py: it lacks {sorted(missing)}."
             )
+        unpacked = sum(info.file_size for info in f.zip.infolist())
+        if unpacked > memory_budget():
+            raise _bad(
+                path,
+                f"it unpacks to {unpacked / 2**30:.1f} GiB, more than a quarter of this "
+                f"machine's memory ({memory_budget() / 2**30:.1f} GiB)",
+            )
         config, sha = (_read(f, k, path) for k in ("config", "codebook_sha256"))
         for name, text in (("config", config), ("codebook_sha256", sha)):
             if text.shape or text.dtype.kind != "U":
@@ -424,7 +443,7 @@ def _read(npz: Any, key: str, path: str | Path) -> np.ndarray:
     """Array ``key`` of an open ``.npz``, or an error naming the file."""
     try:
         return npz[key]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except (ValueError, OSError, EOFError, MemoryError, zipfile.BadZipFile, zlib.error) as e:
         raise _bad(path, f"its {key} cannot be read ({type(e).__name__}: {e})") from e
 
 
