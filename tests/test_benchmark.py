@@ -28,6 +28,25 @@ KEYS = {
 }
 
 
+PRIOR_KEYS = {
+    "mode",
+    "batch",
+    "jax_ms_per_sample",
+    "jax_images_per_s",
+    "torch_ms_per_sample",
+    "torch_images_per_s",
+    "ratio",
+    "codes_match",
+    "compile_s",
+    "num_codes",
+    "dim",
+    "depth",
+    "heads",
+    "load_avg_1min",
+    "notes",
+}
+
+
 def test_result_line_without_torch_has_null_torch_fields():
     r = benchmark.result_line(8, [0.5], None, {"step_gflop": 2.0, "compile_s": 1.0}, {"jax": 8.0})
     assert r["jax_images_per_s"] == 16.0 and r["ratio"] is None
@@ -42,21 +61,6 @@ def test_module_imports_without_torch():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "None"
-
-
-def test_quick_run_prints_one_json_line_per_batch():
-    """About 25 s: tiny model, three steps a side. Times JAX only if torch is absent."""
-    no_torch = benchmark.import_torch() is None
-    cmd = [sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--quick", "--small"]
-    cmd += ["--batch", "4"] + (["--no-torch"] if no_torch else ["--torch-threads", "1"])
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    lines = [json.loads(line) for line in out.stdout.splitlines()]
-    assert len(lines) == 1
-    (r,) = lines
-    assert KEYS <= set(r)
-    assert r["batch"] == 4 and r["devices"] >= 1 and r["step_gflop"] > 0
-    assert (r["ratio"] is None) == no_torch
 
 
 def test_devices_flag_shards_the_step_over_simulated_devices():
@@ -89,7 +93,10 @@ def test_layer_lines_time_every_layer_and_sum(monkeypatch):
 
 
 def test_device_check_runs_end_to_end_in_quick_mode():
-    """experiments/device_check.sh stays ready to run: every stage prints its JSON lines."""
+    """experiments/device_check.sh stays ready to run: every stage prints its JSON lines, and
+    benchmark.py's records (a tiny model and prior, a few steps and sampling calls a side)
+    carry every field. Only JAX is timed where torch is absent."""
+    no_torch = benchmark.import_torch() is None
     env = {**os.environ, "DEVICE_CHECK_QUICK": "1", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run(
         ["bash", str(ROOT / "experiments" / "device_check.sh")],
@@ -102,47 +109,21 @@ def test_device_check_runs_end_to_end_in_quick_mode():
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert lines[0]["check"] == "device" and lines[0]["platform"] == "cpu"
+    step = lines[1]  # the training step against PyTorch (JAX alone without torch)
+    assert KEYS <= set(step) and step["batch"] == 4 and step["devices"] >= 1
+    assert step["step_gflop"] > 0 and (step["ratio"] is None) == no_torch
     assert {r.get("conv_form") for r in lines if "jax_ms_per_step" in r} >= {"auto", "im2col"}
     assert any(r.get("compute_dtype") == "bfloat16" and "jax_ms_per_step" in r for r in lines)
     assert any(r.get("mode") == "loop" for r in lines)
-    assert [r["batch"] for r in lines if r.get("mode") == "prior"] == [4]
+    (prior,) = [r for r in lines if r.get("mode") == "prior"]
+    assert PRIOR_KEYS <= set(prior) and prior["batch"] == 4
+    assert prior["num_codes"] == 16 and prior["depth"] == 1
+    assert prior["jax_images_per_s"] > 0 and prior["compile_s"] > 0
+    assert "torch_compile_s" not in prior and (prior["ratio"] is None) == no_torch
+    assert prior["codes_match"] is (None if no_torch else True)  # the greedy parity check
     runs = [r for r in lines if r.get("check", "").startswith("shapes_")]
     assert [r["compute_dtype"] for r in runs] == ["float32", "bfloat16"]
     assert all(r["returncode"] == 0 and r["recon_error"] > 0 for r in runs)
-
-
-PRIOR_KEYS = {
-    "mode",
-    "batch",
-    "jax_ms_per_sample",
-    "jax_images_per_s",
-    "torch_ms_per_sample",
-    "torch_images_per_s",
-    "ratio",
-    "codes_match",
-    "compile_s",
-    "num_codes",
-    "dim",
-    "depth",
-    "heads",
-    "load_avg_1min",
-    "notes",
-}
-
-
-def test_prior_quick_run_times_sampling_after_a_greedy_parity_check():
-    """About 10 s: a tiny prior, three sampling calls a side. JAX only if torch is absent."""
-    no_torch = benchmark.import_torch() is None
-    cmd = [sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--prior", "--quick"]
-    cmd += ["--small", "--batch", "2"] + (["--no-torch"] if no_torch else ["--torch-threads", "1"])
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    (r,) = [json.loads(line) for line in out.stdout.splitlines()]
-    assert PRIOR_KEYS <= set(r)
-    assert r["mode"] == "prior" and r["batch"] == 2 and r["num_codes"] == 16 and r["depth"] == 1
-    assert r["jax_images_per_s"] > 0 and r["compile_s"] > 0 and "torch_compile_s" not in r
-    assert (r["ratio"] is None) == no_torch
-    assert r["codes_match"] is (None if no_torch else True)
 
 
 def test_prior_sides_refuse_to_time_models_that_sample_differently(monkeypatch):
