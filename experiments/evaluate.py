@@ -34,9 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
 
-    from jaxbasics.train.config import load_config
+    from jaxbasics.train.workdir import saved_config
 
-    config = load_config(workdir)
+    try:
+        config = saved_config(workdir).config  # config.json, or if it is lost the checkpoint's
+    except ValueError as e:  # a damaged config.json
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if config is None:
         print(
             f"error: {workdir}/config.json not found; is {workdir} a train_vqvae.py workdir?",
@@ -52,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxbasics.train.evaluate import evaluate, save_figures
     from jaxbasics.train.sharding import abstract_state, make_shardings
     from jaxbasics.train.state import codebook_of
+    from jaxbasics.train.workdir import check_written_with
 
     try:
         data = sources(config, workdir, load_train=False)
@@ -64,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             workdir,
             abstract_state(config, shardings.replicated),
             keep=config.keep_checkpoints,
-            items=("state",),
+            items=("state", "meta"),
         )
-    except (OSError, ValueError) as e:  # none, none readable, or another version's layout
+        check_written_with(config, restored.meta, workdir, restored.step)
+    except (OSError, ValueError) as e:  # none, none readable, another version's, edited
         print(f"error: {e}", file=sys.stderr)
         return 1
     ev = evaluate(config, restored.state, data.test, data.variance, sharding=shardings.batch)

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxbasics.train.config import TrainConfig, load_config
+from jaxbasics.train.config import TrainConfig
 from jaxbasics.vqvae.model import VQVAE
 
 FORMAT = "jaxbasics-vqvae"
@@ -133,7 +133,7 @@ def load(path: str | Path, step: int | None = None, *, expect: TrainConfig | Non
                 "pass the training workdir to choose a checkpoint."
             )
         loaded = _load_export(path)
-    elif (path / "config.json").is_file():
+    elif (path / "config.json").is_file() or (path / "checkpoints").is_dir():
         loaded = _load_workdir(path, step)
     else:
         raise FileNotFoundError(
@@ -177,8 +177,9 @@ def _restore(workdir: Path, step: int | None) -> _Weights:
     readable one), read as training reads them; the optimiser state stays on disk."""
     from jaxbasics.train.checkpoint import read
     from jaxbasics.train.sharding import abstract_state
+    from jaxbasics.train.workdir import check_written_with, saved_config
 
-    config = load_config(workdir)
+    config = saved_config(workdir).config  # config.json, or if it is lost the checkpoint's
     if config is None:
         raise FileNotFoundError(f"{workdir} is not a training workdir (it has no config.json).")
     restored = read(
@@ -189,6 +190,7 @@ def _restore(workdir: Path, step: int | None) -> _Weights:
         items=("state", "meta"),
         fields=("params", "ema"),
     )
+    check_written_with(config, restored.meta, workdir, restored.step)
     variance = float(restored.meta["data_variance"])
     return _Weights(config, restored.state.params, restored.state.ema, variance, restored.step)
 

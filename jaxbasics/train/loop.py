@@ -42,7 +42,7 @@ from jaxbasics.train.config import RunConfig, TrainConfig, check_resumable
 from jaxbasics.train.metrics import open_writers, write_atomic
 from jaxbasics.train.sharding import Shardings, global_batch, make_shardings
 from jaxbasics.train.signals import StopAgreement, StopFlag
-from jaxbasics.train.workdir import hold, saved_config
+from jaxbasics.train.workdir import check_written_with, hold, saved_config
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,8 @@ def _setup(task: Any, workdir: Path) -> _Run:
                 e,
             ),
         )
+        if restored is not None:
+            check_written_with(config, restored.meta, workdir, restored.step)
         if restored is not None and restored.step > config.num_training_updates:
             raise ValueError(
                 f"{workdir} is at step {restored.step}, past --num-training-updates "

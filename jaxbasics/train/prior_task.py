@@ -397,7 +397,7 @@ def load_prior(workdir: str | Path, step: int | None = None) -> LoadedPrior:
         :func:`jaxbasics.train.checkpoint.read` (one line each).
     """
     from jaxbasics.train.checkpoint import read
-    from jaxbasics.train.workdir import saved_config
+    from jaxbasics.train.workdir import check_written_with, saved_config
 
     workdir = Path(workdir)
     if not (workdir / "checkpoints").is_dir():
@@ -418,6 +418,7 @@ def load_prior(workdir: str | Path, step: int | None = None) -> LoadedPrior:
     # Each checkpoint is read with the shapes its own meta names (they follow the codes the
     # run modelled), so that an unreadable newest one falls back to the one before.
     restored = read(workdir, abstract, step=step, items=("meta", "state"), fields=("params",))
+    check_written_with(config, restored.meta, workdir, restored.step)
     graphdef = of(restored.meta).graphdef
     return LoadedPrior(
         nnx.merge(graphdef, restored.state.params), config, restored.meta["codes"], restored.step

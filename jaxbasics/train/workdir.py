@@ -23,12 +23,18 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from jaxbasics.train.config import ConfigFileError, RunConfig, TrainConfig, load_config
+from jaxbasics.train.config import (
+    ConfigFileError,
+    RunConfig,
+    TrainConfig,
+    incompatible_fields,
+    load_config,
+)
 
 LOCK = "run.lock"
 
@@ -208,3 +214,36 @@ def saved_config(workdir: str | Path, cls: type[RunConfig] = TrainConfig) -> Sav
         f"{workdir}/config.json is missing and none of its checkpoints {steps} holds a "
         "readable config; restore config.json, or pass another --workdir."
     )
+
+
+def check_written_with(config: RunConfig, meta: Any, workdir: str | Path, step: int) -> None:
+    """Refuse a ``config.json`` that disagrees with the config checkpoint ``step`` was written
+    with (its ``meta``), beyond what a resume may change: an edited or replaced file would
+    build another model around the weights (FSQ levels in another order load without
+    complaint and reconstruct worse). A meta without a readable config is not checked.
+
+    >>> meta = {"config": json.loads(TrainConfig().to_json())}
+    >>> check_written_with(TrainConfig(num_training_updates=9), meta, "r", 5)  # resumable
+    >>> check_written_with(TrainConfig(decay=0.0), meta, "r", 5)
+    Traceback (most recent call last):
+    ...
+    jaxbasics.train.config.ConfigFileError: r/config.json disagrees with the config that ...
+
+    Raises:
+      ConfigFileError: one line naming the differing fields and the way out.
+    """
+    try:
+        written = type(config).from_json(json.dumps(meta["config"]))
+    except (TypeError, KeyError, ValueError):
+        return
+    diff = incompatible_fields(written, config)
+    if diff:
+        fields = "; ".join(
+            f"{k}: {new!r} in config.json, {old!r} in the checkpoint"
+            for k, (old, new) in diff.items()
+        )
+        raise ConfigFileError(
+            f"{workdir}/config.json disagrees with the config that checkpoint {step} was "
+            f"written with ({fields}): it was edited or replaced. Restore it, or delete it: "
+            "the run's config is then read from its newest checkpoint."
+        )
