@@ -3,7 +3,7 @@
   python experiments/train_vqvae.py                       # the quickstart: embedded data, ~90 s
   python experiments/train_vqvae.py --preset cifar10 --data-dir ~/tensorflow_datasets
   python experiments/train_vqvae.py --preset cifar10 --help   # that preset's values
-  python experiments/train_vqvae.py --quantizer fsq --fsq-levels 8,5,5,5   # FSQ, 1,000 codes
+  python experiments/train_vqvae.py --quantizer fsq --fsq-levels 8,5,5,5 --workdir runs/fsq
 
 Every TrainConfig field is a flag (``batch_size`` -> ``--batch-size``); ``--preset`` picks
 their starting values (quickstart, cifar10 or notes) and ``--faithful`` turns off what the

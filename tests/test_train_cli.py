@@ -203,4 +203,9 @@ def test_bad_flag_values_are_explained(tmp_path):
     assert r.returncode == 2 and "error: --decay 0.9 is a VQ setting" in r.stderr
     r = run([*fsq, "--fsq-levels", "8,1"])
     assert r.returncode == 2 and "FSQ levels must each be >= 2" in r.stderr
+    r = run([*fsq, "--fsq-levels", "8_8"])  # int() would read 88
+    assert r.returncode == 2 and "got '8_8'" in r.stderr
+    vq = [sys.executable, TRAIN, "--fsq-levels", "8,8,8", "--workdir", str(tmp_path)]
+    r = run(vq)  # the default levels, but given for a VQ run: they would do nothing
+    assert r.returncode == 2 and "applies to --quantizer fsq only" in r.stderr
     assert not list(tmp_path.glob("*/config.json")) and not (tmp_path / "config.json").exists()

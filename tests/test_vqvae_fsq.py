@@ -7,6 +7,7 @@ the tests of everything a VQ model works with: load, export, the scripts, a prio
 import itertools
 import json
 import math
+import shutil
 
 import decode as decode_script
 import encode as encode_script
@@ -268,6 +269,22 @@ def test_settings_fsq_would_ignore_are_refused_in_one_line(overrides, match):
 def test_fsq_levels_without_fsq_are_refused():
     with pytest.raises(ValueError, match="applies to --quantizer fsq only"):
         TrainConfig(fsq_levels="8,5,5,5").validate()
+    with pytest.raises(ValueError, match="applies to --quantizer fsq only"):
+        preset("quickstart", fsq_levels=TrainConfig.fsq_levels)  # the default, given for VQ
+
+
+@pytest.mark.parametrize("text", ["8_8", "+8,5", "\u0668,5", "8,-5", "8;5", "8,5,"])
+def test_levels_are_ascii_digits_and_commas(text):
+    with pytest.raises(ValueError, match="integers separated by commas"):
+        TrainConfig(quantizer="fsq", fsq_levels=text).validate()
+
+
+def test_levels_have_one_spelling_so_a_resume_compares_levels_not_typing():
+    spaced = TrainConfig(quantizer="fsq", fsq_levels=" 8, 05 ,5,5")
+    assert spaced.fsq_levels == "8,5,5,5" and spaced == TrainConfig(
+        quantizer="fsq", fsq_levels="8,5,5,5"
+    )
+    assert TrainConfig.from_json(spaced.to_json()) == spaced
 
 
 def test_a_config_json_from_before_fsq_is_a_vq_run(tmp_path):
@@ -312,6 +329,25 @@ def test_load_export_and_the_export_encode_and_decode_alike_bitwise(fsq_run, tmp
     for a, b in zip(_run(loaded.model, x), _run(again.model, x), strict=True):
         for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
             np.testing.assert_array_equal(leaf_a, leaf_b)  # codes, decoded codes, the forward
+
+
+def test_an_edited_config_json_is_refused_not_read_into_another_model(fsq_run, tmp_path, capsys):
+    """Levels in another order have the same weight shapes but another grid: loading,
+    evaluating and resuming a copy whose config.json says so are refused in one line."""
+    copy = shutil.copytree(fsq_run, tmp_path / "copy")
+    config = json.loads((copy / "config.json").read_text())
+    config["fsq_levels"] = ",".join(reversed(LEVELS.split(",")))  # 2,2,4: 16 codes of 3 dims
+    (copy / "config.json").write_text(json.dumps(config))
+    message = f"{copy}/config.json disagrees with the config that checkpoint {STEPS} was written"
+    with pytest.raises(ValueError, match="fsq_levels: '2,2,4' in config.json, '4,2,2' in the"):
+        load(copy)
+    assert evaluate_script.main(["--workdir", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    with pytest.raises(ValueError, match="it was edited or replaced"):
+        fit(fsq_config().replace(fsq_levels="2,2,4"), copy)
+    (copy / "config.json").unlink()  # the way out the message gives: the checkpoint's config
+    assert load(copy).config == fsq_config()
 
 
 def test_the_scripts_run_an_fsq_model_and_its_codes_decode_bitwise(fsq_run, tmp_path, capsys):

@@ -242,7 +242,10 @@ def main(script: Script, argv: list[str] | None = None) -> int:
         explicit |= {f.name for f in dataclasses.fields(script.config)} - script.config.RESUMABLE
     requested = args.config
     if script.adjust is not None:
-        requested = script.adjust(requested, args.preset, given)
+        try:
+            requested = script.adjust(requested, args.preset, given)
+        except ValueError as e:
+            parser.error(str(e))
         # What it changed follows from the flags given, so a saved run is asked for it too
         # (--quantizer fsq on a VQ run: the VQ settings off, refused as a mismatch by fit).
         explicit |= {

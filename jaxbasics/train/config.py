@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -283,26 +284,26 @@ class TrainConfig(RunConfig):
     num_residual_layers: int = 2
     """Residual blocks per stack."""
     embedding_dim: int = 64
-    """Size D of each code vector."""
+    """Size D of each code vector (VQ; under fsq, the number of levels)."""
     num_embeddings: int = 512
-    """Number K of codes in the codebook."""
+    """Number K of codes in the codebook (VQ; under fsq, the product of the levels)."""
     commitment_cost: float = 0.25
-    """beta: weight of the commitment loss that keeps encoder outputs near their codes."""
+    """VQ only. beta: weight of the commitment loss that keeps encoder outputs near their codes."""
     decay: float = 0.99
-    """0 selects the plain VQ quantiser (codebook learnt by the VQ loss); > 0 the EMA
+    """VQ only. 0 selects the plain VQ quantiser (codebook learnt by the VQ loss); > 0 the EMA
     quantiser with this decay (the notes' notebook: 0.99)."""
     estimator: Literal["ste", "rotation"] = "ste"
-    """How gradients cross the quantiser: ste (straight-through, the notes') or rotation (the
-    rotation trick of Fifty et al., 2024)."""
+    """VQ only. How gradients cross the quantiser: ste (straight-through, the notes') or rotation
+    (the rotation trick of Fifty et al., 2024)."""
     ema_init: Literal["notes", "consistent"] = "consistent"
-    """EMA quantiser's initial statistics: notes (ema_w drawn apart from the codebook, zero
-    cluster sizes: unused codes jump to norms of ~1e5 after step 1) or consistent
+    """VQ only. EMA quantiser's initial statistics: notes (ema_w drawn apart from the codebook,
+    zero cluster sizes: unused codes jump to norms of ~1e5 after step 1) or consistent
     (ema_w = codebook, cluster sizes 1: unused codes stay where they are)."""
     quantizer: QuantizerKind = "vq"
     """vq (a learned codebook of --num-embeddings codes of --embedding-dim) or fsq (finite
     scalar quantisation, Mentzer et al. 2023: each latent channel rounded to a few levels; no
     codebook loss, EMA, restarts or k-means; the code count and size follow from
-    --fsq-levels, and the VQ-only settings are off)."""
+    --fsq-levels, and the settings marked VQ only are off)."""
     fsq_levels: str = "8,8,8"
     """fsq only: levels per latent channel, comma-separated: 8,8,8 gives 8*8*8 = 512 codes of
     3 dimensions, 8,5,5,5 gives 1,000 of 4. Each level >= 2, at most 65,536 codes."""
@@ -315,11 +316,18 @@ class TrainConfig(RunConfig):
 
     # --- codebook health (jaxbasics.vqvae.codebook)
     dead_code_threshold: float = 0.25
-    """Restart codes whose usage EMA (1 = a fair share N/K of each batch) falls below this,
-    from random encoder outputs of the batch; 0 turns restarts off."""
+    """VQ only. Restart codes whose usage EMA (1 = a fair share N/K of each batch) falls below
+    this, from random encoder outputs of the batch; 0 turns restarts off."""
     kmeans_init_steps: int = 4
-    """Initialise the codebook by k-means on the encoder outputs of the first N batches of a
-    fresh run; 0 keeps the random init."""
+    """VQ only. Initialise the codebook by k-means on the encoder outputs of the first N batches
+    of a fresh run; 0 keeps the random init."""
+
+    def __post_init__(self) -> None:
+        # One spelling of each level set ("8, 5,5,5" is "8,5,5,5"), so that a resume, a
+        # codes.npz and an export compare levels, not how they were typed.
+        if isinstance(self.fsq_levels, str) and _LEVELS.fullmatch(self.fsq_levels):
+            canonical = ",".join(str(int(part)) for part in self.fsq_levels.split(","))
+            object.__setattr__(self, "fsq_levels", canonical)
 
     def validate(self) -> TrainConfig:
         """:meth:`RunConfig.validate`, then the VQ-VAE's own fields.
@@ -413,24 +421,27 @@ VQ_ONLY: dict[str, Any] = {
 }
 
 
+# Levels as typed: ASCII digits and commas, spaces allowed around the commas. Python's int()
+# alone would also read "8_8" as 88, "+8" and non-ASCII digits.
+_LEVELS = re.compile(r"\s*[0-9]+(\s*,\s*[0-9]+)*\s*")
+
+
 def parse_levels(text: str) -> tuple[int, ...]:
     """``--fsq-levels`` text, ``"8,5,5,5"``, as integers; a one-line ValueError if it cannot
     work (:func:`jaxbasics.vqvae.fsq.check_levels`).
 
     >>> parse_levels("8, 8,8")
     (8, 8, 8)
-    >>> parse_levels("8,x")
+    >>> parse_levels("8_8")
     Traceback (most recent call last):
     ...
-    ValueError: fsq_levels must be integers separated by commas, e.g. 8,8,8 or 8,5,5,5; got '8,x'.
+    ValueError: fsq_levels must be integers separated by commas, e.g. 8,8,8 or 8,5,5,5; got '8_8'.
     """
-    try:
-        levels = tuple(int(part) for part in text.split(","))
-    except ValueError:
+    if not _LEVELS.fullmatch(text):
         raise ValueError(
             f"fsq_levels must be integers separated by commas, e.g. 8,8,8 or 8,5,5,5; got {text!r}."
-        ) from None
-    return check_levels(levels)
+        )
+    return check_levels(tuple(int(part) for part in text.split(",")))
 
 
 def fsq_settings(config: TrainConfig) -> dict[str, Any]:

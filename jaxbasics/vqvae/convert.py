@@ -35,9 +35,9 @@ _BLOCK = {"1": "conv_3x3", "3": "conv_1x1"}
 def _refuse_fsq(has_codebook: bool) -> None:
     if not has_codebook:
         raise ValueError(
-            "the PyTorch converter handles VQ models only (a learned codebook, plain or EMA): "
-            "this is an FSQ model (quantizer='fsq'), and the notes' PyTorch VQ-VAE has no FSQ "
-            "quantiser."
+            "the PyTorch converter handles VQ models only (a learned codebook, plain or EMA), "
+            "and this state holds no codebook: an FSQ model's (quantizer='fsq'; the notes' "
+            "PyTorch VQ-VAE has no FSQ quantiser), or a filtered one: pass nnx.state(model)."
         )
 
 

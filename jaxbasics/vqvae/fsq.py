@@ -36,6 +36,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxbasics.autodiff import straight_through
 from jaxbasics.tensors import one_hot
@@ -53,12 +54,14 @@ def check_levels(levels: Sequence[int]) -> tuple[int, ...]:
 
     >>> check_levels([8, 5, 5, 5])
     (8, 5, 5, 5)
+    >>> check_levels(np.array([8, 8]))  # numpy integers are integers too
+    (8, 8)
     >>> check_levels((8, 1))
     Traceback (most recent call last):
     ...
     ValueError: FSQ levels must each be >= 2 (a level of 1 holds a single value), got (8, 1).
     """
-    levels = tuple(levels)
+    levels = tuple(int(n) if isinstance(n, np.integer) else n for n in levels)
     if not levels or not all(isinstance(n, int) and not isinstance(n, bool) for n in levels):
         raise ValueError(f"FSQ levels must be one or more integers, e.g. (8, 8, 8), got {levels}.")
     if min(levels) < 2:
