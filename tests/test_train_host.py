@@ -27,4 +27,7 @@ def _page_faults_of_a_fresh_block() -> int:
 def test_freed_host_memory_is_reused_without_page_faults():
     assert retain_host_memory() and retain_host_memory()  # once per process, idempotent
     _page_faults_of_a_fresh_block()  # the heap grows once
-    assert _page_faults_of_a_fresh_block() < 16
+    # A fresh mmap faults the block in again: 16,384 faults in 4 kB pages, about 540 where the
+    # kernel backs it with huge pages. Reused, it faults in none; other threads of the process
+    # (a test runner's, XLA's) may fault in a few dozen of their own meanwhile.
+    assert _page_faults_of_a_fresh_block() < 128
