@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxbasics.train.evaluate import evaluate, save_figures
     from jaxbasics.train.sharding import abstract_state, make_shardings
     from jaxbasics.train.state import codebook_of
-    from jaxbasics.train.workdir import check_written_with
+    from jaxbasics.train.workdir import written_with
 
     try:
         data = sources(config, workdir, load_train=False)
@@ -67,11 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         restored = read(
             workdir,
-            abstract_state(config, shardings.replicated),
+            written_with(config, abstract_state(config, shardings.replicated), workdir),
             keep=config.keep_checkpoints,
-            items=("state", "meta"),
+            items=("state",),
         )
-        check_written_with(config, restored.meta, workdir, restored.step)
     except (OSError, ValueError) as e:  # none, none readable, another version's, edited
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ from conftest import small_config
 
 from jaxbasics.train import loop
 from jaxbasics.train.checkpoint import IncompatibleCheckpointError
-from jaxbasics.train.config import ConfigMismatchError, load_config
+from jaxbasics.train.config import ConfigFileError, ConfigMismatchError, load_config
 from jaxbasics.train.loop import NonFiniteError, fit
 from jaxbasics.train.metrics import read_jsonl
 
@@ -155,15 +155,22 @@ def test_cosine_schedule_resumes_exactly_and_refuses_a_new_length(tmp_path, monk
         fit(COSINE.replace(num_training_updates=20), tmp_path / "b")
 
 
-@pytest.mark.parametrize("change", ["layout", "sizes"])
+@pytest.mark.parametrize("change", ["layout", "sizes", "edited"])
 def test_incompatible_checkpoint_is_refused_and_nothing_changes(tmp_path, change):
-    """A checkpoint from an older state layout, or from other model sizes, is refused."""
+    """A checkpoint from an older state layout, or from other model sizes, is refused; so is
+    a config.json edited to disagree with the checkpoint, as the edit it is."""
     fit(SMALL.replace(num_training_updates=5), tmp_path)
-    if change == "sizes":
-        # config.json edited to 32 codes; the checkpoint holds 16 (a lost config.json is
-        # taken from the checkpoint: test_a_lost_config_json_is_the_checkpoints)
+    if change in ("sizes", "edited"):
+        # config.json says 32 codes; the checkpoint holds 16 (a lost config.json is taken
+        # from the checkpoint: test_a_lost_config_json_is_the_checkpoints). "sizes": the
+        # config saved with the checkpoint says 32 as well, as if its arrays were another's.
         config = SMALL.replace(num_embeddings=32)
         (tmp_path / "config.json").write_text(config.replace(num_training_updates=5).to_json())
+        if change == "sizes":
+            meta_file = tmp_path / "checkpoints/5/meta/metadata"
+            meta = json.loads(meta_file.read_text())
+            meta["config"]["num_embeddings"] = 32
+            meta_file.write_text(json.dumps(meta))
     else:
         # another version's TrainState, without rng (not migratable): hide it in the metadata
         config = SMALL
@@ -173,10 +180,14 @@ def test_incompatible_checkpoint_is_refused_and_nothing_changes(tmp_path, change
         meta["tree_metadata"] = {k: v for k, v in tree.items() if "rng" not in k}
         meta_file.write_text(json.dumps(meta))
     before = _hashes(tmp_path)
-    with pytest.raises(IncompatibleCheckpointError, match="Differing leaves") as e:
-        fit(config, tmp_path)
-    assert ("rng: expected but not saved" if change == "layout" else "(32, 8)") in str(e.value)
-    assert "--workdir" in str(e.value)
+    if change == "edited":
+        with pytest.raises(ConfigFileError, match=r"num_embeddings: 32 in config.json, 16 in th"):
+            fit(config, tmp_path)
+    else:
+        with pytest.raises(IncompatibleCheckpointError, match="Differing leaves") as e:
+            fit(config, tmp_path)
+        assert ("rng: expected but not saved" if change == "layout" else "(32, 8)") in str(e.value)
+        assert "--workdir" in str(e.value)
     assert _hashes(tmp_path) == before  # byte-identical: nothing moved, written or deleted
 
 

@@ -202,6 +202,11 @@ def test_sample_out_is_one_writer_and_stays_inside(prior_workdir, workdir, tmp_p
         assert sample.main([*args, "--out", str(busy)]) == 1
     assert "in use by another sample.py" in capsys.readouterr().err
     assert [p.name for p in busy.iterdir()] == ["run.lock"]  # nothing of this run's
+    (busy / "run.lock").unlink()
+    (tmp_path / "precious").write_text("keep")
+    (busy / "run.lock").symlink_to(tmp_path / "precious")  # a planted lock: not written through
+    assert sample.main([*args, "--out", str(busy)]) == 1
+    assert (tmp_path / "precious").read_text() == "keep" and "run.lock" in capsys.readouterr().err
     elsewhere, linked = tmp_path / "elsewhere", tmp_path / "linked"
     elsewhere.mkdir()
     linked.mkdir()

@@ -75,6 +75,14 @@ def test_the_lock_names_its_holder_and_a_stale_one_never_blocks(tmp_path):
         os.close(fd)
     assert (w / LOCK).exists()  # the holder's file is left alone
 
+    (w / LOCK).unlink()
+    (tmp_path / "precious").write_text("keep")
+    (w / LOCK).symlink_to(tmp_path / "precious")  # planted: the lock is never written through
+    with pytest.raises(OSError):
+        with hold(w):
+            pass
+    assert (tmp_path / "precious").read_text() == "keep"
+
 
 def test_every_process_of_a_multi_process_run_stops_on_a_held_workdir(tmp_path, xla_cache):
     """Process 0 finds the workdir held; the other process hears it instead of waiting."""

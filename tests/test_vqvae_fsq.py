@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import shutil
+import sys
 
 import decode as decode_script
 import encode as encode_script
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reconstruct as reconstruct_script
-from conftest import RUN, prior_config
+from conftest import RUN, TRAIN, prior_config, run
 from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
@@ -270,7 +271,7 @@ def test_fsq_levels_without_fsq_are_refused():
     with pytest.raises(ValueError, match="applies to --quantizer fsq only"):
         TrainConfig(fsq_levels="8,5,5,5").validate()
     with pytest.raises(ValueError, match="applies to --quantizer fsq only"):
-        preset("quickstart", fsq_levels=TrainConfig.fsq_levels)  # the default, given for VQ
+        TrainConfig().check_given({"fsq_levels"})  # the default levels, given for a VQ run
 
 
 @pytest.mark.parametrize("text", ["8_8", "+8,5", "\u0668,5", "8,-5", "8;5", "8,5,"])
@@ -346,8 +347,22 @@ def test_an_edited_config_json_is_refused_not_read_into_another_model(fsq_run, t
     assert message in err and err.count("\n") == 1
     with pytest.raises(ValueError, match="it was edited or replaced"):
         fit(fsq_config().replace(fsq_levels="2,2,4"), copy)
+    config.update(fsq_levels="4,2,2,2", num_embeddings=32, embedding_dim=4)  # other shapes too
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="fsq_levels: '4,2,2,2' in config.json"):
+        load(copy)
     (copy / "config.json").unlink()  # the way out the message gives: the checkpoint's config
     assert load(copy).config == fsq_config()
+
+
+def test_a_resumed_fsq_run_may_repeat_its_levels_without_the_quantizer(
+    fsq_run, tmp_path, xla_cache
+):
+    copy = shutil.copytree(fsq_run, tmp_path / "copy")
+    cmd = [sys.executable, TRAIN, "--workdir", str(copy), "--fsq-levels", LEVELS]
+    r = run([*cmd, "--progress", "false", "--compilation-cache", xla_cache])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["step"] == STEPS
 
 
 def test_the_scripts_run_an_fsq_model_and_its_codes_decode_bitwise(fsq_run, tmp_path, capsys):

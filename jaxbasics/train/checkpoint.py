@@ -380,8 +380,9 @@ class Checkpointer:
         return Restored(step, state, out.get("meta"), out.get("data_iter"))
 
     def _abstract_of(self, step: int, abstract_state: Any) -> Any:
-        """``abstract_state``, or, if it is a function of a checkpoint's ``meta`` (a state
-        whose shapes the run's meta decides), its value for checkpoint ``step``."""
+        """``abstract_state``, or, if it is a function of a checkpoint's step and ``meta`` (a
+        state whose shapes the meta decides, or a caller's check of the meta), its value for
+        checkpoint ``step``."""
         if not callable(abstract_state):
             return abstract_state
         try:
@@ -392,7 +393,13 @@ class Checkpointer:
             raise UnreadableCheckpointError(
                 f"checkpoint {step}: its meta cannot be read ({_cause(e)})"
             ) from e
-        return abstract_state(meta)
+        try:
+            return abstract_state(step, meta)
+        except (KeyError, TypeError, AttributeError) as e:  # a meta without what it needs
+            raise UnreadableCheckpointError(
+                f"checkpoint {step}: its meta lacks what the state's shapes follow from "
+                f"({_cause(e)})"
+            ) from e
 
     def restore_latest(
         self,
@@ -413,9 +420,10 @@ class Checkpointer:
           abstract_state: the state's structure, shapes, dtypes and shardings (see
             :func:`jaxbasics.train.state.abstract_state`), the target of the restore. The
             shardings may differ from the saving run's: a checkpoint written on 8 devices
-            restores on 1 and the other way round. A function of the checkpoint's ``meta``
-            that returns it, where the meta decides the shapes (a prior's code count and
-            map size), so that each checkpoint tried is read with its own.
+            restores on 1 and the other way round. Or a function of a checkpoint's step and
+            ``meta`` that returns it, so that each checkpoint tried is read with its own
+            shapes (a prior's code count and map size follow from its meta) and after the
+            caller's check of its meta (:func:`~jaxbasics.train.workdir.written_with`).
           on_unreadable: called with the step and the error for each unreadable checkpoint.
           quarantine: move an unreadable checkpoint to ``corrupt_checkpoints/`` so training
             can write that step again (process 0 moves, the others wait).

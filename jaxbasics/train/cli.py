@@ -242,10 +242,7 @@ def main(script: Script, argv: list[str] | None = None) -> int:
         explicit |= {f.name for f in dataclasses.fields(script.config)} - script.config.RESUMABLE
     requested = args.config
     if script.adjust is not None:
-        try:
-            requested = script.adjust(requested, args.preset, given)
-        except ValueError as e:
-            parser.error(str(e))
+        requested = script.adjust(requested, args.preset, given)
         # What it changed follows from the flags given, so a saved run is asked for it too
         # (--quantizer fsq on a VQ run: the VQ settings off, refused as a mismatch by fit).
         explicit |= {
@@ -279,6 +276,7 @@ def main(script: Script, argv: list[str] | None = None) -> int:
             # The warm-up rule again on the run's real length (a saved run keeps its own)
             config = warmup_within_run(config, given)
             try:
+                config.check_given(given)
                 config.validate()
             except ValueError as e:
                 parser.error(str(e))

@@ -371,15 +371,20 @@ MAX_DEPTH = 32
 
 
 def memory_budget() -> int:
-    """Bytes a ``codes.npz`` may unpack to: a quarter of this machine's memory. Its members'
-    sizes are read from the archive's directory first, so a crafted file (a compressed
-    "zip bomb", or an array header declaring a huge shape) is refused instead of filling
-    memory.
+    """Bytes a ``codes.npz`` may unpack to: a quarter of this machine's memory, or of the
+    container's limit (cgroup v2 ``memory.max``) where that is lower. Its members' sizes are
+    read from the archive's directory first, so a crafted file (a compressed "zip bomb", or
+    an array header declaring a huge shape) is refused instead of filling memory.
 
     >>> memory_budget() > 2**20
     True
     """
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        memory = min(memory, int(Path("/sys/fs/cgroup/memory.max").read_text()))
+    except (OSError, ValueError):  # no cgroup v2, or "max": no limit
+        pass
+    return memory // 4
 
 
 def read_codes(path: str | Path, max_pixels: int = MAX_PIXELS) -> Codes:
@@ -417,10 +422,10 @@ def read_codes(path: str | Path, max_pixels: int = MAX_PIXELS) -> Codes:
             )
         unpacked = sum(info.file_size for info in f.zip.infolist())
         if unpacked > memory_budget():
-            raise _bad(
-                path,
-                f"it unpacks to {unpacked / 2**30:.1f} GiB, more than a quarter of this "
-                f"machine's memory ({memory_budget() / 2**30:.1f} GiB)",
+            raise ValueError(
+                f"{path} unpacks to {unpacked / 2**30:.1f} GiB, more than this machine can "
+                f"hold for it ({memory_budget() / 2**30:.1f} GiB, a quarter of its memory); "
+                "encode the images in several smaller files."
             )
         config, sha = (_read(f, k, path) for k in ("config", "codebook_sha256"))
         for name, text in (("config", config), ("codebook_sha256", sha)):

@@ -143,6 +143,10 @@ class RunConfig:
             )
         return self
 
+    def check_given(self, given: set[str]) -> None:
+        """Refuse fields set on the command line (``given``) that this run, as resolved against
+        a saved one, would ignore; none here (a model's config adds its own)."""
+
     def compile_key(self: C) -> C:
         """This config with every field that cannot change a compiled program reset.
 
@@ -375,6 +379,22 @@ class TrainConfig(RunConfig):
         self._validate_quantizer()
         return self
 
+    def check_given(self, given: set[str]) -> None:
+        """Refuse ``--fsq-levels`` for a VQ run, even at the default levels: they would do
+        nothing. A resumed FSQ run may repeat its levels without ``--quantizer fsq``.
+
+        >>> TrainConfig(quantizer="fsq").check_given({"fsq_levels"})
+        >>> TrainConfig().check_given({"fsq_levels"})
+        Traceback (most recent call last):
+        ...
+        ValueError: --fsq-levels 8,8,8 applies to --quantizer fsq only; add --quantizer fsq, ...
+        """
+        if "fsq_levels" in given and self.quantizer != "fsq":
+            raise ValueError(
+                f"--fsq-levels {self.fsq_levels} applies to --quantizer fsq only; add "
+                "--quantizer fsq, or leave --fsq-levels out."
+            )
+
     @property
     def levels(self) -> tuple[int, ...]:
         """``fsq_levels`` as integers.
@@ -589,6 +609,20 @@ def other_kind(text: bytes, cls: type[RunConfig]) -> type[RunConfig] | None:
     return None
 
 
+def kind_mismatch(workdir: str | Path, other: type[RunConfig], cls: type[RunConfig]) -> Exception:
+    """The refusal of a workdir that holds ``other``'s kind of run where ``cls``'s was asked for.
+
+    >>> from jaxbasics.train.prior_config import PriorConfig
+    >>> print(kind_mismatch("runs/prior", PriorConfig, TrainConfig))
+    runs/prior holds a prior run, not a VQ-VAE's; name a VQ-VAE's run (or a new folder, to
+    start one).
+    """
+    return ConfigMismatchError(
+        f"{workdir} holds a {other.KIND} run, not a {cls.KIND}'s; name a {cls.KIND}'s run (or a "
+        "new folder, to start one)."
+    )
+
+
 def load_config(workdir: str | Path, cls: type[C] = TrainConfig) -> C | None:
     """The ``cls`` config saved in ``workdir/config.json``, or None if there is none.
 
@@ -608,10 +642,7 @@ def load_config(workdir: str | Path, cls: type[C] = TrainConfig) -> C | None:
         return cls.from_json(path.read_text()).validate()
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
         if (other := other_kind(path.read_bytes(), cls)) is not None:
-            raise ConfigMismatchError(
-                f"{workdir} holds a {other.KIND} run, not a {cls.KIND}'s; pass a {cls.KIND}'s "
-                f"run here (and the {other.KIND} run to the scripts that train or use it)."
-            ) from e
+            raise kind_mismatch(workdir, other, cls) from e
         raise ConfigFileError(
             f"{path} is damaged: {str(e).rstrip('.')}. Fix it, or delete it: training then "
             "takes the run's config from its newest checkpoint."

@@ -177,20 +177,19 @@ def _restore(workdir: Path, step: int | None) -> _Weights:
     readable one), read as training reads them; the optimiser state stays on disk."""
     from jaxbasics.train.checkpoint import read
     from jaxbasics.train.sharding import abstract_state
-    from jaxbasics.train.workdir import check_written_with, saved_config
+    from jaxbasics.train.workdir import saved_config, written_with
 
     config = saved_config(workdir).config  # config.json, or if it is lost the checkpoint's
     if config is None:
         raise FileNotFoundError(f"{workdir} is not a training workdir (it has no config.json).")
     restored = read(
         workdir,
-        abstract_state(config),
+        written_with(config, abstract_state(config), workdir),
         step=step,
         keep=config.keep_checkpoints,
         items=("state", "meta"),
         fields=("params", "ema"),
     )
-    check_written_with(config, restored.meta, workdir, restored.step)
     variance = float(restored.meta["data_variance"])
     return _Weights(config, restored.state.params, restored.state.ema, variance, restored.step)
 

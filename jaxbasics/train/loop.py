@@ -42,7 +42,7 @@ from jaxbasics.train.config import RunConfig, TrainConfig, check_resumable
 from jaxbasics.train.metrics import open_writers, write_atomic
 from jaxbasics.train.sharding import Shardings, global_batch, make_shardings
 from jaxbasics.train.signals import StopAgreement, StopFlag
-from jaxbasics.train.workdir import check_written_with, hold, saved_config
+from jaxbasics.train.workdir import hold, saved_config, written_with
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _setup(task: Any, workdir: Path) -> _Run:
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
         restored = ckpt.restore_latest(
-            task.abstract_state(shardings.replicated),
+            written_with(config, task.abstract_state(shardings.replicated), workdir),
             quarantine=True,
             on_unreadable=lambda step, e: log.warning(
                 "checkpoint %d is unreadable (%s); moved to corrupt_checkpoints/, trying the "
@@ -131,8 +131,6 @@ def _setup(task: Any, workdir: Path) -> _Run:
                 e,
             ),
         )
-        if restored is not None:
-            check_written_with(config, restored.meta, workdir, restored.step)
         if restored is not None and restored.step > config.num_training_updates:
             raise ValueError(
                 f"{workdir} is at step {restored.step}, past --num-training-updates "

@@ -106,18 +106,8 @@ def fsq_turns_vq_off(config: TrainConfig, given: set[str]) -> TrainConfig:
     >>> c = fsq_turns_vq_off(TrainConfig(quantizer="fsq", fsq_levels="8,5,5,5"), {"decay"})
     >>> c.num_embeddings, c.dead_code_threshold, c.decay
     (1000, 0.0, 0.99)
-
-    Levels given for a VQ run (even the default ones) are refused: they would do nothing.
-
-    Raises:
-      ValueError: ``fsq_levels`` in ``given`` with ``quantizer="vq"``.
     """
     if config.quantizer != "fsq":
-        if "fsq_levels" in given:
-            raise ValueError(
-                f"--fsq-levels {config.fsq_levels} applies to --quantizer fsq only; add "
-                "--quantizer fsq, or leave --fsq-levels out."
-            )
         return config
     return config.replace(**{k: v for k, v in fsq_settings(config).items() if k not in given})
 

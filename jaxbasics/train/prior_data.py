@@ -153,7 +153,7 @@ def same_codebook(prior: Any, model: Any, fingerprint: str, *trained_on: str) ->
         raise ValueError(
             f"the prior {prior} models the codes of another codebook than {model}'s (other "
             "weights): its samples would decode to nonsense. Pass the --model it was trained "
-            "on (or, to train a new prior for this VQ-VAE, a new --workdir)."
+            "on."
         )
 
 

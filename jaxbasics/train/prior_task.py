@@ -397,7 +397,7 @@ def load_prior(workdir: str | Path, step: int | None = None) -> LoadedPrior:
         :func:`jaxbasics.train.checkpoint.read` (one line each).
     """
     from jaxbasics.train.checkpoint import read
-    from jaxbasics.train.workdir import check_written_with, saved_config
+    from jaxbasics.train.workdir import saved_config, written_with
 
     workdir = Path(workdir)
     if not (workdir / "checkpoints").is_dir():
@@ -412,13 +412,13 @@ def load_prior(workdir: str | Path, step: int | None = None) -> LoadedPrior:
     def of(meta: dict) -> Structure:
         return structure(config.compile_key(), PriorShape.of(meta["codes"], config))
 
-    def abstract(meta: dict) -> Any:
+    def abstract(step: int, meta: dict) -> Any:
         return placed(of(meta).abstract)
 
     # Each checkpoint is read with the shapes its own meta names (they follow the codes the
     # run modelled), so that an unreadable newest one falls back to the one before.
-    restored = read(workdir, abstract, step=step, items=("meta", "state"), fields=("params",))
-    check_written_with(config, restored.meta, workdir, restored.step)
+    checked = written_with(config, abstract, workdir)
+    restored = read(workdir, checked, step=step, items=("meta", "state"), fields=("params",))
     graphdef = of(restored.meta).graphdef
     return LoadedPrior(
         nnx.merge(graphdef, restored.state.params), config, restored.meta["codes"], restored.step

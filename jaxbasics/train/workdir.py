@@ -33,7 +33,9 @@ from jaxbasics.train.config import (
     RunConfig,
     TrainConfig,
     incompatible_fields,
+    kind_mismatch,
     load_config,
+    other_kind,
 )
 
 LOCK = "run.lock"
@@ -116,7 +118,8 @@ def _lock(path: Path, flag: str, what: str) -> int:
     path.mkdir(parents=True, exist_ok=True)
     lock = path / LOCK
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        # Never through a link: a run.lock planted as one would have us write its target.
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -198,9 +201,12 @@ def saved_config(workdir: str | Path, cls: type[RunConfig] = TrainConfig) -> Sav
             except (UnreadableCheckpointError, FileNotFoundError):  # an older one may do
                 continue
             if isinstance(meta, dict) and "config" in meta:
+                text = json.dumps(meta["config"])
                 try:
-                    return SavedConfig(cls.from_json(json.dumps(meta["config"])), step)
+                    return SavedConfig(cls.from_json(text), step)
                 except ValueError as e:
+                    if (other := other_kind(text.encode(), cls)) is not None:
+                        raise kind_mismatch(workdir, other, cls) from e
                     raise ConfigFileError(
                         f"{workdir}/config.json is missing and the config saved with checkpoint "
                         f"{step} is damaged ({str(e).rstrip('.')}); restore config.json, or pass "
@@ -214,6 +220,24 @@ def saved_config(workdir: str | Path, cls: type[RunConfig] = TrainConfig) -> Sav
         f"{workdir}/config.json is missing and none of its checkpoints {steps} holds a "
         "readable config; restore config.json, or pass another --workdir."
     )
+
+
+def written_with(config: RunConfig, abstract_state: Any, workdir: str | Path) -> Any:
+    """``abstract_state`` (see :meth:`~jaxbasics.train.checkpoint.Checkpointer.restore_latest`)
+    as a function of a checkpoint's step and meta that first runs :func:`check_written_with`:
+    a restore then refuses an edited ``config.json`` before it compares any shape, so the
+    refusal names the edit, not another version's layout.
+
+    >>> meta = {"config": json.loads(TrainConfig().to_json())}
+    >>> written_with(TrainConfig(), "the state", "r")(5, meta)
+    'the state'
+    """
+
+    def checked(step: int, meta: Any) -> Any:
+        check_written_with(config, meta, workdir, step)
+        return abstract_state(step, meta) if callable(abstract_state) else abstract_state
+
+    return checked
 
 
 def check_written_with(config: RunConfig, meta: Any, workdir: str | Path, step: int) -> None:
