@@ -385,14 +385,7 @@ class Checkpointer:
         checkpoint ``step``."""
         if not callable(abstract_state):
             return abstract_state
-        try:
-            meta = self.manager.restore(
-                step, args=self._ocp.args.Composite(meta=self._ocp.args.JsonRestore())
-            )["meta"]
-        except Exception as e:  # noqa: BLE001 - whatever Orbax raises, the files are bad
-            raise UnreadableCheckpointError(
-                f"checkpoint {step}: its meta cannot be read ({_cause(e)})"
-            ) from e
+        meta = self.restore(step, None, items=("meta",)).meta
         try:
             return abstract_state(step, meta)
         except (KeyError, TypeError, AttributeError) as e:  # a meta without what it needs
