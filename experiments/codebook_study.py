@@ -5,11 +5,11 @@
   python experiments/codebook_study.py --preset cifar10 --data-dir DIR --steps 3000
 
 Trains the preset (default ``quickstart``: the embedded ``shapes`` data) once per
-configuration and seed with :func:`jaxbasics.train.loop.fit`, each run in
+configuration and seed with :func:`jaxbasics.train.fit`, each run in
 ``<out>/<config>-s<seed>``; the seed is both the model seed and the data seed. The
 configurations (:data:`CONFIGS`) are the preset's model, data and learning rate with:
 
-* ``notes``: the notes exactly (:data:`~jaxbasics.train.presets.FAITHFUL`): their EMA
+* ``notes``: the notes exactly (:data:`~jaxbasics.tasks.vqvae.presets.FAITHFUL`): their EMA
   init, straight-through, a constant learning rate, no remedies;
 * ``consistent``: ``notes`` with the consistent EMA init alone;
 * ``remedies``: ``consistent`` plus dead-code restart (threshold 0.25) and k-means init
@@ -40,6 +40,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from jaxbasics.tasks.vqvae.config import VQVAEConfig
+from jaxbasics.tasks.vqvae.presets import preset
+from jaxbasics.train import fit, read_run
+from jaxbasics.train.metrics import read_jsonl
+
 # What each configuration sets on top of the preset, in the order they are run.
 _REMEDIES = {"ema_init": "consistent", "dead_code_threshold": 0.25, "kmeans_init_steps": 4}
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -54,8 +61,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 PERPLEXITY_SHARE = 0.2
 
 
-def config_for(name: str, args: argparse.Namespace, seed: int):
-    """The :class:`~jaxbasics.train.config.TrainConfig` of configuration ``name`` and ``seed``.
+def config_for(name: str, args: argparse.Namespace, seed: int) -> VQVAEConfig:
+    """The config of configuration ``name`` and ``seed``.
 
     >>> ns = argparse.Namespace(preset="quickstart", steps=200, data_dir=None)
     >>> c = config_for("cosine", ns, 3)
@@ -64,8 +71,6 @@ def config_for(name: str, args: argparse.Namespace, seed: int):
     >>> config_for("notes", ns, 0).dead_code_threshold
     0.0
     """
-    from jaxbasics.train.presets import preset
-
     base = preset(args.preset)
     steps = args.steps or base.num_training_updates
     overrides = dict(CONFIGS[name])
@@ -95,11 +100,6 @@ def first_step_above(history: list[float], level: float) -> int | None:
 
 def train(config, workdir: Path) -> dict[str, Any]:
     """Run ``fit`` and return the row of this run (reused if ``workdir`` already has it)."""
-    from jaxbasics.train.checkpoint import Checkpointer
-    from jaxbasics.train.loop import fit
-    from jaxbasics.train.metrics import read_jsonl
-    from jaxbasics.train.sharding import abstract_state
-
     cached = workdir / "study_row.json"
     if cached.exists():
         row = json.loads(cached.read_text())
@@ -108,11 +108,7 @@ def train(config, workdir: Path) -> dict[str, Any]:
     t = time.perf_counter()
     result = fit(config, workdir)
     seconds = time.perf_counter() - t
-    ckpt = Checkpointer(workdir, read_only=True)
-    try:
-        meta = ckpt.restore_latest(abstract_state(config), items=("meta",)).meta
-    finally:
-        ckpt.close()
+    meta = read_run(workdir, VQVAEConfig, items=("meta",)).meta
     k = config.num_embeddings
     row = {
         "recon_error": result.eval_metrics["recon_error"],
@@ -128,8 +124,6 @@ def train(config, workdir: Path) -> dict[str, Any]:
 
 
 def _mean_sd(values: list[float], fmt: str) -> str:
-    import numpy as np
-
     if len(values) == 1:
         return format(values[0], fmt)
     return f"{format(np.mean(values), fmt)} ± {format(np.std(values, ddof=1), fmt)}"

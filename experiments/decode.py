@@ -4,7 +4,7 @@
 
 The file is checked whole before anything is written (codes in range, maps that decode to at
 most ``--max-pixels``, names that stay inside ``--out``: see
-``jaxbasics.train.codes.read_codes``), and ``--out`` may not hold the codes or the model, nor
+``jaxbasics.tasks.vqvae.codes.read_codes``), and ``--out`` may not hold the codes or the model, nor
 lead outside itself through links. Codes are only decoded by the model that made them: a
 model of other sizes (K, code size...) or with another codebook is refused. PNGs are written
 batch by batch (memory holds one batch of images); ``<out>/<name>.png`` is bit for bit what
@@ -19,7 +19,11 @@ import os
 import sys
 from pathlib import Path
 
-from common import add_max_pixels, add_model_args, check_out, fail, load_model, save_png
+from common import add_max_pixels, add_model_args, fail, load_model
+from jaxbasics.data.transforms import to_pixels
+from jaxbasics.tasks.vqvae.apply import CODE_BUDGET, each_batch, model_fns
+from jaxbasics.tasks.vqvae.codes import check_codes_fit, read_codes
+from jaxbasics.train.files import check_out, output_names, save_png
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,16 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     add_max_pixels(parser, "code maps that decode to images of more pixels (16 per code")
     add_model_args(parser, images=False)
     args = parser.parse_args(argv)
-
-    from jaxbasics.train.codes import (
-        CODE_BUDGET,
-        check_codes_fit,
-        each_batch,
-        model_fns,
-        output_names,
-        read_codes,
-        to_pixels,
-    )
 
     try:  # the codes first: a wrong path should not wait for the model to load
         codes = read_codes(args.codes, args.max_pixels)

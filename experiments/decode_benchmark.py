@@ -21,6 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxbasics.data.folder import folder
+from jaxbasics.data.pipeline import train_dataset
+from jaxbasics.data.sources import in_memory
+
 
 def write_photos(root: Path, count: int, size: int, seed: int = 0) -> None:
     """``count`` synthetic size x size JPEGs in a flat folder: smooth gradients plus noise."""
@@ -43,10 +47,6 @@ def images_per_s(fn, images: int) -> float:
 
 
 def measure(data_dir: Path, image_size: int, batch: int, batches: int) -> dict:
-    from jaxbasics.data.folder import folder
-    from jaxbasics.data.pipeline import train_dataset
-    from jaxbasics.data.sources import in_memory
-
     source = folder(data_dir, "train", image_size=image_size)
     n = min(batches, len(source) // batch)
     out = {"image_size": image_size, "files": len(source), "batch": batch}

@@ -4,7 +4,7 @@
 
 Stores every image's (H/4, W/4) code map in the smallest integer dtype that holds K, the
 image names (relative to the folder they were found in), the model's config and a
-fingerprint of its codebook (see :mod:`jaxbasics.train.codes`); ``decode.py`` turns them back
+fingerprint of its codebook (see :mod:`jaxbasics.tasks.vqvae.codes`); ``decode.py`` turns them back
 into images. Prints one JSON summary line.
 """
 
@@ -15,12 +15,12 @@ import os
 import sys
 
 from common import fail, image_args, model_and_images
+from jaxbasics.tasks.vqvae.apply import PIXEL_BUDGET, run_batched
+from jaxbasics.tasks.vqvae.codes import write_codes
 
 
 def main(argv: list[str] | None = None) -> int:
     args = image_args(__doc__, "the .npz file to write", argv)
-    from jaxbasics.train.codes import PIXEL_BUDGET, run_batched, write_codes
-
     loaded, fns, images, _, x = model_and_images(args)
     codes = run_batched(
         fns.encode, x, budget=PIXEL_BUDGET, progress=len(images) > 32, desc="encode"

@@ -19,6 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from common import fail
+from jaxbasics.data.base import DatasetNotFoundError
+from jaxbasics.tasks.vqvae.config import VQVAEConfig
+from jaxbasics.tasks.vqvae.data import sources
+from jaxbasics.tasks.vqvae.evaluate import evaluate, save_figures
+from jaxbasics.tasks.vqvae.train import VQVAETask, codebook_of, make_eval_step, structure
+from jaxbasics.train.saved import read_run, saved_config
+from jaxbasics.train.sharding import make_shardings, placed
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -33,51 +42,44 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
-
-    from jaxbasics.train.workdir import saved_config
-
     try:
-        config = saved_config(workdir).config  # config.json, or if it is lost the checkpoint's
+        config = saved_config(workdir, VQVAEConfig).config  # config.json, else a checkpoint's
     except ValueError as e:  # a damaged config.json
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(e)
     if config is None:
-        print(
-            f"error: {workdir}/config.json not found; is {workdir} a train_vqvae.py workdir?",
-            file=sys.stderr,
+        return fail(
+            FileNotFoundError(
+                f"{workdir}/config.json not found; is {workdir} a train_vqvae.py workdir?"
+            )
         )
-        return 1
     if args.data_dir:
         config = config.replace(data_dir=args.data_dir)
-
-    from jaxbasics.data.sources import DatasetNotFoundError
-    from jaxbasics.train.checkpoint import read
-    from jaxbasics.train.data import sources
-    from jaxbasics.train.evaluate import evaluate, save_figures
-    from jaxbasics.train.sharding import abstract_state, make_shardings
-    from jaxbasics.train.state import codebook_of
-    from jaxbasics.train.workdir import written_with
-
     try:
         data = sources(config, workdir, load_train=False)
     except DatasetNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(e)
     shardings = make_shardings(config.batch_size)
     try:
-        restored = read(
+        run = read_run(
             workdir,
-            written_with(config, abstract_state(config, shardings.replicated), workdir),
-            keep=config.keep_checkpoints,
+            VQVAEConfig,
+            lambda saved, meta: placed(structure(saved).abstract, shardings.replicated),
             items=("state",),
+            migratable=VQVAETask.migratable,
         )
     except (OSError, ValueError) as e:  # none, none readable, another version's, edited
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    ev = evaluate(config, restored.state, data.test, data.variance, sharding=shardings.batch)
+        return fail(e)
+    ev = evaluate(
+        make_eval_step(config),
+        run.state,
+        data.test,
+        data.variance,
+        config.batch_size,
+        sharding=shardings.batch,
+    )
     out = Path(args.out) if args.out else workdir / "eval_reconstructions.png"
-    save_figures(ev, np.asarray(codebook_of(config, restored.state)), out, workdir / "codebook.png")
-    print(json.dumps({"step": restored.step, **ev.metrics, "num_examples": len(data.test)}))
+    save_figures(ev, np.asarray(codebook_of(config, run.state)), out, workdir / "codebook.png")
+    print(json.dumps({"step": run.step, **ev.metrics, "num_examples": len(data.test)}))
     return 0
 
 

@@ -4,7 +4,7 @@
 
 The file holds the config, the data variance, the step, the parameters and the codebook: what
 encoding and decoding need, and no training state (no optimiser moments or history, no EMA
-running sums); ``jaxbasics.train.load`` and every script's ``--model`` read it. Prints one
+running sums); ``jaxbasics.tasks.vqvae.trained`` and every script's ``--model`` read it. Prints one
 JSON line with its size and the newest checkpoint's.
 """
 
@@ -16,7 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-from common import check_out, fail
+from common import fail
+from jaxbasics.tasks.vqvae.trained import export
+from jaxbasics.train.files import check_out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,12 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     args = parser.parse_args(argv)
 
-    from jaxbasics.train.io import IncompatibleModelError, export
-
     try:
         check_out(args.out, [args.workdir])
         path = export(args.workdir, args.out, args.step)
-    except (OSError, ValueError, IncompatibleModelError) as e:
+    except (OSError, ValueError) as e:  # IncompatibleModelError is a ValueError
         return fail(e)
     checkpoints = Path(args.workdir) / "checkpoints"
     newest = max((p for p in checkpoints.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))

@@ -25,7 +25,10 @@ import sys
 import zipfile
 
 import numpy as np
+
 from common import fail
+from jaxbasics.data.images import find_images, read_image
+from jaxbasics.fid import fids
 
 
 def load_images(
@@ -43,9 +46,6 @@ def load_images(
     if path.endswith(".npz"):
         images = _load_npz(path)
         return images[subset(len(images), num, seed)]
-    from jaxbasics.data.images import read_image
-    from jaxbasics.train.codes import find_images
-
     found = find_images([path], exclude=exclude)
     found = [found[i] for i in subset(len(found), num, seed)]
     pixels = [read_image(image.path) for image in found]
@@ -111,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}.")
-
-    from jaxbasics.fid import fids
 
     try:
         a, *b = (

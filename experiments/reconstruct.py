@@ -17,7 +17,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from common import image_args, model_and_images, save_png
+
+from common import image_args, model_and_images
+from jaxbasics.data.transforms import to_pixels
+from jaxbasics.tasks.vqvae.apply import CODE_BUDGET, PIXEL_BUDGET, batches, run_batched
+from jaxbasics.train.files import output_names, save_png
 
 GRID = 16
 ERRORS = "recon_errors.jsonl"
@@ -30,8 +34,6 @@ def _grid(i: int) -> str:
 def png_names(images: list) -> list[str]:
     """Each image's reconstruction under --out, kept apart from the grids and the errors file
     (n images make at most n grids)."""
-    from jaxbasics.train.codes import output_names
-
     taken = [ERRORS, *map(_grid, range(len(images)))]
     return output_names([i.name for i in images], taken=taken)
 
@@ -43,8 +45,6 @@ def outputs(images: list) -> list[str]:
 
 def save_grids(out: Path, originals: list[np.ndarray], recons: list[np.ndarray]) -> int:
     """Originals over reconstructions, up to GRID same-sized pairs per PNG; returns the count."""
-    from jaxbasics.train.codes import batches
-
     count = 0
     for members in batches([x.shape for x in originals], GRID):
         top = np.concatenate([originals[i] for i in members], axis=1)
@@ -56,8 +56,6 @@ def save_grids(out: Path, originals: list[np.ndarray], recons: list[np.ndarray])
 
 def main(argv: list[str] | None = None) -> int:
     args = image_args(__doc__, "output folder", argv)
-    from jaxbasics.train.codes import CODE_BUDGET, PIXEL_BUDGET, run_batched, to_pixels
-
     loaded, fns, images, pixels, x = model_and_images(args, outputs)
     many = len(images) > 32
     codes = run_batched(fns.encode, x, budget=PIXEL_BUDGET, progress=many, desc="encode")

@@ -25,8 +25,19 @@ import os
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
-from common import check_out, fail, save_png
+
+from common import fail
+from jaxbasics import plots
+from jaxbasics.data.transforms import to_pixels
+from jaxbasics.prior import sample
+from jaxbasics.tasks.prior.data import vqvae_of
+from jaxbasics.tasks.prior.trained import load_prior
+from jaxbasics.tasks.vqvae.apply import CODE_BUDGET, model_fns, run_batched
+from jaxbasics.tasks.vqvae.codes import write_codes
+from jaxbasics.train.files import check_out, save_figure, save_png
+from jaxbasics.train.workdir import WorkdirInUseError, hold
 
 # The most samples one run draws: all are sampled at once, ~140 kB of memory each.
 MAX_NUM = 10_000
@@ -82,9 +93,6 @@ def class_labels(args: argparse.Namespace, loaded_prior) -> np.ndarray | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from jaxbasics.train.prior_task import load_prior
-    from jaxbasics.train.workdir import WorkdirInUseError, hold
-
     out = Path(args.out)
     try:
         if not 1 <= args.num <= MAX_NUM:
@@ -118,13 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({stale[0]}...): its codes.npz and grid would not match them. Pass an empty "
                 "--out, or delete them."
             )
-        from jaxbasics.train.codes import codebook_fingerprint
-        from jaxbasics.train.io import load
-        from jaxbasics.train.prior_data import same_codebook
-
-        loaded = load(model_path)
-        fingerprint = codebook_fingerprint(loaded.model)
-        same_codebook(args.prior, model_path, fingerprint, loaded_prior.codes["codebook_sha256"])
+        loaded, _ = vqvae_of(model_path, args.prior, [loaded_prior.codes["codebook_sha256"]])
         # One writer per --out: a second sample.py would mix its files with this one's.
         with hold(out, "--out", "sample.py"):
             return generate(args, out, loaded_prior, loaded, labels, names)
@@ -135,18 +137,6 @@ def main(argv: list[str] | None = None) -> int:
 def generate(args, out: Path, loaded_prior, loaded, labels, names: list[str]) -> int:
     """Sample, decode with ``loaded`` (the VQ-VAE) and write everything under ``out``; print
     the summary line. Returns 0."""
-    import jax
-
-    from jaxbasics import plots
-    from jaxbasics.prior import sample
-    from jaxbasics.train.codes import (
-        CODE_BUDGET,
-        model_fns,
-        run_batched,
-        to_pixels,
-        write_codes,
-    )
-
     codes = sample(
         loaded_prior.prior,
         args.num,
@@ -164,7 +154,7 @@ def generate(args, out: Path, loaded_prior, loaded, labels, names: list[str]) ->
     for name, image in zip(names, images, strict=True):
         save_png(out / "samples" / f"{name}.png", to_pixels(image))
     rows = [np.stack(images[i : i + 8]) for i in range(0, len(images), 8)]
-    plots.save(plots.image_grid(rows), out / "grid.png")
+    save_figure(plots.image_grid(rows), out / "grid.png")
     summary = {"images": args.num, "out": str(out), "prior_step": loaded_prior.step}
     which = "all" if args.all_classes else args.class_name
     summary |= {"class": which, "guidance": args.guidance, "seed": args.seed}

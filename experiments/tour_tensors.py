@@ -21,10 +21,7 @@ def show(torch_code: str, value: object) -> None:
     print(value)
 
 
-def main() -> None:
-    argparse.ArgumentParser(description=__doc__).parse_args()
-    key = jax.random.key(0)
-
+def create(key: jax.Array) -> None:
     section("Create a tensor")
     x = T.arange(12)
     show("x = torch.arange(12, dtype=torch.float32)", x)
@@ -43,6 +40,10 @@ def main() -> None:
     show("x.reshape(3, -1).shape", T.reshape(x, (3, -1)).shape)
     show("torch.tensor([1.0]).item()", T.item(T.tensor([1.0])))
 
+
+def operations() -> tuple[jax.Array, jax.Array]:
+    """The notes' element-wise operations and concatenation; returns their X and Y."""
+    x = T.arange(12)
     section("Operations")
     show("torch.exp(x)", jnp.exp(x))
     x = T.tensor([1.0, 2, 4, 8])
@@ -61,7 +62,10 @@ def main() -> None:
     P, Q = T.cat((X, Y), dim=0), T.cat((X, Y), dim=1)
     show("torch.cat((X, Y), dim=0).shape", P.shape)
     show("torch.cat((X, Y), dim=1).shape", Q.shape)
+    return X, Y
 
+
+def broadcasting() -> None:
     section("Broadcasting")
     a = T.reshape(jnp.arange(3), (3, 1))
     b = T.reshape(jnp.arange(2), (1, 2))
@@ -69,6 +73,8 @@ def main() -> None:
     show("b = torch.arange(2).reshape((1, 2))", b)
     show("a + b  # (3, 1) + (1, 2) -> (3, 2)", a + b)
 
+
+def saving_memory(X: jax.Array, Y: jax.Array) -> None:
     section("Saving memory")
     before = id(Y)
     Y = Y + X
@@ -83,6 +89,8 @@ def main() -> None:
     X = T.add_(X, Y)
     print("buffer reused:", X.unsafe_buffer_pointer() == pointer)
 
+
+def shape_and_one_hot() -> None:
     section("Shape")
     inputs = T.zeros((256, 64, 8, 8))
     show("inputs.shape  # BCHW", inputs.shape)
@@ -102,6 +110,15 @@ def main() -> None:
         T.scatter(T.zeros((5, 4)), 1, T.tensor([[4]] * 5), 1.0)
     except IndexError as err:
         print("out-of-range index:", err)
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    create(jax.random.key(0))
+    X, Y = operations()
+    broadcasting()
+    saving_memory(X, Y)
+    shape_and_one_hot()
 
 
 if __name__ == "__main__":

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import sys
 
+from jaxbasics.tasks.prior.config import PRESETS
 from jaxbasics.train import cli
-from jaxbasics.train.prior_config import PRIOR_PRESETS, PriorConfig, prior_preset
 
 SCRIPT = cli.Script(
-    config=PriorConfig,
-    presets=PRIOR_PRESETS,
-    preset=prior_preset,
+    presets=PRESETS,
     description=__doc__,
     preset_help="starting values of every field: quickstart (a small transformer on "
     "runs/quickstart's codes, ~90 s on 2 CPU cores) or cifar10 (for the cifar10 VQ-VAE "

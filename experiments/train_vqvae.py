@@ -5,7 +5,7 @@
   python experiments/train_vqvae.py --preset cifar10 --help   # that preset's values
   python experiments/train_vqvae.py --quantizer fsq --fsq-levels 8,5,5,5 --workdir runs/fsq
 
-Every TrainConfig field is a flag (``batch_size`` -> ``--batch-size``); ``--preset`` picks
+Every VQVAEConfig field is a flag (``batch_size`` -> ``--batch-size``); ``--preset`` picks
 their starting values (quickstart, cifar10 or notes) and ``--faithful`` turns off what the
 defaults change from the notes. Rerunning the same command resumes from the latest
 checkpoint in ``--workdir``: an existing run keeps its saved config (if config.json is lost,
@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import sys
 
+from jaxbasics.tasks.vqvae.presets import FAITHFUL, PRESETS
 from jaxbasics.train import cli
-from jaxbasics.train.config import TrainConfig
-from jaxbasics.train.presets import PRESETS, adjust, preset
 
 SCRIPT = cli.Script(
-    config=TrainConfig,
     presets=PRESETS,
-    preset=preset,
     description=__doc__,
     preset_help="starting values of every field: quickstart (embedded data, small model, ~90 s "
     "on 2 CPU cores), cifar10 (the notes' setting on real CIFAR-10, remedies on) or "
@@ -34,9 +31,11 @@ SCRIPT = cli.Script(
     workdir="runs/{preset}",
     wrote="curves.png, reconstructions.png, codebook.png, metrics.jsonl, eval.jsonl and "
     "checkpoints/",
-    adjust=adjust,
-    faithful="reproduce the notes' quantiser exactly: their EMA init, straight-through, a "
-    "constant learning rate, no dead-code restart or k-means init",
+    faithful=(
+        "reproduce the notes' quantiser exactly: their EMA init, straight-through, a constant "
+        "learning rate, no dead-code restart or k-means init",
+        FAITHFUL,
+    ),
 )
 
 if __name__ == "__main__":

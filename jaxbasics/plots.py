@@ -1,14 +1,13 @@
 """Matplotlib figures: training curves, image grids, codebook usage.
 
 matplotlib is imported inside each function (Agg backend), so importing this
-module is cheap and works without a display.
+module is cheap and works without a display. Figures are written, whole or not at all, by
+:func:`jaxbasics.train.files.save_figure`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -163,17 +162,3 @@ def codebook_figure(codebook: np.ndarray, counts: np.ndarray) -> Figure:
     ax2.legend()
     fig.tight_layout()
     return fig
-
-
-def save(fig: Figure, path: str | Path) -> Path:
-    """Save ``fig`` (format from the suffix) atomically and close it."""
-    plt = _pyplot()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")  # one per process
-    try:
-        fig.savefig(tmp, dpi=100)
-        tmp.replace(path)
-    finally:  # a full disk leaves neither a half-written picture nor its temporary file
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path

@@ -16,6 +16,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
+from jaxbasics.tasks.prior.config import PriorConfig  # noqa: E402
+from jaxbasics.tasks.vqvae.config import VQVAEConfig  # noqa: E402
+from jaxbasics.tasks.vqvae.presets import preset  # noqa: E402
+from jaxbasics.tasks.vqvae.train import VQVAETask, init_state, structure, to_model  # noqa: E402
+from jaxbasics.train import fit, read_run  # noqa: E402
+from jaxbasics.train.sharding import placed  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 TRAIN = str(EXPERIMENTS / "train_vqvae.py")
@@ -55,8 +62,6 @@ RUN = dict(
 
 def small_config(**overrides):
     """The quickstart preset at :data:`SIZES` and :data:`RUN`, with ``overrides``."""
-    from jaxbasics.train.presets import preset
-
     return preset("quickstart", **{**SIZES, **RUN, **overrides})
 
 
@@ -135,25 +140,20 @@ def checkpoint_steps(workdir) -> list[int]:
     return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
 
 
-def restore(workdir, config=None):
-    """The newest checkpoint of ``workdir`` (its saved config unless ``config``)."""
-    from jaxbasics.train.checkpoint import Checkpointer
-    from jaxbasics.train.config import load_config
-    from jaxbasics.train.sharding import abstract_state
-
-    config = config or load_config(workdir)
-    ckpt = Checkpointer(workdir, read_only=True)
-    try:
-        return ckpt.restore_latest(abstract_state(config))
-    finally:
-        ckpt.close()
+def restore(workdir):
+    """The newest readable checkpoint of the VQ-VAE run in ``workdir``, all of it."""
+    return read_run(
+        workdir,
+        VQVAEConfig,
+        lambda config, meta: placed(structure(config).abstract),
+        items=("state", "meta", "data_iter"),
+        migratable=VQVAETask.migratable,
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
     """A :class:`~jaxbasics.vqvae.model.VQVAE` at :data:`SIZES` (plain VQ), in eval mode."""
-    from jaxbasics.train.state import init_state, to_model
-
     config = small_config(decay=0.0)
     state = init_state(config)
     return to_model(config, state.params, state.ema)
@@ -166,8 +166,6 @@ TRAINED_STEPS = 10
 def workdir(tmp_path_factory):
     """The workdir of a finished run of ``small_config(num_training_updates=TRAINED_STEPS)``,
     shared read-only by the tests that load, export, encode or reconstruct a trained model."""
-    from jaxbasics.train.loop import fit
-
     workdir = tmp_path_factory.mktemp("trained_run")
     fit(small_config(num_training_updates=TRAINED_STEPS), workdir)
     return workdir
@@ -178,8 +176,6 @@ PRIOR_STEPS = 12
 
 def prior_config(model, **overrides):
     """A tiny prior over ``model``'s codes: 12 steps in batches of 8, evaluated at 6 and 12."""
-    from jaxbasics.train.prior_config import PriorConfig
-
     values = dict(
         model=str(model),
         dim=16,
@@ -202,8 +198,6 @@ def prior_config(model, **overrides):
 def prior_workdir(workdir, tmp_path_factory):
     """The workdir of a finished tiny class-conditional transformer prior over the codes of
     :func:`workdir`'s model, shared read-only by the prior's tests."""
-    from jaxbasics.train.loop import fit
-
     prior = tmp_path_factory.mktemp("prior_run")
     fit(prior_config(workdir), prior)
     return prior

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jaxbasics import autodiff as A
+from jaxbasics.data.shapes import shapes
+from jaxbasics.tasks.vqvae.train import init_state, make_train_step
 
 vectors = hnp.arrays(
     np.float32, st.integers(1, 8), elements=st.floats(-100, 100, width=32, allow_subnormal=False)
@@ -258,10 +260,6 @@ def test_rotation_trick_falls_back_to_straight_through_for_zero_length_z():
 def test_vqvae_with_the_rotation_trick_trains():
     """A tiny VQ-VAE learns a fixed batch through the rotation trick, which is really in use."""
     from conftest import small_config
-
-    from jaxbasics.data.shapes import shapes
-    from jaxbasics.train.state import init_state
-    from jaxbasics.train.step import make_train_step
 
     images = jnp.asarray(shapes("train", 8).read_batch(range(8))["image"] / 255.0 - 0.5)
     # Plain VQ: the codebook learns by gradient too, so a few steps move every part.

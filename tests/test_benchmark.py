@@ -1,12 +1,15 @@
 """experiments/benchmark.py: the JSON record, and a tiny end-to-end run as a subprocess."""
 
+import doctest
 import json
 import os
 import subprocess
 import sys
 
-import benchmark
 import pytest
+
+import benchmark
+from benchmarks import layers, prior, step, timing
 from conftest import ROOT
 
 KEYS = {
@@ -48,9 +51,14 @@ PRIOR_KEYS = {
 
 
 def test_result_line_without_torch_has_null_torch_fields():
-    r = benchmark.result_line(8, [0.5], None, {"step_gflop": 2.0, "compile_s": 1.0}, {"jax": 8.0})
+    r = step.result_line(8, [0.5], None, {"step_gflop": 2.0, "compile_s": 1.0}, {"jax": 8.0})
     assert r["jax_images_per_s"] == 16.0 and r["ratio"] is None
     assert r["fraction_of_machine"] == 0.5
+
+
+@pytest.mark.parametrize("module", [layers, prior, step, timing])
+def test_doctests(module):
+    assert doctest.testmod(module).failed == 0
 
 
 def test_module_imports_without_torch():
@@ -83,8 +91,8 @@ def test_devices_flag_shards_the_step_over_simulated_devices():
 
 def test_layer_lines_time_every_layer_and_sum(monkeypatch):
     """--layers: one record per layer plus the count-weighted sum (JAX only, tiny sizes)."""
-    monkeypatch.setattr(benchmark, "LAYERS", [benchmark.LAYERS[3], benchmark.LAYERS[-1]])
-    lines = benchmark.layer_lines(2, None, small=True, rounds=1, k=1, warmup=1)
+    monkeypatch.setattr(layers, "LAYERS", [layers.LAYERS[3], layers.LAYERS[-1]])
+    lines = layers.layer_lines(2, None, small=True, rounds=1, k=1, warmup=1)
     assert [r["layer"] for r in lines] == ["res k3", "dec convT2 k4s2", "sum (x count)"]
     assert all(r["jax_ms"] > 0 and r["ratio"] is None for r in lines)
     # records are rounded to 0.01 ms, the sum is taken before rounding: 5 roundings of <= 0.005
@@ -142,7 +150,7 @@ def test_prior_sides_refuse_to_time_models_that_sample_differently(monkeypatch):
     monkeypatch.setattr(tpr, "from_flax", perturbed)
     args = benchmark.parse_args(["--prior", "--small", "--torch-threads", "1"])
     with pytest.raises(SystemExit, match="greedy codes of torch differ from JAX's"):
-        benchmark.prior_line(args, 2, torch, rounds=1, k=1, warmup=1, notes=[])
+        prior.prior_line(args, 2, torch, rounds=1, k=1, warmup=1, notes=[])
 
 
 def test_torch_prior_decode_with_tensor_positions_gives_the_eager_logits():

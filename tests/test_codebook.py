@@ -8,13 +8,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cli_env, restore, run, small_config, train_cmd
 from flax import nnx
 
-from jaxbasics.train.loop import fit
+from conftest import cli_env, restore, run, small_config, train_cmd
+from jaxbasics.tasks.vqvae.train import (
+    codebook_of,
+    init_state,
+    latents,
+    make_kmeans_init,
+    make_train_step,
+    to_model,
+)
+from jaxbasics.train import fit
 from jaxbasics.train.metrics import read_jsonl
-from jaxbasics.train.state import codebook_of, init_state, to_model
-from jaxbasics.train.step import latents, make_kmeans_init, make_train_step
 from jaxbasics.vqvae.codebook import (
     CodebookState,
     kmeans,
@@ -135,7 +141,7 @@ def test_eight_devices_match_one_device_with_restart_and_kmeans(tmp_path, xla_ca
     )
     proc = run(cmd, env=cli_env(8))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    eight = restore(tmp_path / "eight", config)
+    eight = restore(tmp_path / "eight")
     assert eight.step == steps
     for x, y in zip(jax.tree.leaves(one.state), jax.tree.leaves(eight.state), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-5, atol=2e-5)

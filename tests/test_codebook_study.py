@@ -3,11 +3,11 @@
 import doctest
 import json
 
-import codebook_study
 import pytest
-from conftest import RUN, SIZES
 
-from jaxbasics.train import presets as presets_module
+import codebook_study
+from conftest import RUN, SIZES
+from jaxbasics.tasks.vqvae import presets as presets_module
 
 
 def test_doctests():
@@ -17,9 +17,9 @@ def test_doctests():
 @pytest.fixture
 def tiny_preset(monkeypatch):
     """The quickstart at the test sizes (and the test runs' data and schedule)."""
-    run = {k: v for k, v in RUN.items() if k in presets_module.PRESETS["quickstart"]}
-    tiny = {**presets_module.PRESETS["quickstart"], **SIZES, **run}
-    monkeypatch.setattr(presets_module, "PRESETS", {**presets_module.PRESETS, "tiny": tiny})
+    run = {k: v for k, v in RUN.items() if k in presets_module.VALUES["quickstart"]}
+    tiny = {**presets_module.VALUES["quickstart"], **SIZES, **run}
+    monkeypatch.setitem(presets_module.VALUES, "tiny", tiny)
     return "tiny"
 
 
@@ -37,5 +37,5 @@ def test_study_writes_the_table_and_reuses_finished_runs(tmp_path, tiny_preset, 
     def no_training(*_):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr("jaxbasics.train.loop.fit", no_training)
+    monkeypatch.setattr(codebook_study, "fit", no_training)
     assert codebook_study.main([*args, "--only", "defaults"]) == 0

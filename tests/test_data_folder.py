@@ -4,19 +4,19 @@ import json
 import re
 import runpy
 
-import decode_benchmark
 import jax
 import numpy as np
 import pytest
-from conftest import EVALUATE, small_config
 from PIL import Image
 
+import decode_benchmark
+from conftest import EVALUATE, small_config
 from jaxbasics.data.folder import FolderSource, folder, split_fraction
 from jaxbasics.data.images import ImageReadError, read_image
 from jaxbasics.data.pipeline import train_dataset
 from jaxbasics.data.sources import DATASETS, ArraySource, DatasetNotFoundError, get_source
-from jaxbasics.train import data as train_data
-from jaxbasics.train.loop import fit
+from jaxbasics.tasks.vqvae import data as train_data
+from jaxbasics.train import fit
 
 
 def _noise(shape, seed):

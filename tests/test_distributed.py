@@ -13,6 +13,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+
 from conftest import (
     EXPERIMENTS,
     checkpoint_steps,
@@ -22,8 +23,8 @@ from conftest import (
     train_cmd,
     wait_for,
 )
-
-from jaxbasics.train.loop import fit
+from jaxbasics.tasks.prior.trained import load_prior
+from jaxbasics.train import fit
 from jaxbasics.train.metrics import read_jsonl
 
 
@@ -59,13 +60,13 @@ def test_eight_devices_follow_the_one_device_trajectory(tmp_path, xla_cache, dec
         )
     )
     assert "devices: [" in out and out.count("CpuDevice") == 8
-    eight = restore(tmp_path / "eight", config)
+    eight = restore(tmp_path / "eight")
     assert eight.step == steps
     _assert_close(one.state, eight.state)
     # perplexity and EMA statistics are over the global batch, not per device
     np.testing.assert_allclose(
         eight.meta["train_res_perplexity"],
-        restore(tmp_path / "one", config).meta["train_res_perplexity"],
+        restore(tmp_path / "one").meta["train_res_perplexity"],
         rtol=1e-5,
     )
 
@@ -77,7 +78,7 @@ def test_checkpoints_move_between_device_counts(tmp_path, xla_cache):
     _ok(_cli(w, xla_cache, num_training_updates=4))  # 8 devices: steps 1-4
     fit(config.replace(num_training_updates=8), w)  # 1 device: steps 5-8
     _ok(_cli(w, xla_cache, num_training_updates=12))  # 8 devices again: steps 9-12
-    moved = restore(w, config)
+    moved = restore(w)
     assert moved.step == 12
     # 12 steps of float reductions in another order (8-way sharded sums) drift a little
     _assert_close(straight.state, moved.state, tol=1e-4)
@@ -95,7 +96,6 @@ def test_batch_must_divide_across_devices(tmp_path, xla_cache):
 def test_a_prior_on_eight_devices_follows_the_one_device_run(prior_workdir, tmp_path, xla_cache):
     """train_prior.py's data parallelism is the loop's: the shared 1-device prior run, repeated
     on 8 devices (its batch of 8 split 1 per device), ends at the same weights and NLL."""
-    from jaxbasics.train.prior_task import load_prior
 
     one = load_prior(prior_workdir)
     config = one.config
@@ -159,7 +159,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path, xla_cache):
         tmp_path / "two", xla_cache, _free_port(), num_training_updates=steps, eval_every=steps
     ):
         _ok(p, timeout=300)
-    two = restore(tmp_path / "two", config)
+    two = restore(tmp_path / "two")
     assert two.step == steps
     _assert_close(one.state, two.state)
     # one process writes the logs: no duplicated lines

@@ -61,7 +61,7 @@ def test_every_name_in_the_pytorch_table_exists():
 
     text = (Path(__file__).parents[1] / "docs" / "pytorch-to-jax.md").read_text()
     rows = [line.split(" | ")[1] for line in text.splitlines() if line.count(" | ") >= 2]
-    packages = "tensors|calculus|autodiff|docs|debug|data|vqvae|prior|train"
+    packages = "tensors|calculus|autodiff|docs|debug|data|vqvae|prior|train|tasks"
     pattern = rf"`[^`]*?\b((?:{packages})(?:\.\w+)+)"
     names = {m for row in rows for m in re.findall(pattern, row)}
     assert len(names) > 40

@@ -5,13 +5,14 @@ images per second)."""
 import json
 import sys
 
-import fid as fid_script
 import numpy as np
 import pytest
 import scipy.linalg
 from PIL import Image
 
+import fid as fid_script
 from jaxbasics import fid as fidlib
+from jaxbasics.data.sources import get_source, read_batch
 
 
 def random_covariance(rng, d, rank):
@@ -111,8 +112,6 @@ def test_script_reads_folders_and_npz_and_refuses_mixed_sizes(tmp_path):
 
 @pytest.fixture(scope="module")
 def shapes_images():
-    from jaxbasics.data.sources import get_source, read_batch
-
     return read_batch(get_source("shapes", "test", num_examples=8), np.arange(8))["image"]
 
 

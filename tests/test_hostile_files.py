@@ -12,20 +12,21 @@ import struct
 import zipfile
 import zlib
 
-import common
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
 import decode as decode_script
 import encode as encode_script
 import export as export_script
-import numpy as np
-import pytest
 import reconstruct as reconstruct_script
-from PIL import Image, PngImagePlugin
-from test_train_codes import _main, _rgb, _tree
-
 from jaxbasics.data.folder import folder
-from jaxbasics.data.images import ImageReadError, read_image
-from jaxbasics.train.codes import output_names, read_codes, write_codes
-from jaxbasics.train.io import load
+from jaxbasics.data.images import ImageReadError, InputImage, read_image
+from jaxbasics.tasks.vqvae import codes as codes_module
+from jaxbasics.tasks.vqvae.codes import read_codes, write_codes
+from jaxbasics.tasks.vqvae.trained import load
+from jaxbasics.train.files import check_out, output_names
+from test_train_codes import _main, _rgb, _tree
 
 NAMES = ["a.png", "b.png", "sub/c.png"]
 
@@ -111,15 +112,14 @@ def test_a_codes_file_that_unpacks_past_memory_is_refused_before_it_is_read(
     """A zip bomb (a member whose unpacked size is past the budget) is refused from the
     archive's directory; a member whose .npy header declares 2**45 codes over a few bytes of
     data is one line too, not a MemoryError."""
-    from jaxbasics.train import codes
 
     real = _craft(tmp_path / "real.npz", arrays)
     with np.load(real) as f:
         unpacked = sum(info.file_size for info in f.zip.infolist())
-    monkeypatch.setattr(codes, "memory_budget", lambda: unpacked - 1)
+    monkeypatch.setattr(codes_module, "memory_budget", lambda: unpacked - 1)
     with pytest.raises(ValueError, match=r"real.npz unpacks to 0.0 GiB, more than this machine"):
         read_codes(real)
-    monkeypatch.setattr(codes, "memory_budget", lambda: unpacked)
+    monkeypatch.setattr(codes_module, "memory_budget", lambda: unpacked)
     assert len(read_codes(real).maps) == 3
 
     header = {"descr": "<i8", "fortran_order": False, "shape": (2**45,)}
@@ -229,7 +229,6 @@ def test_decode_writes_each_batch_before_decoding_the_next(
 ):
     """40 maps go in two batches; the first batch's PNGs are written before the second batch
     is decoded, so memory holds one batch of images, never all of them."""
-    from jaxbasics.train import codes
 
     many = _craft(
         tmp_path / "many.npz",
@@ -239,7 +238,7 @@ def test_decode_writes_each_batch_before_decoding_the_next(
         names=np.array([f"{i}.png" for i in range(40)]),
     )
     decoded, written = [], []
-    model_fns = codes.model_fns
+    model_fns = decode_script.model_fns
 
     def counting(model):
         fns = model_fns(model)
@@ -250,7 +249,7 @@ def test_decode_writes_each_batch_before_decoding_the_next(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"png")
 
-    monkeypatch.setattr(codes, "model_fns", counting)
+    monkeypatch.setattr(decode_script, "model_fns", counting)
     monkeypatch.setattr(decode_script, "save_png", save)
     args = [many, "--model", workdir, "--out", tmp_path / "out"]
     code, summary, _ = _main(decode_script, capsys, *args)
@@ -289,7 +288,7 @@ def test_out_refuses_names_no_file_system_takes(tmp_path):
         (["/".join(["d" * 250] * 20)], "bytes a path may have"),
     ]:
         with pytest.raises(ValueError, match=message):
-            common.check_out(tmp_path / "out", [], names)
+            check_out(tmp_path / "out", [], names)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -298,17 +297,15 @@ def test_a_link_inside_out_cannot_lead_onto_an_input(tmp_path):
     (tmp_path / "out").mkdir()
     os.symlink(tmp_path / "in.png", tmp_path / "out" / "x.png")
     with pytest.raises(ValueError, match="is one of the inputs, reached through a link"):
-        common.check_out(tmp_path / "out", [tmp_path / "in.png"], ["x.png"])
+        check_out(tmp_path / "out", [tmp_path / "in.png"], ["x.png"])
     os.symlink(tmp_path / "in.png", tmp_path / "link.png")
     with pytest.raises(ValueError, match="is one of the inputs"):
-        common.check_out(tmp_path / "link.png", [tmp_path / "in.png"])
+        check_out(tmp_path / "link.png", [tmp_path / "in.png"])
     with pytest.raises(ValueError, match="both a file and a folder"):
-        common.check_out(tmp_path / "o2", [], ["x.png", "x.png/y.png"])
+        check_out(tmp_path / "o2", [], ["x.png", "x.png/y.png"])
 
 
 def test_reconstruct_outputs_never_meet_its_grids_or_errors_file(tmp_path):
-    from jaxbasics.train.codes import InputImage
-
     names = ["grids/grid_000.png", "recon_errors.jsonl.png", "y.jpg", "y.png", "y.jpg.png"]
     images = [InputImage(tmp_path / n, n) for n in names]
     written = reconstruct_script.outputs(images)

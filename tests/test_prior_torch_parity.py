@@ -7,9 +7,9 @@ torch = pytest.importorskip("torch")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import torch_prior_reference as tpr  # noqa: E402
 from flax import nnx  # noqa: E402
 
+import torch_prior_reference as tpr  # noqa: E402
 from jaxbasics.prior import TransformerPrior, sample  # noqa: E402
 
 K, H, W, C = 16, 4, 4, 3

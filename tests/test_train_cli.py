@@ -8,6 +8,7 @@ import time
 
 import jax
 import numpy as np
+
 from conftest import (
     EVALUATE,
     TRAIN,
@@ -18,10 +19,10 @@ from conftest import (
     train_cmd,
     wait_for,
 )
-
-from jaxbasics.train.config import TrainConfig, load_config
+from jaxbasics.tasks.vqvae.config import VQVAEConfig
+from jaxbasics.tasks.vqvae.presets import preset
 from jaxbasics.train.metrics import read_jsonl
-from jaxbasics.train.presets import preset
+from jaxbasics.train.resume import load_config
 
 
 def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, xla_cache):
@@ -146,7 +147,9 @@ def test_an_existing_run_keeps_its_saved_config(tmp_path, xla_cache):
     r = run(cmd + ["--progress", "false", "--compilation-cache", xla_cache])
     assert r.returncode == 0, r.stderr
     assert "Resuming from checkpoint at step 2" in r.stderr
-    assert load_config(tmp_path).num_hiddens == 16 and json.loads(r.stdout)["step"] == 3
+    assert (
+        load_config(tmp_path, VQVAEConfig).num_hiddens == 16 and json.loads(r.stdout)["step"] == 3
+    )
 
 
 def test_every_flag_is_documented_and_the_preset_sets_the_defaults():
@@ -156,9 +159,9 @@ def test_every_flag_is_documented_and_the_preset_sets_the_defaults():
     assert r.returncode == 0
     text = " ".join(r.stdout.split())  # unwrapped
     squeezed = "".join(text.split())  # argparse also wraps at hyphens
-    for name in (f.name for f in dataclasses.fields(TrainConfig)):
+    for name in (f.name for f in dataclasses.fields(VQVAEConfig)):
         assert "--" + name.replace("_", "-") in text, name
-        doc = get_attribute_docstring(TrainConfig, name).docstring_below
+        doc = get_attribute_docstring(VQVAEConfig, name).docstring_below
         assert doc and "".join(doc.split()) in squeezed, name  # --help says what it does
     for flag in ("--workdir", "--preset", "--faithful", "--dataset", "--data-dir"):
         assert flag in text
@@ -175,7 +178,7 @@ def test_every_flag_is_documented_and_the_preset_sets_the_defaults():
     assert (notes.dead_code_threshold, notes.kmeans_init_steps, notes.ema_init) == (0, 0, "notes")
     differs = {
         f.name
-        for f in dataclasses.fields(TrainConfig)
+        for f in dataclasses.fields(VQVAEConfig)
         if getattr(notes, f.name) != getattr(preset("cifar10"), f.name)
     }
     assert differs == {

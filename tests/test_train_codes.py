@@ -7,17 +7,17 @@ compiled programs) for the many input cases, and once as a subprocess, as a user
 import json
 import sys
 
+import numpy as np
+import pytest
+from PIL import Image
+
 import decode as decode_script
 import encode as encode_script
 import export as export_script
-import numpy as np
-import pytest
 import reconstruct as reconstruct_script
 from conftest import EXPERIMENTS, TRAINED_STEPS, run, small_config
-from PIL import Image
-
-from jaxbasics.train.codes import code_dtype, read_codes
-from jaxbasics.train.loop import fit
+from jaxbasics.tasks.vqvae.codes import code_dtype, read_codes
+from jaxbasics.train import fit
 
 CONFIG = small_config(num_training_updates=TRAINED_STEPS)  # the workdir fixture's run
 

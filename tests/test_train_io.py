@@ -9,12 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TRAINED_STEPS, restore, small_config
 
-from jaxbasics import train
+from conftest import TRAINED_STEPS, restore, small_config
+from jaxbasics.tasks import vqvae
+from jaxbasics.tasks.vqvae import export_file as export_module
+from jaxbasics.tasks.vqvae import trained as load_module
+from jaxbasics.tasks.vqvae.export_file import MODEL_FIELDS, IncompatibleModelError
+from jaxbasics.tasks.vqvae.train import to_model
+from jaxbasics.tasks.vqvae.trained import export, load
+from jaxbasics.train import checkpoint
 from jaxbasics.train.checkpoint import UnreadableCheckpointError
-from jaxbasics.train.io import MODEL_FIELDS, IncompatibleModelError, export, load
-from jaxbasics.train.state import to_model
 
 CONFIG = small_config(num_training_updates=TRAINED_STEPS)  # the workdir fixture's run
 
@@ -28,7 +32,7 @@ def _size(path: Path) -> int:
 
 
 def test_load_a_workdir_gives_the_trained_model_in_eval_mode(workdir):
-    model, config, variance, step = train.load(workdir)
+    model, config, variance, step = vqvae.load(workdir)
     assert config == CONFIG and step == 10
     assert variance == json.loads((workdir / "data_stats.json").read_text())["data_variance"]
     full = restore(workdir)
@@ -133,7 +137,6 @@ def test_a_reader_skips_the_checkpoint_its_run_deletes_meanwhile(
 ):
     """While load reads checkpoint 10, the live run (keeping 3) saves 15, 20 and 25 and is
     deleting 10: that is no damage, so no warning; the newest checkpoint is read."""
-    from jaxbasics.train import checkpoint
 
     copy = _copy(workdir, tmp_path)
     ckpts = copy / "checkpoints"
@@ -220,16 +223,17 @@ def test_an_export_whose_arrays_misfit_its_config_is_refused(workdir, tmp_path):
         load(tmp_path / "junk.msgpack", step=3)
 
 
-def test_the_readme_snippet_runs(workdir):
-    """The README's 'Use a trained model' Python block, as written, on a real run."""
+def test_the_readme_snippet_runs(workdir, capsys):
+    """The README's 'Use a trained model' Python block runs as written (on a real run) and
+    prints what the README says it prints, but for the error of this tiny model."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    assert len(block.strip().splitlines()) <= 6
-    batch = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    namespace = {"uint8_batch": batch}
+    namespace: dict = {}
     exec(block.replace("runs/quickstart", str(workdir)), namespace)
     assert namespace["codes"].shape == (4, 8, 8) and namespace["codes"].dtype == jnp.int32
     assert namespace["recon"].shape == (4, 32, 32, 3)
+    printed = capsys.readouterr().out.split()
+    assert printed[:4] == ["(4,", "8,", "8)", "uint8"] and 0 <= int(printed[4]) <= 255
 
 
 def _tampered(payload, change):
@@ -313,8 +317,6 @@ def test_an_export_declaring_other_sizes_is_refused_before_anything_is_built(
 ):
     import flax.serialization
 
-    from jaxbasics.train import state
-
     declared, stored = DECLARED[field]
     path = tmp_path / "model.msgpack"
     payload = _tampered(exported, lambda p: p["config"].update({field: declared}))
@@ -323,7 +325,7 @@ def test_an_export_declaring_other_sizes_is_refused_before_anything_is_built(
     def no_building(config):
         raise AssertionError("a model was built from the declared sizes")
 
-    monkeypatch.setattr(state, "structure", no_building)
+    monkeypatch.setattr(export_module, "structure", no_building)
     with pytest.raises(IncompatibleModelError) as e:
         load(path)
     assert str(e.value) == (
@@ -353,15 +355,13 @@ def test_an_export_of_non_finite_weights_is_refused_naming_the_array(leaf, expor
 
 
 def test_a_checkpoint_of_non_finite_weights_is_refused_naming_the_array(workdir, monkeypatch):
-    from jaxbasics.train import io
-
-    restore = io._restore
+    restore = load_module._restore
 
     def diverged(*args):
         weights = restore(*args)
         return weights._replace(params=jax.tree.map(lambda a: a * np.inf, weights.params))
 
-    monkeypatch.setattr(io, "_restore", diverged)
+    monkeypatch.setattr(load_module, "_restore", diverged)
     with pytest.raises(IncompatibleModelError) as e:
         load(workdir)
     assert str(e.value).startswith(

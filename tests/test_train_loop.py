@@ -19,13 +19,20 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import small_config
 
-from jaxbasics.train import loop
-from jaxbasics.train.checkpoint import IncompatibleCheckpointError
-from jaxbasics.train.config import ConfigFileError, ConfigMismatchError, load_config
-from jaxbasics.train.loop import NonFiniteError, fit
+from conftest import small_config
+from jaxbasics.tasks.vqvae.config import VQVAEConfig
+from jaxbasics.tasks.vqvae.data import sources
+from jaxbasics.tasks.vqvae.evaluate import evaluate
+from jaxbasics.tasks.vqvae.train import make_eval_step
+from jaxbasics.train import NonFiniteError, fit, loop
+from jaxbasics.train.checkpoint import (
+    Checkpointer,
+    CheckpointWriteError,
+    IncompatibleCheckpointError,
+)
 from jaxbasics.train.metrics import read_jsonl
+from jaxbasics.train.resume import ConfigFileError, ConfigMismatchError, load_config
 
 SMALL = small_config()
 
@@ -241,13 +248,11 @@ def test_cifar10_through_tfds_mock(tmp_path):
 
 
 def test_evaluation_pictures_leave_out_the_padding_rows(tmp_path):
-    from jaxbasics.train.data import sources
-    from jaxbasics.train.evaluate import evaluate
-
     config = SMALL.replace(num_training_updates=1, num_eval_examples=5)  # batch 8: 3 padding
     result = fit(config, tmp_path)
     data = sources(config)
-    evaluation = evaluate(config, result.state, data.test, data.variance)
+    eval_step = make_eval_step(config)
+    evaluation = evaluate(eval_step, result.state, data.test, data.variance, config.batch_size)
     assert evaluation.originals.shape[0] == evaluation.reconstructions.shape[0] == 5
     expected = np.stack([data.test[i]["image"] for i in range(5)]) / 255.0 - 0.5
     np.testing.assert_allclose(evaluation.originals, expected, atol=1e-6)
@@ -270,7 +275,7 @@ def test_a_lost_config_json_is_the_checkpoints(workdir, tmp_path, caplog):
         caplog.text
     )
     assert "Resuming from checkpoint at step 10" in caplog.text
-    assert load_config(copy) == SMALL.replace(num_training_updates=11)
+    assert load_config(copy, VQVAEConfig) == SMALL.replace(num_training_updates=11)
 
 
 def test_damaged_metadata_is_unreadable_not_incompatible(tmp_path, caplog):
@@ -294,8 +299,6 @@ def test_a_checkpoint_without_code_usage_is_migrated(tmp_path, caplog):
     interval in its meta), is restored with code_usage at its starting value; training
     continues from its step with its logs."""
     from conftest import restore
-
-    from jaxbasics.train.checkpoint import Checkpointer
 
     fit(SMALL.replace(num_training_updates=5), tmp_path)
     full = restore(tmp_path)
@@ -340,8 +343,6 @@ def test_a_failed_save_is_one_line_and_leaves_no_temporary_files(
     and the cause; what Orbax reports about it goes to the debug level; no temporary folder is
     left."""
     import orbax.checkpoint as ocp
-
-    from jaxbasics.train.checkpoint import Checkpointer, CheckpointWriteError
 
     async def disk_full(self, item, directory):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))

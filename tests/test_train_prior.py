@@ -10,13 +10,21 @@ import signal
 import jax
 import numpy as np
 import pytest
+
 import sample
 from conftest import PRIOR_STEPS, prior_config
-
-from jaxbasics.train import loop
-from jaxbasics.train.loop import fit
+from jaxbasics.prior import sample as sample_codes
+from jaxbasics.tasks.prior.config import PriorConfig
+from jaxbasics.tasks.prior.trained import load_prior
+from jaxbasics.tasks.vqvae.apply import model_fns
+from jaxbasics.tasks.vqvae.codes import write_codes
+from jaxbasics.tasks.vqvae.config import VQVAEConfig
+from jaxbasics.tasks.vqvae.export_file import Weights, save_model
+from jaxbasics.tasks.vqvae.train import init_state, to_model
+from jaxbasics.tasks.vqvae.trained import load
+from jaxbasics.train import fit, loop
 from jaxbasics.train.metrics import read_jsonl
-from jaxbasics.train.prior_task import load_prior
+from jaxbasics.train.resume import ConfigMismatchError, load_config
 
 
 def _params(workdir):
@@ -85,14 +93,11 @@ def test_a_prior_falls_back_past_a_damaged_newest_checkpoint(
 def test_a_prior_is_refused_on_another_codebooks_codes(prior_workdir, workdir, tmp_path, capsys):
     """The prior's cached codes belong to one codebook: resuming it, or sampling it, with
     another VQ-VAE is a one-line error; nothing in the prior's workdir changes."""
-    from jaxbasics.train.config import load_config
-    from jaxbasics.train.io import save_model
-    from jaxbasics.train.state import init_state
 
-    config = load_config(workdir)
+    config = load_config(workdir, VQVAEConfig)
     state = init_state(config.replace(seed=1))  # same sizes, other weights
     other = tmp_path / "other.msgpack"
-    save_model(other, config, state.params, state.ema, data_variance=0.06, step=1)
+    save_model(other, Weights(config, state.params, state.ema, data_variance=0.06, step=1))
 
     copy = shutil.copytree(prior_workdir, tmp_path / "prior")
     before = {p: hashlib.sha256(p.read_bytes()).digest() for p in copy.rglob("*") if p.is_file()}
@@ -147,9 +152,6 @@ def test_samples_repeat_with_their_seed_and_decode_py_reproduces_them(
 def test_all_classes_cycles_the_labels_through_the_samples(prior_workdir, workdir, tmp_path):
     """``--all-classes``: sample i has label i mod C, as the library samples with those labels."""
     import jax
-
-    from jaxbasics.prior import sample as sample_codes
-    from jaxbasics.train.prior_task import load_prior
 
     flags = ["--num", "7", "--guidance", "1", "--seed", "3", "--all-classes"]
     out = tmp_path / "all"
@@ -222,8 +224,6 @@ def test_sample_out_is_one_writer_and_stays_inside(prior_workdir, workdir, tmp_p
 
 def test_a_prior_on_a_codes_file_is_unconditional(workdir, tmp_path, capsys):
     """``--codes``: a user's codes.npz (no labels), its last tenth held out; the PixelCNN."""
-    from jaxbasics.train.codes import model_fns, write_codes
-    from jaxbasics.train.io import load
 
     loaded = load(workdir)
     images = np.random.default_rng(0).uniform(-0.5, 0.5, (40, 32, 32, 3)).astype(np.float32)
@@ -246,11 +246,7 @@ def test_a_prior_on_a_codes_file_is_unconditional(workdir, tmp_path, capsys):
 
 
 def test_a_codes_file_of_another_model_is_refused(workdir, tmp_path):
-    from jaxbasics.train.codes import write_codes
-    from jaxbasics.train.config import load_config
-    from jaxbasics.train.state import init_state, to_model
-
-    config = load_config(workdir)
+    config = load_config(workdir, VQVAEConfig)
     state = init_state(config.replace(seed=1))  # same sizes, another codebook
     other = to_model(config, state.params, state.ema)
     maps = [np.zeros((8, 8), np.int32)] * 20
@@ -263,11 +259,9 @@ def test_a_codes_file_of_another_model_is_refused(workdir, tmp_path):
 def test_a_workdir_of_the_other_kind_is_named_not_called_damaged(prior_workdir, workdir):
     """train_vqvae.py --workdir on a prior's run (or the reverse) says which run it holds,
     instead of calling its config.json damaged and suggesting to delete it."""
-    from jaxbasics.train.config import ConfigMismatchError, load_config
-    from jaxbasics.train.prior_config import PriorConfig
 
     with pytest.raises(ConfigMismatchError, match="holds a prior run, not a VQ-VAE's"):
-        load_config(prior_workdir)
+        load_config(prior_workdir, VQVAEConfig)
     with pytest.raises(ConfigMismatchError, match="holds a VQ-VAE run, not a prior's"):
         load_config(workdir, PriorConfig)
 

@@ -6,10 +6,11 @@ import importlib.util
 import sys
 
 import pytest
-from conftest import EXPERIMENTS, run
 
+from conftest import EXPERIMENTS, run
+from jaxbasics.tasks.prior.config import PRESETS as PRIOR_PRESETS
+from jaxbasics.tasks.prior.config import PriorConfig
 from jaxbasics.train.cli import resolve_config
-from jaxbasics.train.prior_config import PriorConfig, prior_preset
 
 TRAIN_PRIOR = str(EXPERIMENTS / "train_prior.py")
 
@@ -40,7 +41,7 @@ def test_every_flag_is_documented_and_the_preset_sets_the_defaults():
     cifar = run([sys.executable, TRAIN_PRIOR, "--preset", "cifar10", "--help"])
     cifar = " ".join(cifar.stdout.split())
     assert "of every block. (default: 256)" in cifar and "(default: runs/cifar10)" in cifar
-    assert prior_preset("quickstart").dim == 128 and prior_preset("cifar10").dim == 256
+    assert PRIOR_PRESETS("quickstart").dim == 128 and PRIOR_PRESETS("cifar10").dim == 256
 
 
 def test_bad_flags_exit_2_with_the_reason(tmp_path):
@@ -57,9 +58,9 @@ def test_bad_flags_exit_2_with_the_reason(tmp_path):
 
 
 def test_an_existing_prior_run_keeps_its_saved_config(tmp_path):
-    saved = prior_preset("quickstart", dim=64, num_training_updates=200)
+    saved = PRIOR_PRESETS("quickstart", dim=64, num_training_updates=200)
     (tmp_path / "config.json").write_text(saved.to_json())
-    requested = prior_preset("cifar10", num_training_updates=300)
+    requested = PRIOR_PRESETS("cifar10", num_training_updates=300)
     resolved = resolve_config(requested, {"num_training_updates"}, tmp_path)
     assert resolved == saved.replace(num_training_updates=300)
 

@@ -13,11 +13,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import TRAINED_STEPS, cli_env, restore, run, start, train_cmd, wait_for
 
+from conftest import TRAINED_STEPS, cli_env, restore, run, start, train_cmd, wait_for
+from jaxbasics.tasks.vqvae.config import VQVAEConfig
 from jaxbasics.train import config as config_module
-from jaxbasics.train.config import ConfigFileError, TrainConfig, load_config
-from jaxbasics.train.metrics import read_jsonl, write_atomic
+from jaxbasics.train.files import write_atomic
+from jaxbasics.train.metrics import read_jsonl
+from jaxbasics.train.resume import ConfigFileError, load_config
 from jaxbasics.train.workdir import LOCK, WorkdirInUseError, hold
 
 
@@ -133,7 +135,7 @@ def test_a_workdir_made_for_a_run_that_cannot_start_is_removed(tmp_path):
 def test_wrong_types_in_config_json_are_named(tmp_path, value, expected):
     (tmp_path / "config.json").write_text(json.dumps({"batch_size": value}))
     with pytest.raises(ConfigFileError) as e:
-        load_config(tmp_path)
+        load_config(tmp_path, VQVAEConfig)
     message = str(e.value)
     assert message.startswith(f"{tmp_path / 'config.json'} is damaged: {expected}. Fix it")
     assert "\n" not in message
@@ -151,27 +153,27 @@ def test_wrong_types_in_config_json_are_named(tmp_path, value, expected):
 def test_unknown_and_invalid_values_are_named(tmp_path, fields, expected):
     (tmp_path / "config.json").write_text(_config_json(**fields))
     with pytest.raises(ConfigFileError, match="is damaged") as e:
-        load_config(tmp_path)
+        load_config(tmp_path, VQVAEConfig)
     assert expected in str(e.value)
 
 
 def _config_json(**changes) -> str:
     """A whole config.json, with ``changes``."""
-    return json.dumps({**json.loads(TrainConfig().to_json()), **changes})
+    return json.dumps({**json.loads(VQVAEConfig().to_json()), **changes})
 
 
 def test_types_that_fit(tmp_path):
     (tmp_path / "config.json").write_text(
         _config_json(learning_rate=1, num_train_examples=None, data_dir="d")
     )
-    config = load_config(tmp_path)
+    config = load_config(tmp_path, VQVAEConfig)
     assert config.learning_rate == 1 and config.num_train_examples is None
-    assert TrainConfig.from_json(TrainConfig().to_json()) == TrainConfig()
+    assert VQVAEConfig.from_json(VQVAEConfig().to_json()) == VQVAEConfig()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "wrong type"])
 def test_the_cli_names_a_damaged_config_json_in_one_line(tmp_path, xla_cache, damage):
-    text = TrainConfig().to_json()
+    text = VQVAEConfig().to_json()
     (tmp_path / "config.json").write_text(
         text[: len(text) // 2]
         if damage == "truncated"
@@ -202,32 +204,41 @@ def test_the_cli_refuses_new_settings_on_a_run_that_lost_its_config_json(
 
 
 @pytest.mark.parametrize("exists", [False, True])
-def test_write_atomic_leaves_no_temporary_file_when_the_disk_is_full(tmp_path, monkeypatch, exists):
+def test_write_atomic_leaves_no_temporary_file_when_the_disk_is_full(tmp_path, exists):
     path = tmp_path / "config.json"
     if exists:
         path.write_text("old")
-    real = Path.write_text
 
-    def full_disk(self, text, *args, **kwargs):
-        real(self, text[:3], *args, **kwargs)  # part of it reached the disk
+    def full_disk(file):
+        file.write(b"new")  # part of it reached the disk
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        write_atomic(path, "new contents")
-    monkeypatch.undo()
+        write_atomic(path, full_disk)
     assert [p.name for p in tmp_path.iterdir()] == (["config.json"] if exists else [])
     assert not exists or path.read_text() == "old"
 
 
-def test_presets_live_in_their_own_module_only():
+def test_write_atomic_writes_nothing_over_a_file_it_did_not_create(tmp_path, monkeypatch):
+    """Its temporary name is opened exclusively: a file already there under that name (planted,
+    or another writer's) is neither written nor removed."""
+    path = tmp_path / "codes.npz"
+    monkeypatch.setattr("secrets.token_hex", lambda n: "feed")
+    planted = tmp_path / ".codes.npz.feed.tmp"
+    planted.write_text("someone else's")
+    with pytest.raises(FileExistsError):
+        write_atomic(path, b"ours")
+    assert planted.read_text() == "someone else's" and not path.exists()
+
+
+def test_presets_live_with_their_model():
     assert not hasattr(config_module, "preset") and not hasattr(config_module, "PRESETS")
 
 
 def test_a_config_json_lacking_a_field_is_refused_unless_older_versions_lacked_it(tmp_path):
     """A default would silently change the run (another learning rate, CIFAR-10 for shapes);
     only the fields added since older versions (LEGACY_VALUES) may be missing."""
-    saved = json.loads(TrainConfig(learning_rate=0.002, dataset="shapes").to_json())
+    saved = json.loads(VQVAEConfig(learning_rate=0.002, dataset="shapes").to_json())
     for removed, expected in [
         (["learning_rate"], "['learning_rate']"),
         (list(saved), "['batch_size', 'checkpoint_every', "),
@@ -236,16 +247,16 @@ def test_a_config_json_lacking_a_field_is_refused_unless_older_versions_lacked_i
             json.dumps({k: v for k, v in saved.items() if k not in removed})
         )
         with pytest.raises(ConfigFileError, match="is damaged: the config lacks the fields") as e:
-            load_config(tmp_path)
+            load_config(tmp_path, VQVAEConfig)
         assert expected in str(e.value) and "\n" not in str(e.value)
-    older = {k: v for k, v in saved.items() if k not in TrainConfig.LEGACY_VALUES}
+    older = {k: v for k, v in saved.items() if k not in VQVAEConfig.LEGACY_VALUES}
     (tmp_path / "config.json").write_text(json.dumps(older))
-    assert load_config(tmp_path) == TrainConfig(
-        learning_rate=0.002, dataset="shapes", **TrainConfig.LEGACY_VALUES
+    assert load_config(tmp_path, VQVAEConfig) == VQVAEConfig(
+        learning_rate=0.002, dataset="shapes", **VQVAEConfig.LEGACY_VALUES
     )
 
 
 def test_a_config_json_that_is_a_folder_is_named_in_one_line(tmp_path):
     (tmp_path / "config.json").mkdir()
     with pytest.raises(ConfigFileError, match="config.json is a folder, not the run's config"):
-        load_config(tmp_path)
+        load_config(tmp_path, VQVAEConfig)

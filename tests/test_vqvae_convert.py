@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
-from conftest import small_config
 from flax import nnx
 
-from jaxbasics.train.state import init_state, to_model
+from conftest import small_config
+from jaxbasics.tasks.vqvae.train import init_state, to_model
 from jaxbasics.vqvae.convert import from_torch_state_dict, to_torch_state_dict
+from jaxbasics.vqvae.model import VQVAE
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,6 @@ def test_wrong_shape_is_listed(plain):
 
 
 def test_an_fsq_model_is_refused_in_one_line_both_ways():
-    from jaxbasics.vqvae.model import VQVAE
-
     fsq = nnx.eval_shape(lambda: VQVAE(8, 2, 1, quantizer="fsq", rngs=nnx.Rngs(0)))
     for convert in (
         lambda: to_torch_state_dict(nnx.state(fsq)),

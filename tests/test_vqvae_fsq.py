@@ -10,25 +10,28 @@ import math
 import shutil
 import sys
 
-import decode as decode_script
-import encode as encode_script
-import evaluate as evaluate_script
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import reconstruct as reconstruct_script
-from conftest import RUN, TRAIN, prior_config, run
 from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from jaxbasics.train.config import TrainConfig, load_config
-from jaxbasics.train.io import export, load
-from jaxbasics.train.loop import fit
+import decode as decode_script
+import encode as encode_script
+import evaluate as evaluate_script
+import reconstruct as reconstruct_script
+from conftest import RUN, TRAIN, prior_config, run
+from jaxbasics.tasks.vqvae.codes import codebook_fingerprint
+from jaxbasics.tasks.vqvae.config import VQVAEConfig
+from jaxbasics.tasks.vqvae.presets import preset
+from jaxbasics.tasks.vqvae.train import init_state, to_model
+from jaxbasics.tasks.vqvae.trained import export, load
+from jaxbasics.train import fit
 from jaxbasics.train.metrics import read_jsonl
-from jaxbasics.train.presets import preset
+from jaxbasics.train.resume import load_config
 from jaxbasics.vqvae import fsq
 from jaxbasics.vqvae.fsq import FSQuantizer
 
@@ -188,14 +191,11 @@ def _run(model, x):
 @pytest.fixture(scope="module")
 def fsq_state():
     """The initial state of :func:`fsq_config`'s model (its compiled init, shared with the run)."""
-    from jaxbasics.train.state import init_state
 
     return init_state(fsq_config())
 
 
 def test_an_fsq_model_has_one_latent_channel_per_level_and_no_codebook_to_learn(fsq_state):
-    from jaxbasics.train.state import to_model
-
     model = to_model(fsq_config(), fsq_state.params, fsq_state.ema)
     assert "vq" not in nnx.to_pure_dict(nnx.state(model))  # nothing stored, nothing learned
     assert model.decoder.conv_1.kernel.shape[2] == 3  # one channel per level
@@ -210,7 +210,6 @@ def test_an_fsq_model_has_one_latent_channel_per_level_and_no_codebook_to_learn(
 def test_bfloat16_compute_quantises_in_float32(fsq_state):
     """The encoder may run in bf16; its latents reach the quantiser as float32, and the codes
     are those of float32 math on the same latents (float64 by hand agrees)."""
-    from jaxbasics.train.state import to_model
 
     bf16 = fsq_config(compute_dtype="bfloat16")
     m32 = to_model(fsq_config(), fsq_state.params, fsq_state.ema)
@@ -269,31 +268,31 @@ def test_settings_fsq_would_ignore_are_refused_in_one_line(overrides, match):
 
 def test_fsq_levels_without_fsq_are_refused():
     with pytest.raises(ValueError, match="applies to --quantizer fsq only"):
-        TrainConfig(fsq_levels="8,5,5,5").validate()
+        VQVAEConfig(fsq_levels="8,5,5,5").validate()
     with pytest.raises(ValueError, match="applies to --quantizer fsq only"):
-        TrainConfig().check_given({"fsq_levels"})  # the default levels, given for a VQ run
+        VQVAEConfig().check_given({"fsq_levels"})  # the default levels, given for a VQ run
 
 
 @pytest.mark.parametrize("text", ["8_8", "+8,5", "\u0668,5", "8,-5", "8;5", "8,5,"])
 def test_levels_are_ascii_digits_and_commas(text):
     with pytest.raises(ValueError, match="integers separated by commas"):
-        TrainConfig(quantizer="fsq", fsq_levels=text).validate()
+        VQVAEConfig(quantizer="fsq", fsq_levels=text).validate()
 
 
 def test_levels_have_one_spelling_so_a_resume_compares_levels_not_typing():
-    spaced = TrainConfig(quantizer="fsq", fsq_levels=" 8, 05 ,5,5")
-    assert spaced.fsq_levels == "8,5,5,5" and spaced == TrainConfig(
+    spaced = VQVAEConfig(quantizer="fsq", fsq_levels=" 8, 05 ,5,5")
+    assert spaced.fsq_levels == "8,5,5,5" and spaced == VQVAEConfig(
         quantizer="fsq", fsq_levels="8,5,5,5"
     )
-    assert TrainConfig.from_json(spaced.to_json()) == spaced
+    assert VQVAEConfig.from_json(spaced.to_json()) == spaced
 
 
 def test_a_config_json_from_before_fsq_is_a_vq_run(tmp_path):
-    saved = json.loads(TrainConfig(decay=0.0).to_json())
+    saved = json.loads(VQVAEConfig(decay=0.0).to_json())
     del saved["quantizer"], saved["fsq_levels"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert load_config(tmp_path) == TrainConfig(decay=0.0)
-    assert TrainConfig.LEGACY_VALUES["quantizer"] == "vq"
+    assert load_config(tmp_path, VQVAEConfig) == VQVAEConfig(decay=0.0)
+    assert VQVAEConfig.LEGACY_VALUES["quantizer"] == "vq"
 
 
 # --- a tiny FSQ run, and everything a VQ model works with ------------------------------------
@@ -394,8 +393,6 @@ def test_the_scripts_run_an_fsq_model_and_its_codes_decode_bitwise(fsq_run, tmp_
 
 def test_codes_belong_to_their_fsq_model_not_to_every_model_of_those_levels(fsq_run, capsys):
     """FSQ models with the same levels share the grid; the fingerprint still tells them apart."""
-    from jaxbasics.train.codes import codebook_fingerprint
-    from jaxbasics.train.state import init_state, to_model
 
     loaded = load(fsq_run)
     fresh = init_state(fsq_config())

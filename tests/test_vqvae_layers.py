@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxbasics.train.state import init_state, to_model
+from jaxbasics.tasks.vqvae.train import init_state, to_model
 from jaxbasics.vqvae import wgrad
 from jaxbasics.vqvae.layers import (
     conv,

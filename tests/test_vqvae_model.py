@@ -4,11 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SIZES
 from flax import nnx
 
+from conftest import SIZES
+from jaxbasics.tasks.vqvae.train import init_state, make_train_step, to_model
+from jaxbasics.vqvae.ema import VectorQuantizerEMA
 from jaxbasics.vqvae.layers import ConvTranspose4x4s2
 from jaxbasics.vqvae.model import VQVAE, vqvae_loss
+from jaxbasics.vqvae.quantizer import VectorQuantizer
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +63,6 @@ def test_loss_is_recon_error_plus_vq_loss(model):
 
 
 def test_decay_selects_ema_quantizer():
-    from jaxbasics.vqvae.ema import VectorQuantizerEMA
-    from jaxbasics.vqvae.quantizer import VectorQuantizer
-
     assert isinstance(nnx.eval_shape(lambda: VQVAE(**SIZES, rngs=nnx.Rngs(0))).vq, VectorQuantizer)
     ema = nnx.eval_shape(lambda: VQVAE(**SIZES, decay=0.99, rngs=nnx.Rngs(0)))
     assert isinstance(ema.vq, VectorQuantizerEMA)
@@ -80,9 +80,6 @@ def test_fast_conv_transpose_matches_flax_conv_transpose():
 def test_bfloat16_compute_keeps_params_quantiser_and_outputs_float32():
     """Mixed precision: activations and matmuls in bf16; params, distances, EMA in float32."""
     from conftest import small_config
-
-    from jaxbasics.train.state import init_state, to_model
-    from jaxbasics.train.step import make_train_step
 
     f32, bf16 = small_config(decay=0.99), small_config(decay=0.99, compute_dtype="bfloat16")
     state = init_state(f32)

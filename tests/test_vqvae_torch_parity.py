@@ -7,9 +7,9 @@ torch = pytest.importorskip("torch")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import torch_reference as tr  # noqa: E402
 from flax import nnx  # noqa: E402
 
+import torch_reference as tr  # noqa: E402
 from jaxbasics.vqvae.convert import from_torch_state_dict, to_torch_state_dict  # noqa: E402
 from jaxbasics.vqvae.model import VQVAE, vqvae_loss  # noqa: E402
 

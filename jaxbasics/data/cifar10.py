@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxbasics.data.sources import (
+from jaxbasics.data.base import (
     ArraySource,
     Batch,
     DatasetNotFoundError,

@@ -44,12 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxbasics.data.images import (  # ImageReadError: raised when a file is read
-    IMAGE_EXTENSIONS,
-    ImageReadError,  # noqa: F401
-    read_image,
-)
-from jaxbasics.data.sources import (
+from jaxbasics.data.base import (
     Batch,
     DatasetNotFoundError,
     Example,
@@ -57,6 +52,11 @@ from jaxbasics.data.sources import (
     check_split,
     indices_in,
     split_batch,
+)
+from jaxbasics.data.images import (  # ImageReadError: raised when a file is read
+    IMAGE_EXTENSIONS,
+    ImageReadError,  # noqa: F401
+    read_image,
 )
 
 

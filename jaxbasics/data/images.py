@@ -1,14 +1,18 @@
-"""One image file as uint8 RGB, read with Pillow the way torchvision's loader reads it.
+"""Image files: one read as uint8 RGB with Pillow, the way torchvision's loader reads it, and
+the image files found under folders a user gives.
 
-:func:`read_image` is what :mod:`jaxbasics.data.folder` decodes a training image with, and
-what ``experiments/reconstruct.py`` and ``encode.py`` read your images with.
+:func:`read_image` is what :mod:`jaxbasics.data.folder` decodes a training image with;
+:func:`find_images` and :func:`read_inputs` are how ``experiments/reconstruct.py`` and
+``encode.py`` find and read your images.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -97,8 +101,6 @@ def read_image(
     >>> read_image(path, resize=20).shape, read_image(path, resize=20, center_crop=20)[0, 0]
     ((20, 30, 3), array([200, 200, 200], dtype=uint8))
     """
-    from PIL import Image
-
     sizes = {"image_size": image_size, "center_crop": center_crop, "resize": resize}
     for name, value in sizes.items():
         if value is not None and (not isinstance(value, int | np.integer) or value < 1):
@@ -109,6 +111,14 @@ def read_image(
             f"resize; got image_size={image_size} with center_crop={center_crop}, "
             f"resize={resize}. Pass image_size alone, or resize and center_crop."
         )
+    rgb = _decode(path, image_size, max_pixels)
+    return np.array(_geometry(rgb, path, image_size, resize, center_crop), dtype=np.uint8)
+
+
+def _decode(path: str | os.PathLike[str], image_size: int | None, max_pixels: int) -> Image.Image:
+    """The file at ``path`` decoded as an RGB image (at a reduced scale for ``image_size``)."""
+    from PIL import Image
+
     try:
         # The whole decode runs inside the try: Pillow reads lazily, so a truncated or corrupt
         # file only fails in load(). ImageFile.LOAD_TRUNCATED_IMAGES is left False, its
@@ -123,7 +133,7 @@ def read_image(
             if image_size is not None:
                 im.draft(None, (_DRAFT_MARGIN * image_size, _DRAFT_MARGIN * image_size))
             im.load()
-            rgb = _to_rgb(im, path)
+            return _to_rgb(im, path)
     except ImageReadError:
         raise
     except FileNotFoundError as e:
@@ -137,6 +147,18 @@ def read_image(
             "viewer: if it is broken, delete it or re-save it; if it is not an image, move it "
             "out of the data folder."
         ) from e
+
+
+def _geometry(
+    rgb: Image.Image,
+    path: str | os.PathLike[str],
+    image_size: int | None,
+    resize: int | None,
+    center_crop: int | None,
+) -> Image.Image:
+    """``rgb`` square-cropped and resized to ``image_size``, or resized and centre-cropped."""
+    from PIL import Image
+
     if image_size is not None:
         w, h = rgb.size
         side = min(w, h)
@@ -157,7 +179,7 @@ def read_image(
             )
         left, top = _offset(w, center_crop), _offset(h, center_crop)
         rgb = rgb.crop((left, top, left + center_crop, top + center_crop))
-    return np.array(rgb, dtype=np.uint8)
+    return rgb
 
 
 def _check_pixels(im: Image.Image, path: str | os.PathLike[str], max_pixels: int) -> None:
@@ -191,3 +213,89 @@ def _to_rgb(im: Image.Image, path: str | os.PathLike[str]) -> Image.Image:
             "which have no fixed range to map to 0..255. Save it as an 8-bit image."
         )
     return im if im.mode == "RGB" else im.convert("RGB")
+
+
+class InputImage(NamedTuple):
+    """An image file found under one of the inputs: its path and its name relative to that."""
+
+    path: Path
+    name: str
+
+
+def find_images(
+    inputs: Sequence[str | Path], *, exclude: str | Path | None = None
+) -> list[InputImage]:
+    """The image files given directly or found (recursively, sorted) under the given folders.
+
+    Each image is named by its path relative to the deepest folder that holds every input (a
+    single folder's images by their path inside it), so two inputs never share a name. Hidden
+    files and folders, non-image files and anything under ``exclude`` (e.g. the output folder
+    of an earlier run) are skipped; a file given twice is read once.
+
+    Raises:
+      FileNotFoundError: an input does not exist, or a folder holds no image files.
+
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> d = Path(tempfile.mkdtemp())
+    >>> (d / "a").mkdir(); Image.new("RGB", (8, 8)).save(d / "a" / "x.png")
+    >>> [i.name for i in find_images([d])], [i.name for i in find_images([d / "a", d / "a/x.png"])]
+    (['a/x.png'], ['x.png'])
+    """
+    given = [Path(os.path.abspath(i)) for i in inputs]
+    skip = Path(os.path.abspath(exclude)) if exclude is not None else None
+    for path in given:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist.")
+    root = Path(os.path.commonpath([g if g.is_dir() else g.parent for g in given]))
+    found: dict[Path, InputImage] = {}
+    for path in given:
+        if path.is_file():
+            files = [path]
+        else:
+            files = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and (skip is None or not p.is_relative_to(skip))
+            )
+            if not files:
+                raise FileNotFoundError(
+                    f"{path} holds no image files (looked for {', '.join(IMAGE_EXTENSIONS)})."
+                )
+        for p in files:
+            found.setdefault(p, InputImage(p, p.relative_to(root).as_posix()))
+    return list(found.values())
+
+
+def read_inputs(
+    images: Sequence[InputImage],
+    *,
+    resize: int | None,
+    center_crop: int | None,
+    max_pixels: int = MAX_PIXELS,
+) -> list[np.ndarray]:
+    """Read every image as uint8 (H, W, 3), checking that both sides are multiples of 4.
+
+    ``max_pixels``: the largest image (width x height) read; its header is checked first.
+
+    Raises:
+      ValueError: a side is not a multiple of 4, or an image is unreadable or over
+        ``max_pixels``; the message names the file and the fix.
+    """
+    arrays = []
+    for image in images:
+        x = read_image(image.path, resize=resize, center_crop=center_crop, max_pixels=max_pixels)
+        if x.shape[0] % 4 or x.shape[1] % 4:
+            raise ValueError(
+                f"{image.path} is {x.shape[1]}x{x.shape[0]} pixels"
+                f"{' after resizing / cropping' if resize or center_crop else ''}; the model "
+                "needs both sides "
+                "to be multiples of 4 (two stride-2 convolutions). Pass --resize S --center-crop S "
+                "with S a multiple of 4, e.g. the training --image-size (--resize alone keeps "
+                "the aspect ratio, so the longer side may still not fit)."
+            )
+        arrays.append(x)
+    return arrays

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jaxbasics.data.sources import Source, read_batch
+from jaxbasics.data.base import Source, read_batch
 from jaxbasics.data.transforms import cifar_transform
 
 if TYPE_CHECKING:

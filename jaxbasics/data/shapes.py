@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxbasics.data.sources import Batch, Example, check_index, check_split, indices_in, split_batch
+from jaxbasics.data.base import Batch, Example, check_index, check_split, indices_in, split_batch
 
 SHAPES_CLASSES = (
     "ellipse",

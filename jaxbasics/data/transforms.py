@@ -169,3 +169,21 @@ def cifar_transform() -> Transform:
     np.float32(0.5)
     """
     return compose(to_unit_float, normalize(CIFAR_MEAN, CIFAR_STD))
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [-0.5, 0.5], the notes' ``x / 255 - 0.5``.
+
+    >>> to_model_input(np.array([0, 255], np.uint8)).tolist()
+    [-0.5, 0.5]
+    """
+    return np.asarray(images, np.float32) / 255 - 0.5
+
+
+def to_pixels(images: np.ndarray) -> np.ndarray:
+    """Model output in [-0.5, 0.5] -> uint8 pixels (rounded, clipped).
+
+    >>> to_pixels(np.array([-0.6, 0.0, 0.5])).tolist()
+    [0, 128, 255]
+    """
+    return np.clip(np.rint((np.asarray(images, np.float32) + 0.5) * 255), 0, 255).astype(np.uint8)

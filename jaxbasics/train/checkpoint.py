@@ -1,32 +1,30 @@
 """Orbax checkpoints of a run: save asynchronously, keep the last few, restore the newest good one.
 
-The one module that speaks Orbax: training (:class:`Checkpointer`), and everything that reads a
-run's model (:func:`read`: ``train.load``, ``train.export``, ``experiments/evaluate.py``).
+The one module that speaks Orbax. Training writes and restores through :class:`Checkpointer`;
+everything that reads a saved run goes through :mod:`jaxbasics.train.saved`, which uses it.
 
-Each checkpoint ``<workdir>/checkpoints/<step>/`` holds what the notes' checkpoint holds,
-plus what an exact resume needs:
+Each checkpoint ``<workdir>/checkpoints/<step>/`` holds three items:
 
-* ``state``: the :class:`~jaxbasics.train.state.TrainState` (model params, EMA
-  statistics, Adam state, code usage, step, RNG), an Orbax PyTree;
-* ``meta`` (JSON): ``iteration``, ``train_res_recon_error``, ``train_res_perplexity``,
-  ``loss`` (the last one), the ``config``, the ``data_variance`` and the open log interval;
+* ``state``: the task's train state (a pytree of arrays: parameters, optimiser state, the
+  step, the RNG and whatever else the model keeps), an Orbax PyTree;
+* ``meta`` (JSON): the step (``iteration``), the per-step histories, the last loss, the
+  ``config``, the open log interval and what the task adds (its data statistics);
 * ``data_iter`` (JSON): the Grain iterator state, so the resumed run reads exactly
   the batches the uninterrupted run would have.
 
 Saves are asynchronous: :meth:`Checkpointer.save` returns once the state is copied off the
-device, and the files are written in the background while training goes on. Orbax writes
-into a temporary directory and renames it when complete, so a kill mid-save leaves the
-previous checkpoints intact; old checkpoints are only deleted after a newer one is finalised.
-A save that fails (a full disk) is :class:`CheckpointWriteError`, one line, and leaves no
-temporary directory behind; what Orbax prints about it goes to this module's debug level.
+device, and the files are written while training goes on, into a temporary directory renamed
+when complete: a kill mid-save leaves the previous checkpoints intact, and old ones are only
+deleted after a newer one is finalised. A failed save (a full disk) is one line,
+:class:`CheckpointWriteError`, and leaves no temporary directory behind.
 
 Restoring compares each checkpoint's stored tree metadata (paths, shapes, dtypes) with the
 state the current code expects *before* reading any array, and tells four cases apart:
 
 * **incompatible** (readable metadata of another layout, other model sizes):
   :class:`IncompatibleCheckpointError`, naming the differing leaves; nothing is moved;
-* **older** (it lacks only leaves a newer version added, :data:`MIGRATABLE`): restored with
-  those leaves at their starting value, and a log line saying so;
+* **older** (it lacks only leaves a newer version added, the task's ``migratable`` fields):
+  restored with those leaves at their starting value, and a log line saying so;
 * **unreadable** (missing or garbled metadata, truncated arrays): the previous checkpoint is
   tried; training moves the unreadable one to ``<workdir>/corrupt_checkpoints/`` (never
   deleted), readers move nothing;
@@ -39,7 +37,6 @@ import contextlib
 import dataclasses
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,16 +45,15 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxbasics.train.host import quiet_orbax
+from jaxbasics.train.layout import layout, layout_differences
+
 log = logging.getLogger(__name__)
 
 ITEMS = ("state", "meta", "data_iter")
 
-# Fields of the train state a version added after checkpoints were written without them, with
-# the value a fresh run starts them at (see state.py's init): a checkpoint that lacks only
-# these is restored with them at that value.
-MIGRATABLE: dict[str, Callable[[jax.ShapeDtypeStruct], np.ndarray]] = {
-    "code_usage": lambda leaf: np.ones(leaf.shape, leaf.dtype),
-}
+# A train state field a version added, and the value a checkpoint written without it gets.
+Migratable = dict[str, Callable[[jax.ShapeDtypeStruct], np.ndarray]]
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -82,47 +78,6 @@ class Restored(NamedTuple):
     data_iter: Any
 
 
-def layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
-    """``path -> (shape, dtype)`` of every array leaf of ``tree`` (arrays, abstract arrays or
-    Orbax's stored metadata), with paths spelled the way Orbax stores them.
-
-    >>> import jax.numpy as jnp
-    >>> layout({"a": {"b": jnp.zeros((2, 3))}, "c": [jnp.ones((), jnp.int32)]})
-    {'a/b': ((2, 3), 'float32'), 'c/0': ((), 'int32')}
-    """
-    import orbax.checkpoint as ocp
-
-    flat = ocp.tree.to_flat_dict(tree)
-    return {
-        "/".join(str(k) for k in path): (tuple(v.shape), str(np.dtype(v.dtype)))
-        for path, v in flat.items()
-    }
-
-
-def layout_differences(saved: dict, expected: dict, limit: int = 12) -> list[str]:
-    """Human-readable differences between two :func:`layout` s, at most ``limit`` of them.
-
-    >>> for line in layout_differences({"a": ((2,), "float32"), "b": ((1,), "int32")},
-    ...                                {"a": ((3,), "float32"), "c": ((1,), "int32")}):
-    ...     print(line)
-    a: saved (2,) float32, expected (3,) float32
-    b: saved but not expected
-    c: expected but not saved
-    """
-    lines = []
-    for path in sorted(set(saved) | set(expected)):
-        if path not in expected:
-            lines.append(f"{path}: saved but not expected")
-        elif path not in saved:
-            lines.append(f"{path}: expected but not saved")
-        elif saved[path] != expected[path]:
-            (s_shape, s_dtype), (e_shape, e_dtype) = saved[path], expected[path]
-            lines.append(f"{path}: saved {s_shape} {s_dtype}, expected {e_shape} {e_dtype}")
-    if len(lines) > limit:
-        lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
-    return lines
-
-
 def _cause(error: BaseException, limit: int = 200) -> str:
     """An error in one short line: its type and the first line of its message."""
     lines = str(error).strip().splitlines() or [""]
@@ -130,65 +85,24 @@ def _cause(error: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _orbax_to_debug(record: logging.LogRecord) -> bool:
-    """A filter routing Orbax's warnings and errors (its threads' tracebacks, and asyncio's
-    about its tasks) to this module's debug level: every failure they describe reaches the
-    caller here, as one line."""
-    if record.levelno < logging.WARNING:
-        return True
-    frame = sys._getframe(1)
-    while frame is not None and "orbax" not in Path(frame.f_code.co_filename).parts:
-        frame = frame.f_back
-    if frame is None and "/orbax/" not in record.getMessage():  # not Orbax's
-        return True
-    log.debug("orbax: %s", record.getMessage(), exc_info=record.exc_info)
-    return False
-
-
-def _closed_loops_to_debug(previous: Callable[[Any], None]) -> Callable[[Any], None]:
-    """``sys.unraisablehook`` routing "Event loop is closed" to this module's debug level: after
-    a failed save or read, Orbax's pending I/O completes into event loops it already closed."""
-
-    def hook(unraisable: Any) -> None:
-        error = unraisable.exc_value
-        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-            log.debug("an Orbax I/O thread reported into a closed event loop")
-        else:
-            previous(unraisable)
-
-    hook.closed_loops_to_debug = True
-    return hook
-
-
-def _quiet_orbax() -> None:
-    """Install :func:`_orbax_to_debug` and :func:`_closed_loops_to_debug` (once)."""
-    for name in ("absl", "asyncio"):
-        logger = logging.getLogger(name)
-        if _orbax_to_debug not in logger.filters:
-            logger.addFilter(_orbax_to_debug)
-    if not getattr(sys.unraisablehook, "closed_loops_to_debug", False):
-        sys.unraisablehook = _closed_loops_to_debug(sys.unraisablehook)
-
-
-def _read_only_options(ocp: Any) -> Any:
-    """Orbax options to read checkpoints, already in the form Orbax's read-only mode wants
-    (given otherwise, it warns about each setting it overrides)."""
+def _options(ocp: Any, keep: int, read_only: bool) -> Any:
+    """Orbax's options: read-only ones already in the form Orbax's read-only mode wants (given
+    otherwise, it warns about each setting it overrides); a writer cleans up what a killed save
+    left."""
+    if read_only:
+        return ocp.CheckpointManagerOptions(
+            read_only=True, create=False, max_to_keep=None, save_interval_steps=0,
+            save_root_metadata=False, cleanup_tmp_directories=False,
+        )  # fmt: skip
     return ocp.CheckpointManagerOptions(
-        read_only=True,
-        create=False,
-        max_to_keep=None,
-        save_interval_steps=0,
-        save_root_metadata=False,
-        cleanup_tmp_directories=False,
+        max_to_keep=keep, create=True, save_root_metadata=False, cleanup_tmp_directories=True
     )
 
 
 def _fields(abstract_state: Any, fields: tuple[str, ...] | None) -> dict[str, Any]:
     """The fields of ``abstract_state`` a restore reads (``fields``, or all), by name."""
     names = [f.name for f in dataclasses.fields(abstract_state)]
-    return {
-        name: getattr(abstract_state, name) for name in names if fields is None or name in fields
-    }
+    return {n: getattr(abstract_state, n) for n in names if fields is None or n in fields}
 
 
 class Checkpointer:
@@ -200,29 +114,32 @@ class Checkpointer:
         a reader uses it to tell a checkpoint the run is deleting from a damaged one.
       read_only: open without the right to write, move or delete anything (evaluation,
         loading a model, and the checks before a resume).
+      migratable: the state's fields a newer version added, each with the value a checkpoint
+        written without it is restored with (the task's ``migratable``).
     """
 
-    def __init__(self, workdir: str | Path, keep: int = 3, *, read_only: bool = False):
+    def __init__(
+        self,
+        workdir: str | Path,
+        keep: int = 3,
+        *,
+        read_only: bool = False,
+        migratable: Migratable | None = None,
+    ):
         import orbax.checkpoint as ocp
 
-        _quiet_orbax()
+        quiet_orbax()
         self._ocp = ocp
         self.workdir = Path(workdir).absolute()
         self.directory = self.workdir / "checkpoints"
         self.keep = keep
         self.read_only = read_only
+        self.migratable = migratable or {}
         self._writing: int | None = None  # the step of a save that may still be writing
         self._failed = False
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=_read_only_options(ocp)
-            if read_only
-            else ocp.CheckpointManagerOptions(
-                max_to_keep=keep,
-                create=True,
-                save_root_metadata=False,
-                cleanup_tmp_directories=True,  # what a killed save left
-            ),
+            options=_options(ocp, keep, read_only),
             item_names=ITEMS,
             item_handlers={
                 "state": ocp.PyTreeCheckpointHandler(),
@@ -292,7 +209,7 @@ class Checkpointer:
         Reads only the stored tree metadata, never an array.
 
         Returns:
-          The :data:`MIGRATABLE` leaves the checkpoint lacks (an older version wrote it).
+          The ``migratable`` leaves the checkpoint lacks (an older version wrote it).
 
         Raises:
           IncompatibleCheckpointError: the stored paths, shapes or dtypes differ otherwise;
@@ -312,7 +229,7 @@ class Checkpointer:
         if fields is not None:
             saved = {k: v for k, v in saved.items() if k.split("/")[0] in fields}
         expected = layout(_fields(abstract_state, fields))
-        missing = sorted((set(expected) - set(saved)) & set(MIGRATABLE))
+        missing = sorted((set(expected) - set(saved)) & set(self.migratable))
         diffs = layout_differences(saved, {k: v for k, v in expected.items() if k not in missing})
         if diffs:
             raise IncompatibleCheckpointError(
@@ -367,7 +284,7 @@ class Checkpointer:
         if state is not None:
             for name in missing:
                 leaf = wanted[name]
-                state[name] = jax.device_put(MIGRATABLE[name](leaf), leaf.sharding)
+                state[name] = jax.device_put(self.migratable[name](leaf), leaf.sharding)
             names = (f.name for f in dataclasses.fields(abstract_state))
             state = abstract_state.replace(**{name: state.get(name) for name in names})
         if missing:
@@ -411,12 +328,12 @@ class Checkpointer:
 
         Args:
           abstract_state: the state's structure, shapes, dtypes and shardings (see
-            :func:`jaxbasics.train.state.abstract_state`), the target of the restore. The
+            the task's ``abstract_state``), the target of the restore. The
             shardings may differ from the saving run's: a checkpoint written on 8 devices
             restores on 1 and the other way round. Or a function of a checkpoint's step and
             ``meta`` that returns it, so that each checkpoint tried is read with its own
             shapes (a prior's code count and map size follow from its meta) and after the
-            caller's check of its meta (:func:`~jaxbasics.train.workdir.written_with`).
+            caller's check of its meta (:func:`~jaxbasics.train.saved.written_with`).
           on_unreadable: called with the step and the error for each unreadable checkpoint.
           quarantine: move an unreadable checkpoint to ``corrupt_checkpoints/`` so training
             can write that step again (process 0 moves, the others wait).
@@ -480,89 +397,3 @@ class Checkpointer:
                     raise
             if self._failed:
                 self._remove_temporary()  # and what the failed save's other threads wrote since
-
-
-def read(
-    workdir: str | Path,
-    abstract_state: Any,
-    *,
-    step: int | None = None,
-    keep: int = 3,
-    items: tuple[str, ...] = ITEMS,
-    fields: tuple[str, ...] | None = None,
-) -> Restored:
-    """Read checkpoint ``step`` of ``workdir``, or its newest readable one; moves nothing.
-
-    Training's fallback for readers (``train.load``, ``train.export``, evaluation): an
-    unreadable checkpoint is skipped and the previous one tried, and a warning names the step
-    read, the ones skipped and why. One the run writing ``workdir`` is deleting is skipped
-    silently.
-
-    Args:
-      workdir: a training workdir.
-      abstract_state: see :meth:`Checkpointer.restore_latest`.
-      step: the checkpoint to read; None = the newest readable one.
-      keep: the run's ``keep_checkpoints`` (see :class:`Checkpointer`).
-      items, fields: as for :meth:`Checkpointer.restore`.
-
-    Raises:
-      FileNotFoundError: there is no checkpoint (at ``step``).
-      UnreadableCheckpointError: ``step``, or every checkpoint, cannot be read; one line
-        naming the readable ones.
-      IncompatibleCheckpointError: the checkpoint does not fit ``abstract_state``.
-    """
-    ckpt = Checkpointer(workdir, keep, read_only=True)
-    try:
-        steps = ckpt.steps()
-        if not steps or (step is not None and step not in steps):
-            raise FileNotFoundError(
-                f"{ckpt.directory} holds {steps or 'no checkpoints'}"
-                + (f"; there is no step {step}." if step is not None else ".")
-            )
-        if step is None:
-            skipped: list[str] = []
-            restored = ckpt.restore_latest(
-                abstract_state,
-                on_unreadable=lambda s, e: skipped.append(str(e)),
-                items=items,
-                fields=fields,
-            )
-            if restored is None:
-                raise UnreadableCheckpointError(
-                    f"no checkpoint in {ckpt.directory} can be read: " + "; ".join(skipped)
-                )
-            if skipped:
-                log.warning(
-                    "read checkpoint %d of %s, the newest readable one; skipped %s",
-                    restored.step,
-                    ckpt.workdir,
-                    "; ".join(skipped),
-                )
-            return restored
-        try:
-            return ckpt.restore(step, abstract_state, items, fields)
-        except UnreadableCheckpointError as e:
-            if ckpt._rotated(step):
-                raise FileNotFoundError(
-                    f"checkpoint {step} in {ckpt.directory} was deleted, while being read, by "
-                    f"the run writing there (it keeps its newest {keep}); it now holds "
-                    f"{ckpt.steps()}."
-                ) from e
-            readable = [
-                s for s in ckpt.steps() if s != step and _fits(ckpt, s, abstract_state, fields)
-            ]
-            raise UnreadableCheckpointError(
-                f"{e} (in {ckpt.directory}); readable: {readable or 'none'}. Choose one of "
-                "them, or none for the newest readable one."
-            ) from e
-    finally:
-        ckpt.close()
-
-
-def _fits(ckpt: Checkpointer, step: int, abstract_state: Any, fields: Any) -> bool:
-    """Whether checkpoint ``step``'s metadata reads and fits (no array is read)."""
-    try:
-        ckpt.check(step, abstract_state, fields)
-    except (UnreadableCheckpointError, IncompatibleCheckpointError):
-        return False
-    return True

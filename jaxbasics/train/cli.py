@@ -1,15 +1,14 @@
 """The command line of every training script: one :class:`Script` each, :func:`main` for all.
 
 A script (``experiments/train_vqvae.py``, ``experiments/train_prior.py``) says what it trains:
-its config class and presets, its default workdir, its help texts and how it adjusts the
-config it is asked for. :func:`main` does the rest, the same for every script: one flag per
+its presets (and with them its config class), its default workdir, its help texts and, for
+the VQ-VAE, ``--faithful``. :func:`main` does the rest, the same for every script: one flag per
 config field (defaults: the chosen preset's values), the multi-host flags, the workdir lock,
 resuming with the saved config, validation, :func:`~jaxbasics.train.loop.fit`, one-line
 errors, exit codes (0 done, 1 error, 2 bad flags, 128+N stopped by signal N) and the JSON
 summary line on stdout.
 
->>> from jaxbasics.train.config import TrainConfig
->>> sorted(explicit_fields(["--batch-size", "8", "--workdir", "w"], TrainConfig))
+>>> sorted(explicit_fields(["--batch-size", "8", "--workdir", "w"], RunConfig))
 ['batch_size']
 """
 
@@ -21,14 +20,20 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 from simple_parsing import ArgumentParser, DashVariant, SimpleHelpFormatter
 
-from jaxbasics.train.config import RunConfig
-from jaxbasics.train.presets import warmup_within_run
+from jaxbasics.data.base import DatasetNotFoundError
+from jaxbasics.train.checkpoint import IncompatibleCheckpointError
+from jaxbasics.train.config import Presets, RunConfig, warmup_within_run
+from jaxbasics.train.loop import FitResult, NonFiniteError, fit
+from jaxbasics.train.resume import ConfigMismatchError
+from jaxbasics.train.saved import saved_config
+from jaxbasics.train.workdir import WorkdirInUseError, hold
 
 log = logging.getLogger("jaxbasics")
 
@@ -38,31 +43,34 @@ class Script:
     """What makes one training script its own; :func:`main` does the rest.
 
     Attributes:
-      config: the config class: one flag per field.
-      presets: the named presets' values; their names are ``--preset``'s choices.
-      preset: the named preset as a config, ``preset(name)``; ``preset(name, faithful=True)``
-        under ``--faithful``.
+      presets: the config class's named presets (``--preset``'s choices; their ``adjust``
+        drops a preset's values that do not apply to the flags given).
       description: the top of ``--help`` (the script's docstring).
       preset_help: ``--preset``'s help: what each preset is.
       workdir: the default workdir, ``{preset}`` standing for the preset's name.
       wrote: what a finished run leaves in its workdir (the last line of the log).
-      adjust: ``adjust(config, preset_name, given)``: the script's own changes to the config
-        the flags ask for (``given``: the fields set by a flag), before the warm-up is fitted
-        to the run (:func:`~jaxbasics.train.presets.warmup_within_run`).
-      faithful: ``--faithful``'s help; None: the script has no ``--faithful``.
+      faithful: ``(help, values)`` of ``--faithful``, values applied over the preset and under
+        the flags; None: the script has no ``--faithful``.
       default_preset: the preset of a command line without ``--preset``.
     """
 
-    config: type[RunConfig]
-    presets: Mapping[str, Mapping[str, Any]]
-    preset: Callable[..., RunConfig]
+    presets: Presets
     description: str
     preset_help: str
     workdir: str
     wrote: str
-    adjust: Callable[[RunConfig, str, set[str]], RunConfig] | None = None
-    faithful: str | None = None
+    faithful: tuple[str, Mapping[str, Any]] | None = None
     default_preset: str = "quickstart"
+
+    @property
+    def config(self) -> type[RunConfig]:
+        """The config class: one flag per field."""
+        return self.presets.config
+
+    def preset(self, name: str, faithful: bool = False, **overrides: Any) -> RunConfig:
+        """Preset ``name`` (with ``--faithful``'s values if ``faithful``) and ``overrides``."""
+        under = self.faithful[1] if faithful and self.faithful else None
+        return self.presets(name, under=under, **overrides)
 
 
 def _env_int(name: str) -> int | None:
@@ -73,7 +81,7 @@ def _env_int(name: str) -> int | None:
 def _preset_args(script: Script, argv: list[str]) -> argparse.Namespace:
     """``--preset`` (and ``--faithful``), read first: they set every other flag's default."""
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--preset", choices=sorted(script.presets), default=script.default_preset)
+    pre.add_argument("--preset", choices=script.presets.names, default=script.default_preset)
     pre.set_defaults(faithful=False)
     if script.faithful is not None:
         pre.add_argument("--faithful", action="store_true")
@@ -94,12 +102,12 @@ def build_parser(script: Script, preset_name: str, faithful: bool = False) -> Ar
     )
     parser.add_argument(
         "--preset",
-        choices=sorted(script.presets),
+        choices=script.presets.names,
         default=script.default_preset,
         help=script.preset_help,
     )
     if script.faithful is not None:
-        parser.add_argument("--faithful", action="store_true", help=script.faithful)
+        parser.add_argument("--faithful", action="store_true", help=script.faithful[0])
     parser.add_argument(
         "--workdir",
         type=str,
@@ -137,17 +145,15 @@ def build_parser(script: Script, preset_name: str, faithful: bool = False) -> Ar
         default=_env_int("JAX_PROCESS_ID"),
         help="this process, 0..num_processes-1 (env JAX_PROCESS_ID)",
     )
-    defaults = script.preset(preset_name, faithful=True) if faithful else script.preset(preset_name)
-    parser.add_arguments(script.config, dest="config", default=defaults)
+    parser.add_arguments(script.config, dest="config", default=script.preset(preset_name, faithful))
     return parser
 
 
 def explicit_fields(argv: list[str], cls: type[RunConfig]) -> set[str]:
     """The fields of config class ``cls`` whose flags appear in ``argv``.
 
-    >>> from jaxbasics.train.config import TrainConfig
     >>> argv = ["--batch-size", "8", "--progress=false", "--noprogress"]
-    >>> sorted(explicit_fields(argv, TrainConfig))
+    >>> sorted(explicit_fields(argv, RunConfig))
     ['batch_size', 'progress']
     """
     names = {f.name for f in dataclasses.fields(cls)}
@@ -174,17 +180,14 @@ def preset_given(argv: list[str]) -> bool:
 
 def resolve_config(requested: RunConfig, explicit: set[str], workdir: Path) -> RunConfig:
     """The config to run: ``requested`` for a new workdir; for an existing run, its saved
-    config (:func:`~jaxbasics.train.workdir.saved_config`: ``config.json``, or if that is lost,
+    config (:func:`~jaxbasics.train.saved.saved_config`: ``config.json``, or if that is lost,
     the newest checkpoint's) with only the explicitly given flags applied (fit refuses
     incompatible ones).
 
     >>> import tempfile
-    >>> from jaxbasics.train.config import TrainConfig
-    >>> resolve_config(TrainConfig(seed=3), set(), Path(tempfile.mkdtemp())).seed
+    >>> resolve_config(RunConfig(seed=3), set(), Path(tempfile.mkdtemp())).seed
     3
     """
-    from jaxbasics.train.workdir import saved_config
-
     saved = saved_config(workdir, type(requested)).config
     if saved is None:
         return requested
@@ -211,8 +214,6 @@ def init_distributed(args: argparse.Namespace) -> None:
             "error: multi-host needs --coordinator-address, --num-processes and --process-id "
             "(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) together."
         )
-    import jax
-
     if jax.config.jax_platforms in (None, "", "cpu"):
         # CPU devices in different processes talk through gloo.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -223,6 +224,56 @@ def init_distributed(args: argparse.Namespace) -> None:
     )
 
 
+class _Request:
+    """A command line, parsed: the config it asks for and what it named explicitly."""
+
+    def __init__(self, script: Script, argv: list[str]):
+        pre = _preset_args(script, argv)
+        self.parser = build_parser(script, pre.preset, pre.faithful)
+        self.args = self.parser.parse_args(argv)
+        self.workdir = Path(self.args.workdir or script.workdir.format(preset=self.args.preset))
+        self.given = explicit_fields(argv, script.config)
+        self.preset_given = preset_given(argv)
+        self.explicit = set(self.given)
+        if self.preset_given:  # an explicit preset asks for all its values, even on a saved run
+            names = {f.name for f in dataclasses.fields(script.config)}
+            self.explicit |= names - script.config.RESUMABLE
+        flags = self.args.config
+        self.config = script.presets.adjust_given(flags, self.args.preset, self.given)
+        # What the preset's adjustment changed follows from the flags given, so a saved run is
+        # asked for it too (--quantizer fsq on a VQ run: the VQ settings off, refused by fit).
+        self.explicit |= {
+            f.name
+            for f in dataclasses.fields(flags)
+            if getattr(self.config, f.name) != getattr(flags, f.name)
+        }
+        self.config = warmup_within_run(self.config, self.given)
+
+    def resolved(self) -> RunConfig:
+        """The config to run, against the saved run if any (hold the workdir first)."""
+        config = resolve_config(self.config, self.explicit, self.workdir)  # ConfigFileError
+        # The warm-up rule again, on the run's real length (a saved run keeps its own).
+        config = warmup_within_run(config, self.given)
+        try:
+            config.check_given(self.given)
+            config.validate()
+        except ValueError as e:
+            self.parser.error(str(e))
+        return config
+
+
+# What a run that cannot go on raises; each is one line on stderr and exit status 1.
+_REFUSED = (
+    WorkdirInUseError,
+    DatasetNotFoundError,
+    ConfigMismatchError,
+    IncompatibleCheckpointError,
+    NonFiniteError,
+    ValueError,  # ConfigFileError among them: a damaged config.json
+    OSError,  # a workdir that cannot be written (a file, read-only, a full disk)
+)
+
+
 def main(script: Script, argv: list[str] | None = None) -> int:
     """Train as ``script``'s command line ``argv`` (default ``sys.argv[1:]``) asks; the exit code.
 
@@ -231,68 +282,25 @@ def main(script: Script, argv: list[str] | None = None) -> int:
       (checkpoint saved; rerun to resume). Bad flags exit 2 (``SystemExit``).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    argv = sys.argv[1:] if argv is None else argv
-    pre = _preset_args(script, argv)
-    parser = build_parser(script, pre.preset, pre.faithful)
-    args = parser.parse_args(argv)
-    workdir = Path(args.workdir or script.workdir.format(preset=args.preset))
-    given = explicit_fields(argv, script.config)
-    explicit = set(given)
-    if preset_given(argv):  # an explicit preset asks for all its values, even on a saved run
-        explicit |= {f.name for f in dataclasses.fields(script.config)} - script.config.RESUMABLE
-    requested = args.config
-    if script.adjust is not None:
-        requested = script.adjust(requested, args.preset, given)
-        # What it changed follows from the flags given, so a saved run is asked for it too
-        # (--quantizer fsq on a VQ run: the VQ settings off, refused as a mismatch by fit).
-        explicit |= {
-            f.name
-            for f in dataclasses.fields(requested)
-            if getattr(requested, f.name) != getattr(args.config, f.name)
-        }
-    requested = warmup_within_run(requested, given)
+    request = _Request(script, sys.argv[1:] if argv is None else argv)
     setup_logging()
-
-    import jax
-
-    init_distributed(args)
-    if args.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+    init_distributed(request.args)
+    if request.args.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", request.args.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-    from jaxbasics.data.sources import DatasetNotFoundError
-    from jaxbasics.train.checkpoint import IncompatibleCheckpointError
-    from jaxbasics.train.config import ConfigMismatchError
-    from jaxbasics.train.loop import NonFiniteError, fit
-    from jaxbasics.train.workdir import WorkdirInUseError, hold
-
+    workdir = request.workdir
     if workdir.exists() and not workdir.is_dir():
         log.error("error: --workdir %s is a file; give a folder (created if needed).", workdir)
         return 1
     try:
         # Held from the first read of the saved run to the end (fit's own hold nests in it).
         with hold(workdir):
-            config = resolve_config(requested, explicit, workdir)  # ConfigFileError: exit 1
-            # The warm-up rule again on the run's real length (a saved run keeps its own)
-            config = warmup_within_run(config, given)
-            try:
-                config.check_given(given)
-                config.validate()
-            except ValueError as e:
-                parser.error(str(e))
+            config = request.resolved()
             log.info("workdir: %s  devices: %s", workdir.absolute(), jax.devices())
             result = fit(config, workdir)
-    except (
-        WorkdirInUseError,
-        DatasetNotFoundError,
-        ConfigMismatchError,
-        IncompatibleCheckpointError,
-        NonFiniteError,
-        ValueError,  # ConfigFileError among them: a damaged config.json
-        OSError,  # a workdir that cannot be written (a file, read-only, a full disk)
-    ) as e:
+    except _REFUSED as e:
         log.error("error: %s", e)
-        if isinstance(e, ConfigMismatchError) and preset_given(argv):
+        if isinstance(e, ConfigMismatchError) and request.preset_given:
             named = (
                 ("--preset and --faithful set", "them")
                 if script.faithful
@@ -304,6 +312,11 @@ def main(script: Script, argv: list[str] | None = None) -> int:
                 *named,
             )
         return 1
+    return _finish(script, workdir, result)
+
+
+def _finish(script: Script, workdir: Path, result: FitResult) -> int:
+    """The exit code of a finished or stopped run; a finished one prints its summary line."""
     if result.interrupted:
         return 128 + result.interrupted
     if jax.process_index() == 0:

@@ -1,13 +1,22 @@
-"""Process-wide settings of the host a run works on (the shell's, never a pure function's)."""
+"""Process-wide settings of the host a run works on (the shell's, never a pure function's):
+glibc keeping XLA's freed temporaries (:func:`retain_host_memory`), and Orbax's own log records
+routed to the debug level (:func:`quiet_orbax`)."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import jax
+
+# Where Orbax's records go (the checkpoint module's logger, at debug level).
+log = logging.getLogger("jaxbasics.train.checkpoint")
 
 # glibc's mallopt parameters (malloc.h) and whether retain_host_memory has applied them.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -52,3 +61,49 @@ def _set_malloc_retention() -> bool:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # -1 is SIZE_MAX as glibc's size_t threshold: the heap's top is never trimmed
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
+
+
+def _orbax_to_debug(record: logging.LogRecord) -> bool:
+    """A filter routing Orbax's warnings and errors (its threads' tracebacks, and asyncio's
+    about its tasks) to the checkpoint module's debug level: every failure they describe
+    reaches the checkpoint module's caller, as one line."""
+    if record.levelno < logging.WARNING:
+        return True
+    frame = sys._getframe(1)
+    while frame is not None and "orbax" not in Path(frame.f_code.co_filename).parts:
+        frame = frame.f_back
+    if frame is None and "/orbax/" not in record.getMessage():  # not Orbax's
+        return True
+    log.debug("orbax: %s", record.getMessage(), exc_info=record.exc_info)
+    return False
+
+
+def _closed_loops_to_debug(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``sys.unraisablehook`` routing "Event loop is closed" to the checkpoint module's debug
+    level: after a failed save or read, Orbax's pending I/O completes into event loops it
+    already closed."""
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            log.debug("an Orbax I/O thread reported into a closed event loop")
+        else:
+            previous(unraisable)
+
+    hook.closed_loops_to_debug = True
+    return hook
+
+
+def quiet_orbax() -> None:
+    """Route Orbax's own warnings and errors to the debug level, once per process.
+
+    Every failure they describe reaches the caller of :mod:`jaxbasics.train.checkpoint` as one
+    line; Orbax would print each again, as multi-line tracebacks from its threads
+    (:func:`_orbax_to_debug`, :func:`_closed_loops_to_debug`).
+    """
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if _orbax_to_debug not in logger.filters:
+            logger.addFilter(_orbax_to_debug)
+    if not getattr(sys.unraisablehook, "closed_loops_to_debug", False):
+        sys.unraisablehook = _closed_loops_to_debug(sys.unraisablehook)

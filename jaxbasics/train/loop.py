@@ -2,8 +2,8 @@
 
 One loop trains every model: a :class:`~jaxbasics.train.task.Task` supplies its data, state,
 step, log records, evaluation and figures; this module does the rest, the same for all.
-:func:`fit` trains a VQ-VAE (:class:`~jaxbasics.train.config.TrainConfig`) or a prior
-(:class:`~jaxbasics.train.prior_task.PriorConfig`).
+:func:`fit` trains whatever the config describes, with the task registered for its kind
+(:func:`~jaxbasics.train.task.register`).
 
 What a run leaves in ``workdir``:
 
@@ -11,7 +11,7 @@ What a run leaves in ``workdir``:
 * ``data_stats.json``: what the task keeps of its data, compared on resume;
 * ``checkpoints/<step>/``: Orbax checkpoints (see :mod:`jaxbasics.train.checkpoint`);
 * ``metrics.jsonl``: every ``log_every`` steps the task's record (loss, its metrics,
-  ``images_per_s``) and the task's own logs (the VQ-VAE's ``codebook_usage.jsonl``);
+  ``images_per_s``), and the task's own logs;
 * ``eval.jsonl``: every ``eval_every`` steps, on the test split;
 * the task's figures (``curves.png`` ...), and ``tensorboard/`` if tensorboardX is installed.
 
@@ -38,11 +38,18 @@ from typing import Any, NamedTuple
 
 import jax
 
-from jaxbasics.train.config import RunConfig, TrainConfig, check_resumable
-from jaxbasics.train.metrics import open_writers, write_atomic
+from jaxbasics.data.pipeline import iterator_state, restore_iterator, train_dataset
+from jaxbasics.train.checkpoint import Checkpointer
+from jaxbasics.train.config import RunConfig
+from jaxbasics.train.files import write_atomic
+from jaxbasics.train.host import retain_host_memory
+from jaxbasics.train.metrics import open_writers, read_jsonl
+from jaxbasics.train.resume import check_resumable
+from jaxbasics.train.saved import saved_config, written_with
 from jaxbasics.train.sharding import Shardings, global_batch, make_shardings
 from jaxbasics.train.signals import StopAgreement, StopFlag
-from jaxbasics.train.workdir import hold, saved_config, written_with
+from jaxbasics.train.task import task_for
+from jaxbasics.train.workdir import hold
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +103,6 @@ class _Run:
 
 def _setup(task: Any, workdir: Path) -> _Run:
     """Check, then restore or initialise. Writes nothing until every check has passed."""
-    from jaxbasics.data.pipeline import train_dataset
-    from jaxbasics.train.checkpoint import Checkpointer
-
     config = task.config
     saved = saved_config(workdir, type(config))
     if saved.step is not None:
@@ -119,7 +123,7 @@ def _setup(task: Any, workdir: Path) -> _Run:
         process_count=jax.process_count(),
     )
     workdir.mkdir(parents=True, exist_ok=True)  # process 0's hold made it, maybe not here
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, migratable=task.migratable)
     try:
         restored = ckpt.restore_latest(
             written_with(config, task.abstract_state(shardings.replicated), workdir),
@@ -156,8 +160,6 @@ def _setup(task: Any, workdir: Path) -> _Run:
 
 def _start(task: Any, restored: Any, dataset: Any, shardings: Shardings) -> tuple:
     """``(state, step, batches, history)`` to start from: a checkpoint's, or fresh ones."""
-    from jaxbasics.data.pipeline import restore_iterator
-
     if restored is None:
         history = {name: [] for name in task.histories} | {"loss": None}
         return task.fresh_state(dataset, shardings), 0, iter(dataset), history
@@ -170,8 +172,6 @@ def _start(task: Any, restored: Any, dataset: Any, shardings: Shardings) -> tupl
 
 
 def _save(run: _Run, interval: _Interval) -> None:
-    from jaxbasics.data.pipeline import iterator_state
-
     meta = {
         "iteration": run.step,
         **run.history,
@@ -224,12 +224,9 @@ def _log(run: _Run, interval: _Interval, bar: Any) -> _Interval:
     records = interval.task.records(run.history, ips)
     for name, record in records.items():
         run.writers[name].write(run.step, record)
-    bar.set_postfix({k: f"{v:.4g}" for k, v in records["metrics"].items() if k in _SHOWN})
+    shown = run.task.shown
+    bar.set_postfix({k: f"{v:.4g}" for k, v in records["metrics"].items() if k in shown})
     return _Interval(run.task.interval(None))
-
-
-# metrics.jsonl fields the progress bar shows, where a task's record has them.
-_SHOWN = ("recon_error", "perplexity", "bits_per_code", "images_per_s")
 
 
 def _boundaries(run: _Run, interval: _Interval, stopping: bool) -> None:
@@ -283,8 +280,6 @@ def _every(c: RunConfig) -> tuple[int, int, int]:
 
 def _finish(run: _Run) -> None:
     """Final evaluation (unless the last step just had one) and the run's figures."""
-    from jaxbasics.train.metrics import read_jsonl
-
     ev = run.last_eval
     if run.last_eval_step != run.step:
         ev = _evaluate(run, 0)
@@ -298,20 +293,10 @@ def _finish(run: _Run) -> None:
 
 
 def fit(config: RunConfig, workdir: str | Path) -> FitResult:
-    """Train (or resume training) the model ``config`` describes, in ``workdir``.
-
-    A :class:`~jaxbasics.train.config.TrainConfig` trains a VQ-VAE
-    (:class:`~jaxbasics.train.vqvae_task.VQVAETask`), a
-    :class:`~jaxbasics.train.prior_task.PriorConfig` a prior over a VQ-VAE's codes
-    (:class:`~jaxbasics.train.prior_task.PriorTask`); see :func:`run`.
-    """
-    if isinstance(config, TrainConfig):
-        from jaxbasics.train.vqvae_task import VQVAETask
-
-        return run(VQVAETask(config), workdir)
-    from jaxbasics.train.prior_task import PriorTask
-
-    return run(PriorTask(config), workdir)
+    """Train (or resume training) the model ``config`` describes, in ``workdir``: :func:`run` with
+    the task registered for ``config``'s kind of run (:func:`~jaxbasics.train.task.task_for`;
+    the built-in kinds register when :mod:`jaxbasics.tasks` is imported)."""
+    return run(task_for(config), workdir)
 
 
 def run(task: Any, workdir: str | Path) -> FitResult:
@@ -337,8 +322,6 @@ def run(task: Any, workdir: str | Path) -> FitResult:
     """
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from jaxbasics.train.host import retain_host_memory
 
     config = task.config.validate()
     retain_host_memory()

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from jaxbasics.train.files import write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -100,27 +102,6 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` all at once (written aside, renamed); unchanged: untouched.
-
-    A failed write (a full disk) leaves ``path`` as it was and no temporary file behind.
-
-    >>> import tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "config.json"
-    >>> write_atomic(path, "{}"); path.read_text(), [p.name for p in path.parent.iterdir()]
-    ('{}', ['config.json'])
-    """
-    if path.exists() and path.read_text() == text:
-        return  # unchanged: not even its modification time
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def open_writers(

@@ -12,6 +12,9 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 
 class Shardings(NamedTuple):
@@ -38,9 +41,6 @@ def make_shardings(batch_size: int) -> Shardings:
     >>> s.mesh.axis_names, s.batch.spec
     (('data',), P('data',))
     """
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
     n = jax.device_count()
     if batch_size % n:
         lower, upper = batch_size // n * n, (batch_size // n + 1) * n
@@ -75,23 +75,9 @@ def host_local(x: jax.Array, sharding: Any = None) -> np.ndarray:
     """
     if sharding is None or jax.process_count() == 1:
         return np.asarray(x)
-    from jax.experimental import multihost_utils
-
     return np.asarray(
         multihost_utils.global_array_to_host_local_array(x, sharding.mesh, sharding.spec)
     )
-
-
-def abstract_state(config: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
-    """The VQ-VAE train state's shapes, dtypes and shardings: the target of a restore.
-
-    Args:
-      config: the run's :class:`~jaxbasics.train.config.TrainConfig`.
-      sharding: where restored arrays go; default: replicated over all devices.
-    """
-    from jaxbasics.train.state import structure
-
-    return placed(structure(config).abstract, sharding)
 
 
 def placed(abstract: Any, sharding: jax.sharding.Sharding | None = None) -> Any:

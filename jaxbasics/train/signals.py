@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbasics.train.sharding import global_batch
+
 # How many steps back the agreed flag is read: the collective of step n is read at step n + LAG.
 LAG = 2
 
@@ -81,8 +83,6 @@ class StopAgreement:
         """Contribute this step's flag; return the agreed signal number (0: keep going)."""
         if not self.enabled:
             return local_signum
-        from jaxbasics.train.sharding import global_batch
-
         flags = np.full((jax.local_device_count(),), local_signum, np.int32)
         self._queue.append(self._max(global_batch(flags, self._sharding)))
         if len(self._queue) <= LAG:

@@ -1,16 +1,29 @@
-"""The seam between the run machinery and a model: what a model supplies to train in ``fit``.
+"""The seam between the run machinery and a model: the :class:`Task` a model supplies, and the
+registry that finds it.
 
 :func:`jaxbasics.train.loop.run` owns everything a training run needs whatever it trains: the
 workdir and its lock, the resume rules (check, then restore, then write), Orbax checkpoints and
 their fallback, stop signals and their agreement across processes, the device mesh and global
 batches, log intervals fetched in one transfer, the finite check, the metric writers and the
 progress bar. A :class:`Task` supplies the rest: its data, its state and how to start one, its
-jitted step, what a log record and an evaluation say, and its figures. Two tasks exist:
-:class:`~jaxbasics.train.vqvae_task.VQVAETask` (stage one) and
-:class:`~jaxbasics.train.prior_task.PriorTask` (stage two).
+jitted step, what a log record and an evaluation say, and its figures.
+
+A model registers its task under its config class (:func:`register`): ``fit(config, workdir)``,
+the command line and the question "which kind of run does this workdir hold?" look it up
+there (:func:`task_for`, :func:`kinds`), so the machinery names no model. The built-in ones
+(the VQ-VAE, the priors) register when :mod:`jaxbasics.tasks` is imported.
 
 A step's metrics are a pytree with at least ``loss`` (scalar) and ``finite`` (bool scalar:
 the loss and every new parameter and statistic are finite); nothing non-finite is saved.
+
+>>> from jaxbasics.train.config import RunConfig
+>>> class Example(RunConfig):
+...     KIND = "example"
+>>> register(Example, lambda config: ("a task for", config.KIND))
+>>> task_for(Example())
+('a task for', 'example')
+>>> Example in kinds()
+True
 """
 
 from __future__ import annotations
@@ -18,6 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
+
+from jaxbasics.train.config import RunConfig
 
 
 class TaskData(NamedTuple):
@@ -58,11 +73,17 @@ class Task(Protocol):
       histories: names of the per-step histories kept in checkpoints (the notes'
         ``train_res_recon_error`` ...); :meth:`step_history` gives one value of each.
       logs: JSONL logs the interval writes besides ``metrics.jsonl``.
+      shown: the ``metrics.jsonl`` fields the progress bar shows.
+      migratable: fields of the train state that a newer version added, each with the value
+        a checkpoint written without it is restored with
+        (:class:`~jaxbasics.train.checkpoint.Checkpointer`).
     """
 
     config: Any
     histories: tuple[str, ...]
     logs: tuple[str, ...]
+    shown: tuple[str, ...]
+    migratable: dict[str, Callable[[Any], Any]]
 
     def load_data(self, workdir: Path) -> TaskData:
         """Read (or for a resume, check) the run's data; write nothing."""
@@ -100,3 +121,33 @@ class Task(Protocol):
     ) -> None:
         """Write the run's figures (process 0): after each evaluation, and ``final``ly at
         the end."""
+
+
+# The registered tasks: config KIND -> (config class, task factory). The newest registration of
+# a kind wins (a module reloaded in one process registers its classes again).
+_TASKS: dict[str, tuple[type[RunConfig], Callable[[Any], Task]]] = {}
+
+
+def register(config: type[RunConfig], task: Callable[[Any], Task]) -> None:
+    """Train runs whose config is a ``config`` (named by its ``KIND``) with ``task(config)``."""
+    _TASKS[config.KIND] = (config, task)
+
+
+def task_for(config: RunConfig) -> Task:
+    """The registered task of ``config``'s kind of run.
+
+    Raises:
+      ValueError: no task is registered for it.
+    """
+    registered = _TASKS.get(type(config).KIND)
+    if registered is None or registered[0] is not type(config):
+        raise ValueError(
+            f"no task is registered for {type(config).__name__} runs: import the module that "
+            "calls jaxbasics.train.task.register for it (the built-in ones: jaxbasics.tasks)."
+        )
+    return registered[1](config)
+
+
+def kinds() -> tuple[type[RunConfig], ...]:
+    """The config classes of every registered kind of run."""
+    return tuple(config for config, _ in _TASKS.values())

@@ -1,4 +1,4 @@
-"""A workdir belongs to one run at a time, and its config is the run's own.
+"""A workdir belongs to one run at a time.
 
 :func:`hold` locks a workdir for a training run (and ``sample.py``'s ``--out`` for one
 sampling run): ``fcntl.flock`` on ``<workdir>/run.lock``, taken before anything in the
@@ -8,10 +8,6 @@ that message only). The kernel releases the lock of a process that dies, so the 
 killed run leaves behind never blocks a rerun. With several JAX processes, process 0 holds
 the lock and tells the others whether it got it. Readers (``load``, ``evaluate.py``) take no
 lock.
-
-:func:`saved_config` is the config of the run a workdir holds: its ``config.json`` or, if
-that is missing, the config saved with its newest checkpoint, so a lost ``config.json`` never
-lets a rerun adopt new settings.
 """
 
 from __future__ import annotations
@@ -23,20 +19,9 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-
-from jaxbasics.train.config import (
-    ConfigFileError,
-    RunConfig,
-    TrainConfig,
-    incompatible_fields,
-    kind_mismatch,
-    load_config,
-    other_kind,
-)
 
 LOCK = "run.lock"
 
@@ -158,116 +143,3 @@ def _in_use(path: Path, holder: str, flag: str, what: str) -> str:
         f"{path} is in use by another {what} ({who}); wait for it to end or stop it, "
         f"or pass another {flag}."
     )
-
-
-class SavedConfig(NamedTuple):
-    """The config of the run in a workdir, and the checkpoint step it was read from.
-
-    Attributes:
-      config: the run's config; None if the workdir holds no run.
-      step: the checkpoint whose saved config it is, when ``config.json`` was missing;
-        else None.
-    """
-
-    config: RunConfig | None
-    step: int | None
-
-
-def saved_config(workdir: str | Path, cls: type[RunConfig] = TrainConfig) -> SavedConfig:
-    """The config of the run in ``workdir``: ``config.json``, else its newest checkpoint's.
-
-    Reads only. An unreadable checkpoint is skipped (training moves it aside later).
-
-    >>> import tempfile
-    >>> saved_config(tempfile.mkdtemp())
-    SavedConfig(config=None, step=None)
-
-    Raises:
-      ConfigFileError: ``config.json`` is damaged, or it is missing and no checkpoint
-        holds a config.
-    """
-    workdir = Path(workdir)
-    config = load_config(workdir, cls)
-    if config is not None or not (workdir / "checkpoints").is_dir():
-        return SavedConfig(config, None)
-    from jaxbasics.train.checkpoint import Checkpointer, UnreadableCheckpointError
-
-    ckpt = Checkpointer(workdir, read_only=True)
-    try:
-        steps = ckpt.steps()
-        for step in reversed(steps):
-            try:
-                meta = ckpt.restore(step, None, items=("meta",)).meta
-            except (UnreadableCheckpointError, FileNotFoundError):  # an older one may do
-                continue
-            if isinstance(meta, dict) and "config" in meta:
-                text = json.dumps(meta["config"])
-                try:
-                    return SavedConfig(cls.from_json(text), step)
-                except ValueError as e:
-                    if (other := other_kind(text.encode(), cls)) is not None:
-                        raise kind_mismatch(workdir, other, cls) from e
-                    raise ConfigFileError(
-                        f"{workdir}/config.json is missing and the config saved with checkpoint "
-                        f"{step} is damaged ({str(e).rstrip('.')}); restore config.json, or pass "
-                        "another --workdir."
-                    ) from e
-    finally:
-        ckpt.close()
-    if not steps:
-        return SavedConfig(None, None)
-    raise ConfigFileError(
-        f"{workdir}/config.json is missing and none of its checkpoints {steps} holds a "
-        "readable config; restore config.json, or pass another --workdir."
-    )
-
-
-def written_with(config: RunConfig, abstract_state: Any, workdir: str | Path) -> Any:
-    """``abstract_state`` (see :meth:`~jaxbasics.train.checkpoint.Checkpointer.restore_latest`)
-    as a function of a checkpoint's step and meta that first runs :func:`check_written_with`:
-    a restore then refuses an edited ``config.json`` before it compares any shape, so the
-    refusal names the edit, not another version's layout.
-
-    >>> meta = {"config": json.loads(TrainConfig().to_json())}
-    >>> written_with(TrainConfig(), "the state", "r")(5, meta)
-    'the state'
-    """
-
-    def checked(step: int, meta: Any) -> Any:
-        check_written_with(config, meta, workdir, step)
-        return abstract_state(step, meta) if callable(abstract_state) else abstract_state
-
-    return checked
-
-
-def check_written_with(config: RunConfig, meta: Any, workdir: str | Path, step: int) -> None:
-    """Refuse a ``config.json`` that disagrees with the config checkpoint ``step`` was written
-    with (its ``meta``), beyond what a resume may change: an edited or replaced file would
-    build another model around the weights (FSQ levels in another order load without
-    complaint and reconstruct worse). A meta without a readable config is not checked.
-
-    >>> meta = {"config": json.loads(TrainConfig().to_json())}
-    >>> check_written_with(TrainConfig(num_training_updates=9), meta, "r", 5)  # resumable
-    >>> check_written_with(TrainConfig(decay=0.0), meta, "r", 5)
-    Traceback (most recent call last):
-    ...
-    jaxbasics.train.config.ConfigFileError: r/config.json disagrees with the config that ...
-
-    Raises:
-      ConfigFileError: one line naming the differing fields and the way out.
-    """
-    try:
-        written = type(config).from_json(json.dumps(meta["config"]))
-    except (TypeError, KeyError, ValueError):
-        return
-    diff = incompatible_fields(written, config)
-    if diff:
-        fields = "; ".join(
-            f"{k}: {new!r} in config.json, {old!r} in the checkpoint"
-            for k, (old, new) in diff.items()
-        )
-        raise ConfigFileError(
-            f"{workdir}/config.json disagrees with the config that checkpoint {step} was "
-            f"written with ({fields}): it was edited or replaced. Restore it, or delete it: "
-            "the run's config is then read from its newest checkpoint."
-        )

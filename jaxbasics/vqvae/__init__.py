@@ -1,0 +1,50 @@
+"""The VQ-VAE (core): the model, its quantisers and the codebook's tools, in Flax NNX.
+
+Pure and jit-able: nothing here reads files or imports the training shell
+(:mod:`jaxbasics.tasks.vqvae` trains, loads and exports the model). The modules:
+:mod:`~jaxbasics.vqvae.model` (``VQVAE``: encoder, quantiser, decoder; the loss),
+:mod:`~jaxbasics.vqvae.quantizer` (the VQ math and the plain quantiser),
+:mod:`~jaxbasics.vqvae.ema` (the EMA quantiser), :mod:`~jaxbasics.vqvae.fsq` (finite scalar
+quantisation), :mod:`~jaxbasics.vqvae.codebook` (usage, dead-code restarts, k-means),
+:mod:`~jaxbasics.vqvae.layers` and :mod:`~jaxbasics.vqvae.wgrad` (convolution forms), and
+:mod:`~jaxbasics.vqvae.convert` (PyTorch ``state_dict`` <-> Flax).
+
+>>> import jax.numpy as jnp
+>>> from flax import nnx
+>>> model = VQVAE(num_hiddens=8, num_residual_hiddens=2, num_residual_layers=1,
+...               embedding_dim=4, num_embeddings=8, rngs=nnx.Rngs(0))
+>>> model(jnp.zeros((1, 32, 32, 3))).recon.shape
+(1, 32, 32, 3)
+"""
+
+from jaxbasics.vqvae.convert import from_torch_state_dict, to_torch_state_dict
+from jaxbasics.vqvae.ema import VectorQuantizerEMA
+from jaxbasics.vqvae.fsq import FSQuantizer
+from jaxbasics.vqvae.model import VQVAE, VQVAEOutput, recon_error, vqvae_loss
+from jaxbasics.vqvae.quantizer import (
+    Quantizer,
+    QuantizerOutput,
+    VectorQuantizer,
+    distances,
+    lookup,
+    nearest_code,
+    perplexity,
+)
+
+__all__ = [
+    "FSQuantizer",
+    "Quantizer",
+    "QuantizerOutput",
+    "VQVAE",
+    "VQVAEOutput",
+    "VectorQuantizer",
+    "VectorQuantizerEMA",
+    "distances",
+    "from_torch_state_dict",
+    "lookup",
+    "nearest_code",
+    "perplexity",
+    "recon_error",
+    "to_torch_state_dict",
+    "vqvae_loss",
+]

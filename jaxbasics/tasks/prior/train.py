@@ -1,10 +1,11 @@
-"""The prior as a :class:`~jaxbasics.train.task.Task`: stage two, trained by stage one's loop.
+"""Training a prior over a VQ-VAE's codes: its state, steps and Task (stage two, shared loop).
 
-A prior run models the code maps of a trained VQ-VAE (:mod:`jaxbasics.train.prior_data`)
+A prior run models the code maps of a trained VQ-VAE (:mod:`jaxbasics.tasks.prior.data`)
 with a :class:`~jaxbasics.prior.TransformerPrior` or :class:`~jaxbasics.prior.PixelCNNPrior`,
 trained by cross-entropy with Adam. With class labels, each step replaces a tenth of them
 (``label_dropout``) by the "no class" label, so the one model samples with and without a
-class, and with classifier-free guidance. A step's key is ``fold_in(base, step)``.
+class, and with classifier-free guidance. A step's key is ``fold_in(base, step)``
+(:func:`~jaxbasics.train.state.step_key`).
 
 What it writes besides the loop's files:
 
@@ -16,14 +17,12 @@ What it writes besides the loop's files:
 * ``samples.png`` at every evaluation (one row per class, or two rows without classes),
   decoded by the VQ-VAE; ``curves.png`` at the end; ``prior_codes.npz``, the cached codes.
 
-:func:`load_prior` reads a trained prior back, for :mod:`experiments.sample`.
+:func:`~jaxbasics.tasks.prior.trained.load_prior` reads a trained prior back.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,13 +34,18 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxbasics.prior import PixelCNNPrior, TransformerPrior, bits_per_code, cross_entropy
+from jaxbasics import plots
+from jaxbasics.data.pipeline import eval_dataset
+from jaxbasics.prior import PixelCNNPrior, TransformerPrior, bits_per_code, cross_entropy, sample
 from jaxbasics.prior import drop_labels as drop
-from jaxbasics.train.prior_config import PriorConfig
+from jaxbasics.tasks.prior.config import PriorConfig
+from jaxbasics.tasks.prior.data import CACHE, code_data, read_cache, vqvae_of
+from jaxbasics.tasks.vqvae.apply import model_fns
+from jaxbasics.train.files import save_figure
+from jaxbasics.train.optim import make_optimizer
 from jaxbasics.train.sharding import global_batch, placed
-from jaxbasics.train.task import TaskData
-
-log = logging.getLogger(__name__)
+from jaxbasics.train.state import all_finite, init_key, per_compile_key, split_init, step_key
+from jaxbasics.train.task import TaskData, register
 
 # Maps per row of samples.png.
 SAMPLES_PER_ROW = 8
@@ -55,8 +59,7 @@ class PriorState:
       params: the prior's ``nnx.Param`` arrays.
       opt_state: the optax (Adam) state.
       step: int32 scalar, the number of updates applied.
-      rng: uint32 key data of the run's base "rbg" key (see
-        :func:`jaxbasics.train.state.init_key`).
+      rng: the run's base key data (:func:`~jaxbasics.train.state.split_init`).
     """
 
     params: Any
@@ -85,7 +88,7 @@ class PriorShape(NamedTuple):
     @classmethod
     def of(cls, stats: dict[str, Any], config: PriorConfig) -> PriorShape:
         """The shape of ``config``'s prior on codes described by ``stats``
-        (:meth:`~jaxbasics.train.prior_data.CodeData.stats`)."""
+        (:meth:`~jaxbasics.tasks.prior.data.CodeData.stats`)."""
         classes = len(stats["class_names"]) if config.conditional else 0
         return cls(stats["num_codes"], stats["height"], stats["width"], classes)
 
@@ -137,35 +140,31 @@ class Structure(NamedTuple):
     eval_step: Any
 
 
-@functools.lru_cache(maxsize=8)
-def structure(key: PriorConfig, shape: PriorShape) -> Structure:
-    """The :class:`Structure` of a prior run (``key``: the config's compile key).
+@per_compile_key
+def structure(config: PriorConfig, shape: PriorShape) -> Structure:
+    """The :class:`Structure` of a prior run of ``shape``, once per compile key and shape.
 
-    >>> s = structure(PriorConfig(dim=16, depth=1, heads=2).compile_key(), PriorShape(8, 2, 2, 3))
-    >>> int(s.init(jax.random.key(0, impl="rbg")).step)
+    >>> s = structure(PriorConfig(dim=16, depth=1, heads=2), PriorShape(8, 2, 2, 3))
+    >>> int(s.init(init_key(0)).step)
     0
     """
-    from jaxbasics.train.state import init_key, make_optimizer
-    from jaxbasics.train.step import all_finite
-
-    graphdef = nnx.split(nnx.eval_shape(lambda: make_prior(key, shape, nnx.Rngs(0))))[0]
-    tx = make_optimizer(key)
+    graphdef = nnx.split(nnx.eval_shape(lambda: make_prior(config, shape, nnx.Rngs(0))))[0]
+    tx = make_optimizer(config)
     classes = shape.num_classes
 
     @jax.jit
     def init(rng: jax.Array) -> PriorState:
-        model_key, state_key = jax.random.split(rng)
-        params = nnx.split(make_prior(key, shape, nnx.Rngs(params=model_key)))[1]
-        return PriorState(
-            params, tx.init(params), jnp.zeros((), jnp.int32), jax.random.key_data(state_key)
-        )
+        model_key, state_rng = split_init(rng)
+        params = nnx.split(make_prior(config, shape, nnx.Rngs(params=model_key)))[1]
+        return PriorState(params, tx.init(params), jnp.zeros((), jnp.int32), state_rng)
 
     def train_step(state: PriorState, inputs: Any) -> tuple[PriorState, PriorMetrics]:
         codes, labels = inputs
-        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl="rbg"), state.step)
-        labels = (
-            drop(labels, step_key, num_classes=classes, rate=key.label_dropout) if classes else None
-        )
+        if classes:
+            key = step_key(state.rng, state.step)
+            labels = drop(labels, key, num_classes=classes, rate=config.label_dropout)
+        else:
+            labels = None
 
         def loss_fn(params: Any) -> jax.Array:
             return cross_entropy(nnx.merge(graphdef, params)(codes, labels), codes)
@@ -192,7 +191,7 @@ def structure(key: PriorConfig, shape: PriorShape) -> Structure:
             sums["bits"] = jnp.sum(cond * w)
         return sums
 
-    abstract = jax.eval_shape(init, init_key(key.seed))
+    abstract = jax.eval_shape(init, init_key(config.seed))
     return Structure(
         graphdef, abstract, init, jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
     )
@@ -228,50 +227,44 @@ class PriorTask:
     """Stage two: a prior over a VQ-VAE's code maps (see the module docstring).
 
     Args:
-      config: the run's :class:`~jaxbasics.train.prior_config.PriorConfig`.
+      config: the run's :class:`~jaxbasics.tasks.prior.config.PriorConfig`.
     """
 
     histories = ("train_bits_per_code",)
     logs = ()
+    shown = ("bits_per_code", "images_per_s")
+    migratable: dict[str, Any] = {}
 
     def __init__(self, config: PriorConfig):
         self.config = config
-        self.loaded: Any = None  # the VQ-VAE (jaxbasics.train.io.Loaded), once load_data ran
+        self.loaded: Any = None  # the VQ-VAE (tasks.vqvae.trained.Loaded), once load_data ran
         self.data: Any = None  # its CodeData
         self.stats: dict[str, Any] = {}
 
     @property
     def structure(self) -> Structure:
-        return structure(self.config.compile_key(), PriorShape.of(self.stats, self.config))
+        return structure(self.config, PriorShape.of(self.stats, self.config))
 
     def load_data(self, workdir: Path) -> TaskData:
-        from jaxbasics.train.codes import codebook_fingerprint
-        from jaxbasics.train.io import load
-        from jaxbasics.train.prior_data import CACHE, code_data, same_codebook
-
-        self.loaded = load(self.config.model)
-        fingerprint = codebook_fingerprint(self.loaded.model)
-        self.data = code_data(self.config, workdir, self.loaded, fingerprint)
-        self.stats = self.data.stats()
+        cache = read_cache(workdir / CACHE) if (workdir / CACHE).exists() else None
         saved = workdir / "data_stats.json"
-        then = json.loads(saved.read_text()) if saved.exists() else self.stats
-        trained_on = (self.stats["codebook_sha256"], then["codebook_sha256"])
-        same_codebook(workdir, self.config.model, fingerprint, *trained_on)
+        then = json.loads(saved.read_text())["codebook_sha256"] if saved.exists() else None
+        trained_on = [f for f in (cache and cache.codebook_sha256, then) if f]
+        self.loaded, fingerprint = vqvae_of(self.config.model, workdir, trained_on)
+        self.data = cache or code_data(self.config, self.loaded, fingerprint)
+        self.stats = self.data.stats()
         if len(self.data.train) < self.config.batch_size:
             raise ValueError(
                 f"the prior's train split has {len(self.data.train)} code maps, fewer than one "
                 f"batch of {self.config.batch_size}; use a smaller --batch-size or more maps."
             )
-        cached = (workdir / CACHE).exists()
-        write = None if cached else (lambda w: self.data.save(w / CACHE))
+        write = None if cache else (lambda w: self.data.save(w / CACHE))
         return TaskData(self.data.train, self.stats, write)
 
     def abstract_state(self, sharding: Any) -> Any:
         return placed(self.structure.abstract, sharding)
 
     def fresh_state(self, dataset: Any, shardings: Any) -> PriorState:
-        from jaxbasics.train.state import init_key
-
         return jax.device_put(self.structure.init(init_key(self.config.seed)), shardings.replicated)
 
     def train_step(self) -> Any:
@@ -288,8 +281,6 @@ class PriorTask:
 
     def evaluate(self, state: PriorState, max_batches: int, sharding: Any) -> PriorEvaluation:
         """Held-out bits per code, given the label and with none, against the two floors."""
-        from jaxbasics.data.pipeline import eval_dataset
-
         batches = eval_dataset(
             self.data.test,
             batch_size=self.config.batch_size,
@@ -327,15 +318,13 @@ class PriorTask:
         self, workdir: Path, history: dict[str, Any], evaluation: Any, state: Any, final: bool
     ) -> None:
         """``samples.png`` after every evaluation; ``curves.png`` at the end too."""
-        from jaxbasics import plots
-
         prior = nnx.merge(self.structure.graphdef, state.params)
         rows, titles = sample_rows(
             prior, self.loaded.model, self.stats["class_names"], self.config.seed
         )
-        plots.save(plots.image_grid(rows, titles), workdir / "samples.png")
+        save_figure(plots.image_grid(rows, titles), workdir / "samples.png")
         if final:
-            plots.save(
+            save_figure(
                 plots.training_curve(history["train_bits_per_code"], "bits per code (train)"),
                 workdir / "curves.png",
             )
@@ -355,9 +344,6 @@ def sample_rows(
     Returns:
       ``(rows, titles)``: (SAMPLES_PER_ROW, H, W, 3) image rows in [-0.5, 0.5], titles.
     """
-    from jaxbasics.prior import sample
-    from jaxbasics.train.codes import model_fns
-
     classes = prior.num_classes
     key = jax.random.key(seed)
     if classes:
@@ -371,55 +357,4 @@ def sample_rows(
     return list(images.reshape(-1, SAMPLES_PER_ROW, *images.shape[1:])), titles
 
 
-class LoadedPrior(NamedTuple):
-    """What :func:`load_prior` returns.
-
-    Attributes:
-      prior: the trained prior (a Flax NNX module).
-      config: its :class:`~jaxbasics.train.prior_config.PriorConfig`.
-      codes: what its run kept of its codes (K, map size, class names, codebook fingerprint,
-        the floors; :meth:`~jaxbasics.train.prior_data.CodeData.stats`).
-      step: the training step the weights come from.
-    """
-
-    prior: Any
-    config: PriorConfig
-    codes: dict[str, Any]
-    step: int
-
-
-def load_prior(workdir: str | Path, step: int | None = None) -> LoadedPrior:
-    """Load a trained prior from its run's workdir: the newest readable checkpoint, or ``step``.
-
-    Raises:
-      FileNotFoundError: ``workdir`` holds no prior run.
-      UnreadableCheckpointError, IncompatibleCheckpointError: as
-        :func:`jaxbasics.train.checkpoint.read` (one line each).
-    """
-    from jaxbasics.train.checkpoint import read
-    from jaxbasics.train.workdir import saved_config, written_with
-
-    workdir = Path(workdir)
-    if not (workdir / "checkpoints").is_dir():
-        raise FileNotFoundError(
-            f"{workdir} is not a prior's training workdir (no checkpoints/); train one with "
-            "experiments/train_prior.py --workdir DIR."
-        )
-    config = saved_config(workdir, PriorConfig).config
-    if config is None:
-        raise FileNotFoundError(f"{workdir} holds no prior run's config.")
-
-    def of(meta: dict) -> Structure:
-        return structure(config.compile_key(), PriorShape.of(meta["codes"], config))
-
-    def abstract(step: int, meta: dict) -> Any:
-        return placed(of(meta).abstract)
-
-    # Each checkpoint is read with the shapes its own meta names (they follow the codes the
-    # run modelled), so that an unreadable newest one falls back to the one before.
-    checked = written_with(config, abstract, workdir)
-    restored = read(workdir, checked, step=step, items=("meta", "state"), fields=("params",))
-    graphdef = of(restored.meta).graphdef
-    return LoadedPrior(
-        nnx.merge(graphdef, restored.state.params), config, restored.meta["codes"], restored.step
-    )
+register(PriorConfig, PriorTask)

@@ -9,16 +9,21 @@
   applied): Adam lr 3e-4 at a constant rate, the reference EMA initialisation,
   straight-through, no remedies.
 
-Each preset is a set of :class:`~jaxbasics.train.config.TrainConfig` values; flags given on the
-command line override them. :data:`FAITHFUL` is what the notes' notebook does and the defaults
-change (``--faithful`` applies it to any preset); ``docs/codebook.md`` measures each change.
+Each preset is a set of :class:`~jaxbasics.tasks.vqvae.config.VQVAEConfig` values; flags given
+on the command line override them. :data:`FAITHFUL` is what the notes' notebook does and the
+defaults change (``--faithful`` applies it to any preset); ``docs/codebook.md`` measures each
+change.
+
+>>> VQVAEConfig(**TUNED).replace(batch_size=64) == preset("cifar10", batch_size=64)
+True
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from jaxbasics.train.config import C, TrainConfig, fsq_settings, warmup_that_fits
+from jaxbasics.tasks.vqvae.config import VQVAEConfig, fsq_settings
+from jaxbasics.train.config import Presets
 
 # What the notes' notebook does and our defaults change (docs/codebook.md measures each).
 FAITHFUL: dict[str, Any] = dict(
@@ -36,7 +41,7 @@ TUNED: dict[str, Any] = dict(
     learning_rate=2e-3, lr_schedule="cosine", warmup_steps=100, dead_code_threshold=0.5
 )
 
-PRESETS: dict[str, dict[str, Any]] = {
+VALUES: dict[str, dict[str, Any]] = {
     # Embedded data, small model: a newcomer's first run, about 90 s on 2 CPU cores. Measured
     # in docs/codebook.md: on a CPU batch 16 trains as many images per second as 32 and makes
     # twice the updates; the codebook size bounds the error (128 -> 1024 codes: 0.186 ->
@@ -67,7 +72,49 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset(name: str, *, faithful: bool = False, **overrides: Any) -> TrainConfig:
+def adjust(config: VQVAEConfig, name: str, given: set[str]) -> VQVAEConfig:
+    """Preset ``name``'s values that do not apply to what was asked for (``given``: the fields
+    set explicitly) dropped: :func:`whole_splits_on_other_data`, :func:`fsq_turns_vq_off`.
+
+    >>> adjust(VQVAEConfig(quantizer="fsq"), "cifar10", {"quantizer"}).num_embeddings
+    512
+    """
+    return fsq_turns_vq_off(whole_splits_on_other_data(config, name, given), given)
+
+
+def fsq_turns_vq_off(config: VQVAEConfig, given: set[str]) -> VQVAEConfig:
+    """Under ``quantizer="fsq"``, the VQ-only settings off and the code count and size those
+    of the levels (:func:`~jaxbasics.tasks.vqvae.config.fsq_settings`), except the fields in
+    ``given``: a preset's EMA decay or restarts would silently do nothing, while a value set
+    explicitly is left for validation to refuse if FSQ cannot honour it.
+
+    >>> c = fsq_turns_vq_off(VQVAEConfig(quantizer="fsq", fsq_levels="8,5,5,5"), {"decay"})
+    >>> c.num_embeddings, c.dead_code_threshold, c.decay
+    (1000, 0.0, 0.99)
+    """
+    if config.quantizer != "fsq":
+        return config
+    return config.replace(**{k: v for k, v in fsq_settings(config).items() if k not in given})
+
+
+def whole_splits_on_other_data(config: VQVAEConfig, name: str, given: set[str]) -> VQVAEConfig:
+    """Drop preset ``name``'s example counts when the dataset is not the preset's own.
+
+    The quickstart's 10,000 / 1,000 are sizes of the generated ``shapes`` splits; on CIFAR-10
+    or a folder they would silently keep only the first files (in a sorted ImageFolder: the
+    first classes). Counts in ``given`` (set explicitly) are kept.
+    """
+    own = VALUES[name].get("dataset", VQVAEConfig.dataset)
+    if config.dataset == own:
+        return config
+    counts = ("num_train_examples", "num_eval_examples")
+    return config.replace(**{k: None for k in counts if k not in given and k in VALUES[name]})
+
+
+PRESETS = Presets(VQVAEConfig, VALUES, adjust)
+
+
+def preset(name: str, *, faithful: bool = False, **overrides: Any) -> VQVAEConfig:
     """A named preset, with :data:`FAITHFUL` (if ``faithful``) and then ``overrides`` applied.
 
     >>> preset("quickstart").dataset
@@ -81,64 +128,4 @@ def preset(name: str, *, faithful: bool = False, **overrides: Any) -> TrainConfi
     ...
     ValueError: unknown preset 'nope'; choose one of ['cifar10', 'notes', 'quickstart'].
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-    config = TrainConfig(**{**PRESETS[name], **(FAITHFUL if faithful else {}), **overrides})
-    return adjust(config, name, set(overrides))
-
-
-def adjust(config: TrainConfig, name: str, given: set[str]) -> TrainConfig:
-    """Preset ``name``'s values that do not apply to what was asked for (``given``: the fields
-    set explicitly) dropped: :func:`whole_splits_on_other_data`, :func:`fsq_turns_vq_off`.
-
-    >>> adjust(TrainConfig(quantizer="fsq"), "cifar10", {"quantizer"}).num_embeddings
-    512
-    """
-    return fsq_turns_vq_off(whole_splits_on_other_data(config, name, given), given)
-
-
-def fsq_turns_vq_off(config: TrainConfig, given: set[str]) -> TrainConfig:
-    """Under ``quantizer="fsq"``, the VQ-only settings off and the code count and size those
-    of the levels (:func:`~jaxbasics.train.config.fsq_settings`), except the fields in
-    ``given``: a preset's EMA decay or restarts would silently do nothing, while a value set
-    explicitly is left for validation to refuse if FSQ cannot honour it.
-
-    >>> c = fsq_turns_vq_off(TrainConfig(quantizer="fsq", fsq_levels="8,5,5,5"), {"decay"})
-    >>> c.num_embeddings, c.dead_code_threshold, c.decay
-    (1000, 0.0, 0.99)
-    """
-    if config.quantizer != "fsq":
-        return config
-    return config.replace(**{k: v for k, v in fsq_settings(config).items() if k not in given})
-
-
-def whole_splits_on_other_data(config: TrainConfig, name: str, given: set[str]) -> TrainConfig:
-    """Drop preset ``name``'s example counts when the dataset is not the preset's own.
-
-    The quickstart's 10,000 / 1,000 are sizes of the generated ``shapes`` splits; on CIFAR-10
-    or a folder they would silently keep only the first files (in a sorted ImageFolder: the
-    first classes). Counts in ``given`` (set explicitly) are kept.
-    """
-    own = PRESETS[name].get("dataset", TrainConfig.dataset)
-    if config.dataset == own:
-        return config
-    counts = ("num_train_examples", "num_eval_examples")
-    return config.replace(**{k: None for k in counts if k not in given and k in PRESETS[name]})
-
-
-def warmup_within_run(config: C, given: set[str]) -> C:
-    """Shorten a preset's cosine warm-up to a tenth of a run too short for it
-    (:func:`~jaxbasics.train.config.warmup_that_fits`); any run's config, a prior's too.
-
-    ``--preset quickstart --num-training-updates 50`` would otherwise be refused (its 100
-    warm-up steps never end). A warm-up set explicitly (in ``given``) is left for validation
-    to refuse.
-
-    >>> warmup_within_run(preset("quickstart", num_training_updates=50), set()).warmup_steps
-    5
-    >>> warmup_within_run(preset("quickstart"), set()).warmup_steps
-    100
-    """
-    if "warmup_steps" in given:
-        return config
-    return config.replace(warmup_steps=warmup_that_fits(config))
+    return PRESETS(name, under=FAITHFUL if faithful else None, **overrides)

@@ -1,11 +1,13 @@
-"""A prior's data: the code maps of a trained VQ-VAE's images, encoded once and cached.
+"""A prior's data: the code maps of a trained VQ-VAE's images, encoded once and cached, and the
+VQ-VAE they belong to.
 
-Stage two models the codes stage one gives its images. :func:`code_data` finds them:
+Stage two models the codes stage one gives its images. A prior run finds them:
 
-* a prior workdir's cache ``prior_codes.npz`` (written when the run starts), whose codebook
-  fingerprint must be the VQ-VAE's: a prior is never trained on another codebook's codes;
-* else the VQ-VAE's own train and test images (its run's dataset, sizes and data dir),
-  encoded in batches by one compiled program, with their class labels and names;
+* in its workdir's cache ``prior_codes.npz`` (written when the run starts; :func:`read_cache`),
+  whose codebook fingerprint must be the VQ-VAE's (:func:`vqvae_of`): a prior is never
+  trained on, or decoded by, another codebook;
+* else (:func:`code_data`) the VQ-VAE's own train and test images (its run's dataset, sizes
+  and data dir), encoded in batches by one compiled program, with their class labels and names;
 * else, with ``--codes``, a ``codes.npz`` written by ``experiments/encode.py`` with the same
   VQ-VAE: its maps (all of one size) without labels, the last tenth held out.
 
@@ -21,7 +23,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxbasics.train.prior_config import PriorConfig
+from jaxbasics.data.base import read_batch
+from jaxbasics.data.cifar10 import CIFAR10_CLASSES
+from jaxbasics.data.shapes import SHAPES_CLASSES
+from jaxbasics.data.sources import get_source
+from jaxbasics.data.transforms import to_model_input
+from jaxbasics.tasks.prior.config import PriorConfig
+from jaxbasics.tasks.vqvae.apply import model_fns
+from jaxbasics.tasks.vqvae.codes import check_codes_fit, codebook_fingerprint, read_codes
+from jaxbasics.tasks.vqvae.data import sources
+from jaxbasics.tasks.vqvae.trained import Loaded, load
+from jaxbasics.train.files import write_atomic
 
 CACHE = "prior_codes.npz"
 # Images per encoding batch (one compiled program; the last batch is padded).
@@ -59,7 +71,7 @@ class CodeData(NamedTuple):
       num_codes: K, the VQ-VAE's codebook size.
       class_names: the labels' names; () when the codes carry no labels.
       codebook_sha256: the fingerprint of the codebook that made them
-        (:func:`~jaxbasics.train.codes.codebook_fingerprint`).
+        (:func:`~jaxbasics.tasks.vqvae.codes.codebook_fingerprint`).
     """
 
     train: CodeSource
@@ -92,7 +104,6 @@ class CodeData(NamedTuple):
 
     def save(self, path: Path) -> None:
         """Write the cache (atomically; see :func:`read_cache`)."""
-        from jaxbasics.train.codes import write_atomically
 
         def write(file: Any) -> None:
             np.savez_compressed(
@@ -106,7 +117,7 @@ class CodeData(NamedTuple):
                 codebook_sha256=np.array(self.codebook_sha256),
             )
 
-        write_atomically(path, write, CACHE)
+        write_atomic(path, write)
 
 
 def read_cache(path: Path) -> CodeData:
@@ -140,7 +151,7 @@ def read_cache(path: Path) -> CodeData:
 def same_codebook(prior: Any, model: Any, fingerprint: str, *trained_on: str) -> None:
     """Refuse a prior that models another codebook's codes than the VQ-VAE ``model``'s.
 
-    ``fingerprint`` is the VQ-VAE's (:func:`~jaxbasics.train.codes.codebook_fingerprint`),
+    ``fingerprint`` is the VQ-VAE's (:func:`~jaxbasics.tasks.vqvae.codes.codebook_fingerprint`),
     ``trained_on`` the fingerprints the prior ``prior`` (a workdir) was trained on or is about
     to be. Sizes can agree while the weights differ: such a prior's samples decode to nonsense.
 
@@ -157,26 +168,36 @@ def same_codebook(prior: Any, model: Any, fingerprint: str, *trained_on: str) ->
         )
 
 
-def code_data(config: PriorConfig, workdir: Path, loaded: Any, fingerprint: str) -> CodeData:
-    """The codes a prior run in ``workdir`` models, for the VQ-VAE ``loaded`` whose codebook's
-    fingerprint is ``fingerprint`` (see the module docstring). Reads only; a new run's codes
-    are cached by :meth:`CodeData.save`. The caller compares the fingerprints.
+def vqvae_of(model: str | Path, prior: Any, trained_on: Any = ()) -> tuple[Loaded, str]:
+    """The VQ-VAE ``model`` (a workdir or an export) that the prior ``prior`` (a workdir, in
+    messages) belongs to, and its codebook's fingerprint; refused unless every fingerprint of
+    ``trained_on`` (what the prior was trained on) is that one (:func:`same_codebook`).
+
+    Raises:
+      ValueError: another codebook; OSError, ValueError: as :func:`~jaxbasics.tasks.vqvae.trained.
+        load`.
+    """
+    loaded = load(model)
+    fingerprint = codebook_fingerprint(loaded.model)
+    same_codebook(prior, model, fingerprint, *trained_on)
+    return loaded, fingerprint
+
+
+def code_data(config: PriorConfig, loaded: Loaded, fingerprint: str) -> CodeData:
+    """The codes a new prior run models, for the VQ-VAE ``loaded`` whose codebook's fingerprint
+    is ``fingerprint``: its images encoded, or ``config.codes`` (see the module docstring).
+    Reads only; the run caches them with :meth:`CodeData.save`.
 
     Raises:
       ValueError: a ``codes.npz`` from another model, or holding maps of several sizes or
-        too few maps; a damaged cache (one line each).
+        too few maps (one line each).
     """
-    cache = workdir / CACHE
-    if cache.exists():
-        return read_cache(cache)
     if config.codes is not None:
         return _from_codes_file(Path(config.codes), loaded, fingerprint)
     return _encode_dataset(loaded, fingerprint, config.progress)
 
 
-def _from_codes_file(path: Path, loaded: Any, fingerprint: str) -> CodeData:
-    from jaxbasics.train.codes import check_codes_fit, read_codes
-
+def _from_codes_file(path: Path, loaded: Loaded, fingerprint: str) -> CodeData:
     codes = read_codes(path)
     check_codes_fit(codes, loaded.model, loaded.config, path)
     shapes = sorted({m.shape for m in codes.maps})
@@ -195,11 +216,8 @@ def _from_codes_file(path: Path, loaded: Any, fingerprint: str) -> CodeData:
     return CodeData(train, test, loaded.config.num_embeddings, (), fingerprint)
 
 
-def _encode_dataset(loaded: Any, fingerprint: str, progress: bool) -> CodeData:
+def _encode_dataset(loaded: Loaded, fingerprint: str, progress: bool) -> CodeData:
     """Encode the VQ-VAE run's train and test images (its own dataset and sizes)."""
-    from jaxbasics.train.codes import model_fns
-    from jaxbasics.train.data import sources
-
     data = sources(loaded.config)
     encode = model_fns(loaded.model).encode
     train = _encode_split(encode, data.train, "train", progress)
@@ -210,9 +228,6 @@ def _encode_dataset(loaded: Any, fingerprint: str, progress: bool) -> CodeData:
 
 def _encode_split(encode: Any, source: Any, name: str, progress: bool) -> CodeSource:
     from tqdm.auto import tqdm
-
-    from jaxbasics.data.sources import read_batch
-    from jaxbasics.train.codes import to_model_input
 
     codes, labels = [], []
     starts = range(0, len(source), ENCODE_BATCH)
@@ -228,20 +243,14 @@ def class_names(vq_config: Any) -> tuple[str, ...]:
     """The names of a VQ-VAE run's image labels: shapes', CIFAR-10's or an ImageFolder's
     classes; () for a folder without class folders.
 
-    >>> from jaxbasics.train.config import TrainConfig
-    >>> class_names(TrainConfig(dataset="shapes"))[:2]
+    >>> from jaxbasics.tasks.vqvae.config import VQVAEConfig
+    >>> class_names(VQVAEConfig(dataset="shapes"))[:2]
     ('ellipse', 'rectangle')
     """
     if vq_config.dataset == "shapes":
-        from jaxbasics.data.shapes import SHAPES_CLASSES
-
         return SHAPES_CLASSES
     if vq_config.dataset == "cifar10":
-        from jaxbasics.data.cifar10 import CIFAR10_CLASSES
-
         return CIFAR10_CLASSES
-    from jaxbasics.data.sources import get_source
-
     source = get_source(
         "folder",
         "train",

@@ -1,7 +1,15 @@
-"""Whole-split evaluation and its figures (shared by ``fit`` and ``experiments/evaluate.py``)."""
+"""What a VQ-VAE run reports: whole-split evaluations and their figures (for ``fit`` and
+``experiments/evaluate.py``), and the usage counts of each log interval.
+
+``metrics.jsonl`` records hold ``loss``, ``recon_error`` and ``perplexity`` (the interval's
+last step), ``images_per_s`` and, over the interval, ``used_codes`` (chosen at least once),
+``dead_codes`` (never chosen) and ``restarted_codes`` (:class:`UsageInterval`); ``eval.jsonl``
+records are :func:`finalize_eval`'s.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -9,11 +17,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbasics.train.config import TrainConfig
+from jaxbasics import plots
+from jaxbasics.data.pipeline import eval_dataset
+from jaxbasics.train.files import save_figure
+from jaxbasics.train.host import retain_host_memory
 from jaxbasics.train.sharding import global_batch, host_local
-from jaxbasics.train.step import EvalSums, compiled
 from jaxbasics.vqvae.codebook import usage_entropy
 from jaxbasics.vqvae.quantizer import perplexity
+
+
+class EvalSums(NamedTuple):
+    """Additive statistics of an eval batch; sum them over batches, then finalise.
+
+    Attributes:
+      sq_error: sum of squared pixel errors over the real (unmasked) examples.
+      num_values: number of pixel values summed (examples * H * W * C).
+      code_counts: (K,) how often each code was chosen by real examples.
+      batch_perplexity: perplexity of this batch's code usage (real examples only).
+    """
+
+    sq_error: jax.Array
+    num_values: jax.Array
+    code_counts: jax.Array
+    batch_perplexity: jax.Array
 
 
 class Evaluation(NamedTuple):
@@ -35,7 +61,7 @@ class Evaluation(NamedTuple):
 
 
 def finalize_eval(sums: list[EvalSums], data_variance: float) -> dict[str, float]:
-    """Turn per-batch :class:`~jaxbasics.train.step.EvalSums` into the reported eval metrics.
+    """Turn per-batch :class:`EvalSums` into the reported eval metrics.
 
     ``recon_error`` is ``mse / data_variance`` over every test pixel; ``perplexity``
     is the mean of per-batch perplexities (what the notes' loop reports);
@@ -59,10 +85,11 @@ def finalize_eval(sums: list[EvalSums], data_variance: float) -> dict[str, float
 
 
 def evaluate(
-    config: TrainConfig,
+    eval_step: Callable[[Any, Any, Any], tuple[EvalSums, Any]],
     state: Any,
     source: Any,
     variance: float,
+    batch_size: int,
     *,
     max_batches: int = 0,
     sharding: jax.sharding.Sharding | None = None,
@@ -70,25 +97,23 @@ def evaluate(
     """Evaluate ``state`` on ``source``: the whole split, or its first ``max_batches`` batches.
 
     Args:
-      config: the run's config (model, batch size).
-      state: a :class:`~jaxbasics.train.state.TrainState`.
+      eval_step: the run's compiled ``eval_step(state, images, mask) -> (sums, recon)``
+        (:func:`~jaxbasics.tasks.vqvae.train.make_eval_step`).
+      state: a :class:`~jaxbasics.tasks.vqvae.train.VQVAEState`.
       source: the test split.
       variance: the training data's variance (the recon error's denominator).
+      batch_size: the global batch size (the run's).
       max_batches: stop after this many batches; 0 evaluates everything.
       sharding: the batch sharding of a multi-device run; None for one device.
 
     Returns:
       An :class:`Evaluation`.
     """
-    from jaxbasics.data.pipeline import eval_dataset
-    from jaxbasics.train.host import retain_host_memory
-
     retain_host_memory()
-    eval_step = compiled(config, "eval")
     sums, first = [], None
     batches = eval_dataset(
         source,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
@@ -112,12 +137,50 @@ def save_figures(
     evaluation: Evaluation, codebook: np.ndarray, reconstructions: Path, codebook_png: Path
 ) -> None:
     """Write the originals-over-reconstructions grid and the codebook-usage figure."""
-    from jaxbasics import plots
-
     n = min(16, evaluation.originals.shape[0])
     grid = plots.image_grid(
         [evaluation.originals[:n], evaluation.reconstructions[:n]],
         ["originals", "reconstructions"],
     )
-    plots.save(grid, reconstructions)
-    plots.save(plots.codebook_figure(np.asarray(codebook), evaluation.counts), codebook_png)
+    save_figure(grid, reconstructions)
+    save_figure(plots.codebook_figure(np.asarray(codebook), evaluation.counts), codebook_png)
+
+
+class UsageInterval:
+    """Code counts and restarts of one log interval, continuing ``saved`` if given.
+
+    >>> from types import SimpleNamespace as Metrics
+    >>> interval = UsageInterval(3)
+    >>> interval.add(Metrics(code_counts=np.array([2, 0, 1]), restarted_codes=1.0))
+    >>> interval.records({"loss": 0.5, "train_res_recon_error": [0.1],
+    ...                   "train_res_perplexity": [1.9]}, 64.0)["metrics"]["dead_codes"]
+    1
+    >>> UsageInterval(3, interval.saved()).saved()
+    {'counts': [2, 0, 1], 'restarts': 1}
+    """
+
+    def __init__(self, num_codes: int, saved: dict[str, Any] | None = None):
+        saved = saved or {"counts": np.zeros(num_codes), "restarts": 0}
+        self.counts = np.asarray(saved["counts"], np.int64)
+        self.restarts = int(saved["restarts"])
+
+    def add(self, metrics: Any) -> None:
+        self.counts += np.asarray(metrics.code_counts, np.int64)
+        self.restarts += int(metrics.restarted_codes)
+
+    def records(self, history: dict[str, Any], images_per_s: float) -> dict[str, dict]:
+        used = int(np.sum(self.counts > 0))
+        metrics = {
+            "loss": history["loss"],
+            "recon_error": history["train_res_recon_error"][-1],
+            "perplexity": history["train_res_perplexity"][-1],
+            "images_per_s": images_per_s,
+            "used_codes": used,
+            "dead_codes": len(self.counts) - used,
+            "restarted_codes": self.restarts,
+        }
+        return {"metrics": metrics, "codebook_usage": {"counts": self.counts.tolist()}}
+
+    def saved(self) -> dict[str, Any]:
+        # The images and their rate are measured anew after a resume.
+        return {"counts": self.counts.tolist(), "restarts": self.restarts}

@@ -1,4 +1,11 @@
-"""A run's data: its train and test splits, in memory when they fit, and the data variance."""
+"""A VQ-VAE run's data: its train and test image splits, in memory when they fit, and the data
+variance.
+
+>>> from jaxbasics.tasks.vqvae.presets import preset
+>>> data = sources(preset("quickstart", num_train_examples=64, num_eval_examples=8))
+>>> len(data.train), len(data.test), round(data.variance, 3)
+(64, 8, 0.074)
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,8 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from jaxbasics.train.config import TrainConfig
+from jaxbasics.data.sources import data_variance, get_source, in_memory
+from jaxbasics.tasks.vqvae.config import VQVAEConfig
 
 # A split whose decoded images take at most this many bytes is decoded once, into memory; a
 # larger one is decoded batch by batch in the Grain pipeline's reader threads, every epoch.
@@ -30,7 +38,7 @@ class Sources(NamedTuple):
 
 
 def sources(
-    config: TrainConfig, workdir: Path | None = None, *, load_train: bool = True
+    config: VQVAEConfig, workdir: Path | None = None, *, load_train: bool = True
 ) -> Sources:
     """The run's train and test splits and the data variance.
 
@@ -49,8 +57,6 @@ def sources(
     Raises:
       ValueError: the train split has fewer images than one batch.
     """
-    from jaxbasics.data.sources import data_variance, get_source
-
     kw = dict(
         data_dir=config.data_dir,
         seed=config.data_seed,
@@ -89,7 +95,7 @@ def files_sha256(train: Any, test: Any) -> str | None:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _check_same_data(saved: dict, num_train: int, files: str | None, config: TrainConfig) -> None:
+def _check_same_data(saved: dict, num_train: int, files: str | None, config: VQVAEConfig) -> None:
     """Refuse to resume on other data than the run started with (exact resume needs it)."""
     then = saved.get("num_examples", num_train)
     if then == num_train and saved.get("files_sha256", files) == files:
@@ -105,6 +111,4 @@ def _check_same_data(saved: dict, num_train: int, files: str | None, config: Tra
 
 
 def _load(source: Any, image_size: int) -> Any:
-    from jaxbasics.data.sources import in_memory
-
     return in_memory(source) if len(source) * image_size**2 * 3 <= IN_MEMORY_BYTES else source

@@ -10,9 +10,9 @@ model's own train and test images, or a user's ``codes.npz`` from ``experiments/
   run), about 90 s on 2 CPU cores; what ``train_prior.py`` runs with no flags.
 * ``cifar10``: the priors' setting for the ``cifar10`` VQ-VAE preset (``runs/cifar10``).
 
->>> prior_preset("quickstart").model
+>>> PRESETS("quickstart").model
 'runs/quickstart'
->>> prior_preset("cifar10", prior="pixelcnn").prior
+>>> PRESETS("cifar10", prior="pixelcnn").prior
 'pixelcnn'
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Literal
 
-from jaxbasics.train.config import RunConfig
+from jaxbasics.train.config import Presets, RunConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +97,7 @@ class PriorConfig(RunConfig):
         return self
 
 
-PRIOR_PRESETS: dict[str, dict[str, Any]] = {
+VALUES: dict[str, dict[str, Any]] = {
     # On the VQ-VAE quickstart's codes (8x8 maps of 1,024 codes, 10,000 + 1,000 shapes images).
     "quickstart": dict(
         model="runs/quickstart",
@@ -126,15 +126,4 @@ PRIOR_PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-
-def prior_preset(name: str, **overrides: Any) -> PriorConfig:
-    """A named prior preset with ``overrides`` applied.
-
-    >>> prior_preset("nope")
-    Traceback (most recent call last):
-    ...
-    ValueError: unknown prior preset 'nope'; choose one of ['cifar10', 'quickstart'].
-    """
-    if name not in PRIOR_PRESETS:
-        raise ValueError(f"unknown prior preset {name!r}; choose one of {sorted(PRIOR_PRESETS)}.")
-    return PriorConfig(**{**PRIOR_PRESETS[name], **overrides})
+PRESETS = Presets(PriorConfig, VALUES)

@@ -1,0 +1,1 @@
+"""The parts of ``experiments/benchmark.py``, one per thing measured, and their shared timing."""

@@ -1,0 +1,313 @@
+"""``VQVAEConfig``: every knob of a VQ-VAE run, and the FSQ settings that follow from its levels.
+
+Field names are the notes' hyperparameter names where the notes have one. Every field is a
+flag of ``experiments/train_vqvae.py`` (``batch_size`` -> ``--batch-size``), and the
+docstring under each field is that flag's ``--help``. What every run has (optimisation,
+randomness, bookkeeping, the JSON form) comes from :class:`~jaxbasics.train.config.RunConfig`.
+
+The named presets (``quickstart``, ``cifar10``, ``notes``) are in
+:mod:`jaxbasics.tasks.vqvae.presets`; the dataclass defaults are the notes' setting with the
+codebook remedies on (the ``notes`` preset turns those off, the ``cifar10`` preset adds a tuned
+schedule). ``docs/codebook.md`` lists which defaults differ from the notes, and why.
+
+>>> VQVAEConfig().batch_size, VQVAEConfig().learning_rate, VQVAEConfig().decay
+(32, 0.0003, 0.99)
+>>> import json
+>>> older = json.loads(VQVAEConfig().to_json())  # as an early version wrote it:
+>>> for new in VQVAEConfig.LEGACY_VALUES:
+...     del older[new]
+>>> older["debug_nan_step"] = None
+>>> VQVAEConfig.from_json(json.dumps(older)).ema_init  # what that version did
+'notes'
+"""
+
+# No ``from __future__ import annotations`` here: the CLI (simple_parsing) resolves the field
+# types of every class in the hierarchy with the globals of the module of the field it parses,
+# and RunConfig's module knows nothing of Dataset, ConvForm or QuantizerKind. Evaluated now,
+# these annotations need no resolving.
+import dataclasses
+import math
+import re
+from typing import Any, ClassVar, Literal
+
+from jaxbasics.data.sources import Dataset
+from jaxbasics.train.config import RunConfig
+from jaxbasics.vqvae.fsq import check_levels
+from jaxbasics.vqvae.layers import ConvForm
+from jaxbasics.vqvae.model import QuantizerKind
+
+
+@dataclasses.dataclass(frozen=True)
+class VQVAEConfig(RunConfig):
+    """Every knob of a VQ-VAE training run."""
+
+    KIND: ClassVar[str] = "VQ-VAE"
+
+    RESUMABLE: ClassVar[frozenset[str]] = RunConfig.RESUMABLE | {"data_dir", "conv_form"}
+    RUN_ONLY: ClassVar[frozenset[str]] = RunConfig.RUN_ONLY | {
+        "data_dir",
+        "dataset",
+        "num_train_examples",
+        "num_eval_examples",
+        "image_size",
+        "eval_fraction",
+    }
+    LEGACY_VALUES: ClassVar[dict[str, Any]] = {
+        **RunConfig.LEGACY_VALUES,
+        "estimator": "ste",
+        "ema_init": "notes",
+        "conv_form": "auto",
+        "compute_dtype": "float32",
+        "image_size": 32,
+        "eval_fraction": 0.1,
+        "quantizer": "vq",
+        "fsq_levels": "8,8,8",
+    }
+    REMOVED_FIELDS: ClassVar[frozenset[str]] = frozenset({"debug_nan_step"})
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        *RunConfig.POSITIVE,
+        "num_hiddens",
+        "num_residual_hiddens",
+        "embedding_dim",
+        "num_embeddings",
+        "image_size",
+    )
+
+    # --- data
+    dataset: Dataset = "cifar10"
+    """Training data: shapes (embedded, no download), cifar10 (--data-dir: a TFDS data dir or
+    a torchvision cifar-10-batches-py folder) or folder (--data-dir: a folder of images)."""
+    data_dir: str | None = None
+    """Where cifar10 or folder data lives. cifar10 without it: TFDS's default data dir."""
+    num_train_examples: int | None = None
+    """shapes: train split size (default 50,000; a preset's value applies to shapes only).
+    cifar10/folder: every image, or if given only the first N in file order."""
+    num_eval_examples: int | None = None
+    """shapes: test split size (default 10,000; a preset's value applies to shapes only).
+    cifar10/folder: every image, or if given only the first N in file order."""
+    image_size: int = 32
+    """folder only: images are centre-cropped to a square and resized to this side."""
+    eval_fraction: float = 0.1
+    """folder only, flat layout: share of the files (chosen by a hash of the relative path)
+    that form the test split."""
+
+    # --- model (the notes' hyperparameters)
+    num_hiddens: int = 128
+    """Encoder/decoder width."""
+    num_residual_hiddens: int = 32
+    """Bottleneck width of the residual blocks."""
+    num_residual_layers: int = 2
+    """Residual blocks per stack."""
+    embedding_dim: int = 64
+    """Size D of each code vector (VQ; under fsq, the number of levels)."""
+    num_embeddings: int = 512
+    """Number K of codes in the codebook (VQ; under fsq, the product of the levels)."""
+    commitment_cost: float = 0.25
+    """VQ only. beta: weight of the commitment loss that keeps encoder outputs near their codes."""
+    decay: float = 0.99
+    """VQ only. 0 selects the plain VQ quantiser (codebook learnt by the VQ loss); > 0 the EMA
+    quantiser with this decay (the notes' notebook: 0.99)."""
+    estimator: Literal["ste", "rotation"] = "ste"
+    """VQ only. How gradients cross the quantiser: ste (straight-through, the notes') or rotation
+    (the rotation trick of Fifty et al., 2024)."""
+    ema_init: Literal["notes", "consistent"] = "consistent"
+    """VQ only. EMA quantiser's initial statistics: notes (ema_w drawn apart from the codebook,
+    zero cluster sizes: unused codes jump to norms of ~1e5 after step 1) or consistent
+    (ema_w = codebook, cluster sizes 1: unused codes stay where they are)."""
+    quantizer: QuantizerKind = "vq"
+    """vq (a learned codebook of --num-embeddings codes of --embedding-dim) or fsq (finite
+    scalar quantisation, Mentzer et al. 2023: each latent channel rounded to a few levels; no
+    codebook loss, EMA, restarts or k-means; the code count and size follow from
+    --fsq-levels, and the settings marked VQ only are off)."""
+    fsq_levels: str = "8,8,8"
+    """fsq only: levels per latent channel, comma-separated: 8,8,8 gives 8*8*8 = 512 codes of
+    3 dimensions, 8,5,5,5 gives 1,000 of 4. Each level >= 2, at most 65,536 codes."""
+    conv_form: ConvForm = "auto"
+    """How convolutions are evaluated: xla (XLA's own), im2col (matmul forms, measured fastest on
+    CPU and GPU) or auto (im2col, but xla on TPU). Parameters are the same in every form."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """dtype of the encoder's and decoder's activations and matmuls. Parameters, Adam state,
+    the quantiser and the loss stay float32."""
+
+    # --- codebook health (jaxbasics.vqvae.codebook)
+    dead_code_threshold: float = 0.25
+    """VQ only. Restart codes whose usage EMA (1 = a fair share N/K of each batch) falls below
+    this, from random encoder outputs of the batch; 0 turns restarts off."""
+    kmeans_init_steps: int = 4
+    """VQ only. Initialise the codebook by k-means on the encoder outputs of the first N batches
+    of a fresh run; 0 keeps the random init."""
+
+    def __post_init__(self) -> None:
+        # One spelling of each level set ("8, 5,5,5" is "8,5,5,5"), so that a resume, a
+        # codes.npz and an export compare levels, not how they were typed.
+        if isinstance(self.fsq_levels, str) and _LEVELS.fullmatch(self.fsq_levels):
+            canonical = ",".join(str(int(part)) for part in self.fsq_levels.split(","))
+            object.__setattr__(self, "fsq_levels", canonical)
+
+    def validate(self) -> "VQVAEConfig":
+        """:meth:`RunConfig.validate`, then the VQ-VAE's own fields.
+
+        >>> VQVAEConfig(num_hiddens=3).validate()
+        Traceback (most recent call last):
+        ...
+        ValueError: num_hiddens must be even (the encoder halves it), got 3.
+        """
+        super().validate()
+        if self.num_residual_layers < 0:
+            raise ValueError(f"num_residual_layers must be >= 0, got {self.num_residual_layers}.")
+        if self.num_hiddens % 2:
+            raise ValueError(
+                f"num_hiddens must be even (the encoder halves it), got {self.num_hiddens}."
+            )
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1) (0 = plain VQ), got {self.decay}.")
+        if self.dead_code_threshold < 0 or self.kmeans_init_steps < 0:
+            raise ValueError(
+                "dead_code_threshold and kmeans_init_steps must be >= 0 (0 = off), "
+                f"got {self.dead_code_threshold}, {self.kmeans_init_steps}."
+            )
+        if not (math.isfinite(self.commitment_cost) and self.commitment_cost >= 0):
+            raise ValueError(
+                f"commitment_cost must be a finite number >= 0, got {self.commitment_cost}."
+            )
+        for name in ("num_train_examples", "num_eval_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(
+                    f"{name} must be >= 1 (or left out: every example), got {getattr(self, name)}."
+                )
+        if self.image_size % 4:
+            raise ValueError(
+                f"image_size must be a multiple of 4 (two stride-2 convolutions), got "
+                f"{self.image_size}; try {max(4, self.image_size // 4 * 4)}."
+            )
+        if self.dataset != "folder" and self.image_size != 32:
+            raise ValueError(
+                f"--image-size {self.image_size} applies to --dataset folder only; {self.dataset} "
+                "images are 32x32."
+            )
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}.")
+        self._validate_quantizer()
+        return self
+
+    def check_given(self, given: set[str]) -> None:
+        """Refuse ``--fsq-levels`` for a VQ run, even at the default levels: they would do
+        nothing. A resumed FSQ run may repeat its levels without ``--quantizer fsq``.
+
+        >>> VQVAEConfig(quantizer="fsq").check_given({"fsq_levels"})
+        >>> VQVAEConfig().check_given({"fsq_levels"})
+        Traceback (most recent call last):
+        ...
+        ValueError: --fsq-levels 8,8,8 applies to --quantizer fsq only; add --quantizer fsq, ...
+        """
+        if "fsq_levels" in given and self.quantizer != "fsq":
+            raise ValueError(
+                f"--fsq-levels {self.fsq_levels} applies to --quantizer fsq only; add "
+                "--quantizer fsq, or leave --fsq-levels out."
+            )
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The :class:`~jaxbasics.vqvae.model.VQVAE` constructor arguments this config selects.
+
+        >>> VQVAEConfig().model_kwargs()["num_embeddings"]
+        512
+        """
+        return dict(
+            num_hiddens=self.num_hiddens,
+            num_residual_hiddens=self.num_residual_hiddens,
+            num_residual_layers=self.num_residual_layers,
+            embedding_dim=self.embedding_dim,
+            num_embeddings=self.num_embeddings,
+            commitment_cost=self.commitment_cost,
+            decay=self.decay,
+            estimator=self.estimator,
+            ema_init=self.ema_init,
+            quantizer=self.quantizer,
+            fsq_levels=self.levels,
+            conv_form=self.conv_form,
+            compute_dtype=self.compute_dtype,
+        )
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """``fsq_levels`` as integers.
+
+        >>> VQVAEConfig(fsq_levels="8,5,5,5").levels
+        (8, 5, 5, 5)
+        """
+        return parse_levels(self.fsq_levels)
+
+    def _validate_quantizer(self) -> None:
+        """FSQ: levels that work, and no VQ-only setting or code count that it would ignore."""
+        if self.quantizer == "vq":
+            if self.fsq_levels != VQVAEConfig.fsq_levels:
+                raise ValueError(
+                    f"--fsq-levels {self.fsq_levels} applies to --quantizer fsq only; add "
+                    "--quantizer fsq, or leave --fsq-levels out."
+                )
+            return
+        self.levels  # noqa: B018 - raises on levels that cannot work
+        for name, value in fsq_settings(self).items():
+            if getattr(self, name) == value:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if name in VQ_ONLY:
+                raise ValueError(
+                    f"{flag} {getattr(self, name)} is a VQ setting, and FSQ has nothing it "
+                    f"applies to (no codebook loss, EMA, restarts or k-means); leave {flag} out "
+                    f"with --quantizer fsq (or give {value})."
+                )
+            raise ValueError(
+                f"with --quantizer fsq, {name} follows from --fsq-levels {self.fsq_levels}: "
+                f"{value}, not {getattr(self, name)}; leave {flag} out."
+            )
+
+
+# The VQ-only settings and the value each has under FSQ, which has no codebook to learn.
+VQ_ONLY: dict[str, Any] = {
+    "commitment_cost": 0.0,
+    "decay": 0.0,
+    "estimator": "ste",
+    "ema_init": VQVAEConfig.ema_init,
+    "dead_code_threshold": 0.0,
+    "kmeans_init_steps": 0,
+}
+
+
+# Levels as typed: ASCII digits and commas, spaces allowed around the commas. Python's int()
+# alone would also read "8_8" as 88, "+8" and non-ASCII digits.
+_LEVELS = re.compile(r"\s*[0-9]+(\s*,\s*[0-9]+)*\s*")
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """``--fsq-levels`` text, ``"8,5,5,5"``, as integers; a one-line ValueError if it cannot
+    work (:func:`jaxbasics.vqvae.fsq.check_levels`).
+
+    >>> parse_levels("8, 8,8")
+    (8, 8, 8)
+    >>> parse_levels("8_8")
+    Traceback (most recent call last):
+    ...
+    ValueError: fsq_levels must be integers separated by commas, e.g. 8,8,8 or 8,5,5,5; got '8_8'.
+    """
+    if not _LEVELS.fullmatch(text):
+        raise ValueError(
+            f"fsq_levels must be integers separated by commas, e.g. 8,8,8 or 8,5,5,5; got {text!r}."
+        )
+    return check_levels(tuple(int(part) for part in text.split(",")))
+
+
+def fsq_settings(config: "VQVAEConfig") -> dict[str, Any]:
+    """The values an FSQ run has in every field FSQ decides: the VQ-only settings off
+    (:data:`VQ_ONLY`), ``num_embeddings`` and ``embedding_dim`` from the levels (left out
+    when the levels cannot work: validation says why).
+
+    >>> s = fsq_settings(VQVAEConfig(quantizer="fsq", fsq_levels="8,5,5,5"))
+    >>> s["num_embeddings"], s["embedding_dim"], s["decay"]
+    (1000, 4, 0.0)
+    """
+    try:
+        levels = config.levels
+    except ValueError:
+        return dict(VQ_ONLY)
+    return {**VQ_ONLY, "num_embeddings": math.prod(levels), "embedding_dim": len(levels)}
