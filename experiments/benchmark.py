@@ -25,6 +25,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -56,6 +58,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--loop", action="store_true", help="loop with a host sync per step vs without")
     p.add_argument(
+        "--check",
+        action="store_true",
+        help="every measurement of experiments/device_check.sh in one process: the step against "
+        "PyTorch, the step in im2col form and in bfloat16 (JAX alone), the loop, and sampling "
+        "the prior at --prior-batch",
+    )
+    p.add_argument("--prior-batch", default="1,64", help="--check: the prior's batch sizes")
+    p.add_argument(
         "--prior",
         action="store_true",
         help="sampling speed of the cifar10 transformer prior preset (code maps per second)",
@@ -86,18 +96,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class Timing(NamedTuple):
+    """How many timed rounds of ``k`` steps a side, after ``warmup`` untimed ones."""
+
+    rounds: int
+    k: int
+    warmup: int
+
+
+def lines(args: argparse.Namespace, torch: Any, notes: list[str], t: Timing) -> Iterator[dict]:
+    """The records of the benchmark the flags choose (see the module docstring)."""
+    batches = parse_batches(args.batch or ["32,256"])
+    if args.layers:
+        for batch in batches:
+            yield from layer_lines(batch, torch, args.small, *t)
+    elif args.prior:
+        for batch in parse_batches(args.batch or ["1,64"]):
+            yield prior_line(args, batch, torch, *t, notes)
+    elif args.loop:
+        for batch in batches:
+            data = np.random.default_rng(0).uniform(-0.5, 0.5, (batch, 3, 32, 32))
+            yield loop_line(bench_config(args, batch), data.astype(np.float32), t.rounds, 5)
+    else:
+        size = 1024 if args.quick else 2048
+        machine = matmul_gflop_per_s(size, 2 if args.quick else 5, torch, args.torch_device)
+        for batch in batches:
+            yield step_line(args, batch, torch, machine, *t, notes)
+
+
+def check_lines(args: argparse.Namespace, torch: Any, notes: list[str], t: Timing) -> Iterator:
+    """``--check``: the step against PyTorch, in im2col form and in bfloat16, the loop, and the
+    prior's sampling, one after the other in this process."""
+    plain = dict(check=False, layers=False, prior=False, loop=False)
+    yield from lines(argparse.Namespace(**{**vars(args), **plain}), torch, notes, t)
+    for change in ({"conv_form": "im2col"}, {"compute_dtype": "bfloat16"}, {"loop": True}):
+        yield from lines(argparse.Namespace(**{**vars(args), **plain, **change}), None, [], t)
+    prior = {**plain, "prior": True, "batch": [args.prior_batch]}
+    yield from lines(argparse.Namespace(**{**vars(args), **prior}), torch, notes, t)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.devices:
         jax.config.update("jax_num_cpu_devices", args.devices)
     retain_host_memory()  # as training does: XLA's freed temporaries stay in the process
-
-    batches = parse_batches(args.batch or ["32,256"])
     steps = args.steps or (3 if args.quick else 20)
     k = 1 if args.quick else 2
-    rounds = max(1, -(-steps // k))
-    warmup = 1 if args.quick else 3
-
+    timing = Timing(max(1, -(-steps // k)), k, 1 if args.quick else 3)
     torch = None if args.no_torch else import_torch()
     notes = []
     if torch is not None:
@@ -106,25 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     elif not args.no_torch:
         notes.append("torch is not installed: JAX side only")
         print(json.dumps({"note": notes[-1]}), file=sys.stderr)
-    if args.layers:
-        for batch in batches:
-            for line in layer_lines(batch, torch, args.small, rounds, k, warmup):
-                print(json.dumps(line), flush=True)
-        return
-    if args.prior:
-        for batch in parse_batches(args.batch or ["1,64"]):
-            print(json.dumps(prior_line(args, batch, torch, rounds, k, warmup, notes)), flush=True)
-        return
-    if args.loop:
-        for batch in batches:
-            data = np.random.default_rng(0).uniform(-0.5, 0.5, (batch, 3, 32, 32))
-            line = loop_line(bench_config(args, batch), data.astype(np.float32), rounds, 5)
-            print(json.dumps(line), flush=True)
-        return
-    size = 1024 if args.quick else 2048
-    machine = matmul_gflop_per_s(size, 2 if args.quick else 5, torch, args.torch_device)
-    for batch in batches:
-        line = step_line(args, batch, torch, machine, rounds, k, warmup, notes)
+    for line in (check_lines if args.check else lines)(args, torch, notes, timing):
         print(json.dumps(line), flush=True)
 
 

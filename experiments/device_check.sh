@@ -12,6 +12,7 @@
 #    PyTorch twin (eager, and under torch.compile), after a greedy check that both agree;
 # 6. a 2,000-step quickstart run on the embedded shapes data, float32 and bfloat16: its test
 #    recon error, perplexity, codes used and wall time.
+# Stages 2-5 run in one process (benchmark.py --check).
 # Needs the project installed (pip install -e '.[torch]') with a CUDA build of jax and torch;
 # installs nothing itself. DEVICE_CHECK_QUICK=1 shrinks every stage to a smoke test (the
 # test suite runs it that way on the CPU).
@@ -36,29 +37,29 @@ print(json.dumps({"check": "device", "platform": d.platform, "device_kind": d.de
 PY
 
 if [ "${DEVICE_CHECK_QUICK:-0}" = 1 ]; then
-  sizes=(--batch 4 --quick --small); steps=20
+  sizes=(--batch 4 --quick --small --prior-batch 4); steps=20
 else
-  sizes=(--batch 32,256 --steps 20); steps=2000
+  sizes=(--batch 32,256 --steps 20 --prior-batch 1,64); steps=2000
 fi
 cuda=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo none)
-bench() { timeout 300 python3 experiments/benchmark.py "${sizes[@]}" "$@"; }
 # The full check also times PyTorch under torch.compile, the stronger peer (its compile is slow).
 compile=(); [ "${DEVICE_CHECK_QUICK:-0}" = 1 ] || compile=(--torch-compile)
 if [ "$cuda" = none ]; then peer=(--no-torch); else peer=(--torch-device "$cuda" "${compile[@]}"); fi
-bench "${peer[@]}"
-bench --no-torch --conv-form im2col
-bench --no-torch --compute-dtype bfloat16
-bench --no-torch --loop
-timeout 300 python3 experiments/benchmark.py --prior "${sizes[@]/32,256/1,64}" "${peer[@]}"
+# Stages 2-5 in one process: the step against PyTorch, im2col, bfloat16, the loop, the prior.
+timeout 600 python3 experiments/benchmark.py --check "${sizes[@]}" "${peer[@]}"
 
-STEPS=$steps python3 - <<'PY'
+STEPS=$steps QUICK=${DEVICE_CHECK_QUICK:-0} python3 - <<'PY'
 import json, os, subprocess, sys, tempfile, time
 steps = os.environ["STEPS"]
+# The smoke test trains the tests' tiny model on a few images: the path, not the numbers.
+tiny = ["--num-hiddens", "16", "--num-residual-hiddens", "4", "--embedding-dim", "8",
+        "--num-embeddings", "16", "--num-train-examples", "256", "--num-eval-examples", "64",
+        "--kmeans-init-steps", "1"] if os.environ["QUICK"] == "1" else []
 for dtype in ("float32", "bfloat16"):
     workdir = tempfile.mkdtemp()
     cmd = [sys.executable, "experiments/train_vqvae.py", "--preset", "quickstart",
            "--num-training-updates", steps, "--eval-every", steps, "--progress", "false",
-           "--compute-dtype", dtype, "--workdir", workdir, "--compilation-cache", ""]
+           "--compute-dtype", dtype, "--workdir", workdir, "--compilation-cache", "", *tiny]
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     line = {"check": f"shapes_{steps}_steps", "compute_dtype": dtype,

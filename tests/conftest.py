@@ -5,6 +5,7 @@ the compiled programs are shared across the whole session (one compile key), and
 subprocess shares one persistent XLA compilation cache (:func:`xla_cache`).
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from jaxbasics.tasks.prior.config import PriorConfig  # noqa: E402
 from jaxbasics.tasks.vqvae.config import VQVAEConfig  # noqa: E402
 from jaxbasics.tasks.vqvae.presets import preset  # noqa: E402
 from jaxbasics.tasks.vqvae.train import VQVAETask, init_state, structure, to_model  # noqa: E402
-from jaxbasics.train import fit, read_run  # noqa: E402
+from jaxbasics.train import cli, fit, read_run  # noqa: E402
 from jaxbasics.train.sharding import placed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,15 +78,31 @@ def cli_flags(**overrides) -> list[str]:
     return flags
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def xla_cache(tmp_path_factory):
-    """One persistent XLA cache for every subprocess of the session: later runs skip compiling."""
-    return str(tmp_path_factory.mktemp("xla_cache"))
+    """One persistent XLA cache for the whole session, shared by the test workers and every
+    subprocess they start: a program one of them compiled, the others load."""
+    import jax
+
+    # The workers' temp folders (.../pytest-N/popen-gwK) share their parent.
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if base.name.startswith("popen-") else base) / "xla_cache"
+    cache.mkdir(exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return str(cache)
 
 
 def cli_env(devices: int = 1, **extra: str) -> dict[str, str]:
     """The environment of a CLI subprocess: CPU, ``devices`` simulated devices."""
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices), **extra}
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "JAX_NUM_CPU_DEVICES": str(devices),
+        # Every program into the session's cache (xla_cache), small ones too: later runs load it.
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        **extra,
+    }
 
 
 def train_cmd(workdir, cache, *extra: str, **overrides) -> list[str]:
@@ -100,6 +117,26 @@ def train_cmd(workdir, cache, *extra: str, **overrides) -> list[str]:
         cache,
         *extra,
     ]
+
+
+def main_in_process(script, argv: list[str], capsys) -> tuple[int, str, str]:
+    """A training script's ``main`` (``train_vqvae`` or ``train_prior``) run in this process on
+    ``argv``, as its command line would: ``(exit code, stdout, stderr)``. For flags and
+    refusals, where a new interpreter would cost more than the check; the signal, lock and
+    resume tests run the scripts as subprocesses, as users do."""
+    logger = logging.getLogger("jaxbasics")
+    handlers, propagate, level = logger.handlers[:], logger.propagate, logger.level
+    capsys.readouterr()
+    try:
+        code = cli.main(script.SCRIPT, [*argv, "--compilation-cache", ""])
+    except SystemExit as e:
+        code = e.code
+    finally:  # pytest's log capture (caplog) needs the logger as it was
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        logger.setLevel(level)
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def run(cmd: list[str], timeout: float = 600, env: dict | None = None):

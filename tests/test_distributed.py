@@ -49,15 +49,21 @@ def _assert_close(a, b, tol=2e-5):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("decay", [0.0, 0.99])
-def test_eight_devices_follow_the_one_device_trajectory(tmp_path, xla_cache, decay):
+# Plain VQ; and the EMA quantiser with restarts forced (threshold 0.95) and k-means init, whose
+# draws over the global batch must not depend on how the batch is sharded.
+FLAGS = [
+    {"decay": 0.0},
+    {"decay": 0.99, "dead_code_threshold": 0.95, "kmeans_init_steps": 2},
+]
+
+
+@pytest.mark.parametrize("flags", FLAGS, ids=["vq", "ema-restart-kmeans"])
+def test_eight_devices_follow_the_one_device_trajectory(tmp_path, xla_cache, flags):
     steps = 6
-    config = small_config(decay=decay, num_training_updates=steps, eval_every=steps)
+    config = small_config(num_training_updates=steps, eval_every=steps, **flags)
     one = fit(config, tmp_path / "one")
     out = _ok(
-        _cli(
-            tmp_path / "eight", xla_cache, decay=decay, num_training_updates=steps, eval_every=steps
-        )
+        _cli(tmp_path / "eight", xla_cache, num_training_updates=steps, eval_every=steps, **flags)
     )
     assert "devices: [" in out and out.count("CpuDevice") == 8
     eight = restore(tmp_path / "eight")
@@ -69,6 +75,9 @@ def test_eight_devices_follow_the_one_device_trajectory(tmp_path, xla_cache, dec
         restore(tmp_path / "one").meta["train_res_perplexity"],
         rtol=1e-5,
     )
+    if flags.get("dead_code_threshold"):
+        restarts = [r["restarted_codes"] for r in read_jsonl(tmp_path / "eight" / "metrics.jsonl")]
+        assert sum(restarts) > 0
 
 
 def test_checkpoints_move_between_device_counts(tmp_path, xla_cache):

@@ -1,4 +1,5 @@
-"""The main job as a user runs it: subprocesses of experiments/train_vqvae.py and evaluate.py."""
+"""The main job as a user runs it: subprocesses of experiments/train_vqvae.py and evaluate.py
+(stops, resumes, --help), and its main() in this process for flags and refusals."""
 
 import dataclasses
 import json
@@ -9,25 +10,31 @@ import time
 import jax
 import numpy as np
 
+import train_vqvae
 from conftest import (
     EVALUATE,
     TRAIN,
     checkpoint_steps,
+    cli_flags,
+    main_in_process,
     restore,
     run,
+    small_config,
     start,
     train_cmd,
     wait_for,
 )
 from jaxbasics.tasks.vqvae.config import VQVAEConfig
 from jaxbasics.tasks.vqvae.presets import preset
+from jaxbasics.train import fit
 from jaxbasics.train.metrics import read_jsonl
 from jaxbasics.train.resume import load_config
 
 
 def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, xla_cache):
-    straight = run(train_cmd(tmp_path / "a", xla_cache))
-    assert straight.returncode == 0, straight.stdout + straight.stderr
+    # The uninterrupted run: train_cmd's config, in this process (the same numbers).
+    straight = fit(small_config(num_training_updates=40, eval_every=20), tmp_path / "a")
+    assert straight.step == 40
 
     b = tmp_path / "b"
     proc = start(train_cmd(b, xla_cache))  # SIGTERM: save and stop cleanly
@@ -96,60 +103,60 @@ def test_sigint_exits_130_and_a_second_one_stops_at_once(tmp_path, xla_cache):
     assert restore(w).step == last  # the newest finished checkpoint restores
 
 
-def test_missing_cifar10_fails_fast_with_instructions(tmp_path, xla_cache):
+def test_missing_cifar10_fails_fast_with_instructions(tmp_path, capsys):
     t = time.time()
-    r = run(
-        train_cmd(
-            tmp_path / "run",
-            xla_cache,
-            "--dataset",
-            "cifar10",
-            "--data-dir",
-            str(tmp_path / "nothing-here"),
-        )
+    argv = [*cli_flags(), "--workdir", str(tmp_path / "run"), "--dataset", "cifar10"]
+    code, _, err = main_in_process(
+        train_vqvae, [*argv, "--data-dir", str(tmp_path / "nothing-here")], capsys
     )
-    assert r.returncode == 1
-    assert "not found" in r.stderr and "download_and_prepare" in r.stderr
-    assert "cifar-10-batches-py" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert code == 1
+    assert "not found" in err and "download_and_prepare" in err
+    assert "cifar-10-batches-py" in err
+    assert "Traceback" not in err
     assert time.time() - t < 120
     assert not (tmp_path / "run").exists()  # a run that cannot start leaves no workdir
 
 
-def test_incompatible_config_is_refused_by_the_cli(tmp_path, xla_cache):
-    ok = run(train_cmd(tmp_path, xla_cache, num_training_updates=2))
-    assert ok.returncode == 0, ok.stderr
-    r = run(train_cmd(tmp_path, xla_cache, num_training_updates=2, num_embeddings=32))
-    assert r.returncode == 1
-    assert "num_embeddings: saved 16, requested 32" in r.stderr
+def test_incompatible_config_is_refused_by_the_cli(tmp_path, capsys):
+    code, _, err = main_in_process(
+        train_vqvae, [*cli_flags(num_training_updates=2), *_at(tmp_path)], capsys
+    )
+    assert code == 0, err
+    code, _, err = main_in_process(
+        train_vqvae, [*cli_flags(num_training_updates=2, num_embeddings=32), *_at(tmp_path)], capsys
+    )
+    assert code == 1 and "num_embeddings: saved 16, requested 32" in err
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     # A preset named on the command line asks for all of its values, so it is refused too.
     for flags in (["--preset", "cifar10"], ["--faithful"]):
-        r = run([sys.executable, TRAIN, "--workdir", str(tmp_path), *flags])
-        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-        assert "leave them out to resume with the saved config" in r.stderr
-    assert (
-        "num_hiddens: saved 16, requested 128"
-        in run([sys.executable, TRAIN, "--workdir", str(tmp_path), "--preset", "cifar10"]).stderr
-    )
+        code, _, err = main_in_process(train_vqvae, [*_at(tmp_path), *flags], capsys)
+        assert code == 1 and "Traceback" not in err, err
+        assert "leave them out to resume with the saved config" in err
+    _, _, err = main_in_process(train_vqvae, [*_at(tmp_path), "--preset", "cifar10"], capsys)
+    assert "num_hiddens: saved 16, requested 128" in err
     # --quantizer fsq turns the VQ settings off: the saved VQ run differs in all of them
-    r = run([sys.executable, TRAIN, "--workdir", str(tmp_path), "--quantizer", "fsq"])
-    assert r.returncode == 1 and "quantizer: saved 'vq', requested 'fsq'" in r.stderr, r.stderr
-    assert "decay: saved 0.99, requested 0.0" in r.stderr
+    code, _, err = main_in_process(train_vqvae, [*_at(tmp_path), "--quantizer", "fsq"], capsys)
+    assert code == 1 and "quantizer: saved 'vq', requested 'fsq'" in err, err
+    assert "decay: saved 0.99, requested 0.0" in err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
-def test_an_existing_run_keeps_its_saved_config(tmp_path, xla_cache):
+def _at(workdir) -> list[str]:
+    return ["--workdir", str(workdir)]
+
+
+def test_an_existing_run_keeps_its_saved_config(tmp_path, capsys):
     """Rerunning without the flags (or after the presets changed) resumes the saved run."""
-    ok = run(train_cmd(tmp_path, xla_cache, num_training_updates=2))
-    assert ok.returncode == 0, ok.stderr
-    cmd = [sys.executable, TRAIN, "--workdir", str(tmp_path), "--num-training-updates", "3"]
-    r = run(cmd + ["--progress", "false", "--compilation-cache", xla_cache])
-    assert r.returncode == 0, r.stderr
-    assert "Resuming from checkpoint at step 2" in r.stderr
-    assert (
-        load_config(tmp_path, VQVAEConfig).num_hiddens == 16 and json.loads(r.stdout)["step"] == 3
+    code, _, err = main_in_process(
+        train_vqvae, [*cli_flags(num_training_updates=2), *_at(tmp_path)], capsys
     )
+    assert code == 0, err
+    argv = [*_at(tmp_path), "--num-training-updates", "3", "--progress", "false"]
+    code, out, err = main_in_process(train_vqvae, argv, capsys)
+    assert code == 0, err
+    assert "Resuming from checkpoint at step 2" in err
+    assert load_config(tmp_path, VQVAEConfig).num_hiddens == 16
+    assert json.loads(out)["step"] == 3
 
 
 def test_every_flag_is_documented_and_the_preset_sets_the_defaults():
@@ -191,24 +198,26 @@ def test_every_flag_is_documented_and_the_preset_sets_the_defaults():
     }
 
 
-def test_bad_flag_values_are_explained(tmp_path):
-    r = run([sys.executable, TRAIN, "--batch-size", "0", "--workdir", str(tmp_path)])
-    assert r.returncode == 2 and "batch_size must be >= 1" in r.stderr
-    r = run([sys.executable, TRAIN, "--learning-rate", "nan", "--workdir", str(tmp_path)])
-    assert r.returncode == 2 and "learning_rate must be a finite number > 0" in r.stderr
+def test_bad_flag_values_are_explained(tmp_path, capsys):
+    def refused(*argv):
+        code, _, err = main_in_process(train_vqvae, [*argv, "--workdir", str(tmp_path)], capsys)
+        return code, err
+
+    code, err = refused("--batch-size", "0")
+    assert code == 2 and "batch_size must be >= 1" in err
+    code, err = refused("--learning-rate", "nan")
+    assert code == 2 and "learning_rate must be a finite number > 0" in err
     (tmp_path / "a-file").write_text("")
-    r = run([sys.executable, TRAIN, "--workdir", str(tmp_path / "a-file")])
-    assert r.returncode == 1 and "is a file" in r.stderr and "Traceback" not in r.stderr
-    r = run([sys.executable, TRAIN, "--estimator", "magic", "--workdir", str(tmp_path)])
-    assert r.returncode == 2 and "invalid choice: 'magic'" in r.stderr
-    fsq = [sys.executable, TRAIN, "--quantizer", "fsq", "--workdir", str(tmp_path)]
-    r = run([*fsq, "--decay", "0.9"])
-    assert r.returncode == 2 and "error: --decay 0.9 is a VQ setting" in r.stderr
-    r = run([*fsq, "--fsq-levels", "8,1"])
-    assert r.returncode == 2 and "FSQ levels must each be >= 2" in r.stderr
-    r = run([*fsq, "--fsq-levels", "8_8"])  # int() would read 88
-    assert r.returncode == 2 and "got '8_8'" in r.stderr
-    vq = [sys.executable, TRAIN, "--fsq-levels", "8,8,8", "--workdir", str(tmp_path)]
-    r = run(vq)  # the default levels, but given for a VQ run: they would do nothing
-    assert r.returncode == 2 and "applies to --quantizer fsq only" in r.stderr
+    code, _, err = main_in_process(train_vqvae, ["--workdir", str(tmp_path / "a-file")], capsys)
+    assert code == 1 and "is a file" in err and "Traceback" not in err
+    code, err = refused("--estimator", "magic")
+    assert code == 2 and "invalid choice: 'magic'" in err
+    code, err = refused("--quantizer", "fsq", "--decay", "0.9")
+    assert code == 2 and "error: --decay 0.9 is a VQ setting" in err
+    code, err = refused("--quantizer", "fsq", "--fsq-levels", "8,1")
+    assert code == 2 and "FSQ levels must each be >= 2" in err
+    code, err = refused("--quantizer", "fsq", "--fsq-levels", "8_8")  # int() would read 88
+    assert code == 2 and "got '8_8'" in err
+    code, err = refused("--fsq-levels", "8,8,8")  # the default levels, given for a VQ run
+    assert code == 2 and "applies to --quantizer fsq only" in err
     assert not list(tmp_path.glob("*/config.json")) and not (tmp_path / "config.json").exists()

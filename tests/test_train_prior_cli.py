@@ -2,12 +2,10 @@
 train_vqvae.py (jaxbasics.train.cli)."""
 
 import dataclasses
-import importlib.util
 import sys
 
-import pytest
-
-from conftest import EXPERIMENTS, run
+import train_prior
+from conftest import EXPERIMENTS, main_in_process, run
 from jaxbasics.tasks.prior.config import PRESETS as PRIOR_PRESETS
 from jaxbasics.tasks.prior.config import PriorConfig
 from jaxbasics.train.cli import resolve_config
@@ -44,17 +42,18 @@ def test_every_flag_is_documented_and_the_preset_sets_the_defaults():
     assert PRIOR_PRESETS("quickstart").dim == 128 and PRIOR_PRESETS("cifar10").dim == 256
 
 
-def test_bad_flags_exit_2_with_the_reason(tmp_path):
+def test_bad_flags_exit_2_with_the_reason(tmp_path, capsys):
     w = tmp_path / "run"
-    r = run([sys.executable, TRAIN_PRIOR, "--dim", "100", "--heads", "8", "--workdir", str(w)])
-    assert r.returncode == 2
-    assert one_line_error(r.stderr).endswith(
+    argv = ["--dim", "100", "--heads", "8", "--workdir", str(w)]
+    code, _, err = main_in_process(train_prior, argv, capsys)
+    assert code == 2
+    assert one_line_error(err).endswith(
         "error: dim (100) must be a multiple of heads (8), e.g. --dim 104."
     )
     assert not w.exists()  # a run that cannot start leaves no workdir
-    r = run([sys.executable, TRAIN_PRIOR, "--faithful", "--workdir", str(w)])
-    assert r.returncode == 2
-    assert one_line_error(r.stderr).endswith("unrecognized arguments: --faithful")
+    code, _, err = main_in_process(train_prior, ["--faithful", "--workdir", str(w)], capsys)
+    assert code == 2
+    assert one_line_error(err).endswith("unrecognized arguments: --faithful")
 
 
 def test_an_existing_prior_run_keeps_its_saved_config(tmp_path):
@@ -65,13 +64,10 @@ def test_an_existing_prior_run_keeps_its_saved_config(tmp_path):
     assert resolved == saved.replace(num_training_updates=300)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("jaxbasics.train.prior_task") is None,
-    reason="needs the prior task (jaxbasics.train.prior_task)",
-)
-def test_a_missing_model_is_one_line(tmp_path, xla_cache):
+def test_a_missing_model_is_one_line(tmp_path, capsys):
     w = tmp_path / "run"
-    cmd = [sys.executable, TRAIN_PRIOR, "--model", "/nonexistent", "--workdir", str(w)]
-    r = run([*cmd, "--compilation-cache", xla_cache, "--progress", "false"])
-    assert r.returncode == 1 and not r.stdout
-    assert "/nonexistent" in one_line_error(r.stderr)
+    argv = ["--model", "/nonexistent", "--workdir", str(w), "--progress", "false"]
+    code, out, err = main_in_process(train_prior, argv, capsys)
+    assert code == 1 and not out
+    assert "/nonexistent" in one_line_error(err)
+    assert not w.exists()

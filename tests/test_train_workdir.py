@@ -14,7 +14,17 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TRAINED_STEPS, cli_env, restore, run, start, train_cmd, wait_for
+import train_vqvae
+from conftest import (
+    TRAINED_STEPS,
+    cli_env,
+    cli_flags,
+    main_in_process,
+    restore,
+    start,
+    train_cmd,
+    wait_for,
+)
 from jaxbasics.tasks.vqvae.config import VQVAEConfig
 from jaxbasics.train import config as config_module
 from jaxbasics.train.files import write_atomic
@@ -30,24 +40,25 @@ def _records(workdir: Path, name: str) -> list[dict]:
     ]
 
 
-def test_a_second_run_on_a_held_workdir_stops_at_once(tmp_path, workdir, xla_cache):
-    """The first run (held still while the second starts) ends as if it had been alone: the
-    same records, once each, and the same parameters as the shared finished run."""
+def test_a_second_run_on_a_held_workdir_stops_at_once(tmp_path, workdir, xla_cache, capsys):
+    """The first run (held still while the second starts, here) ends as if it had been alone:
+    the same records, once each, and the same parameters as the shared finished run."""
     w = tmp_path / "run"
     first = start(train_cmd(w, xla_cache, num_training_updates=TRAINED_STEPS, eval_every=5))
     wait_for(lambda: (w / LOCK).exists() and str(first.pid) in (w / LOCK).read_text(), first)
     os.kill(first.pid, signal.SIGSTOP)  # it holds the lock, and cannot finish meanwhile
     try:
         t = time.time()
-        second = run(train_cmd(w, xla_cache, num_training_updates=TRAINED_STEPS, eval_every=5))
+        argv = [*cli_flags(num_training_updates=TRAINED_STEPS, eval_every=5), "--workdir", str(w)]
+        code, out, err = main_in_process(train_vqvae, argv, capsys)
         waited = time.time() - t
     finally:
         os.kill(first.pid, signal.SIGCONT)
-    assert second.returncode == 1, second.stdout + second.stderr
-    error = second.stderr.strip().splitlines()[-1]
+    assert code == 1, out + err
+    error = err.strip().splitlines()[-1]
     assert f"{w.absolute()} is in use by another training run" in error
     assert f"pid {first.pid}" in error and "another --workdir" in error
-    assert "Traceback" not in second.stderr and waited < 60
+    assert "Traceback" not in err and waited < 60
     out = first.communicate(timeout=300)[0]
     assert first.returncode == 0, out
     for name in ("metrics", "eval", "codebook_usage"):
@@ -172,34 +183,31 @@ def test_types_that_fit(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "wrong type"])
-def test_the_cli_names_a_damaged_config_json_in_one_line(tmp_path, xla_cache, damage):
+def test_the_cli_names_a_damaged_config_json_in_one_line(tmp_path, damage, capsys):
     text = VQVAEConfig().to_json()
     (tmp_path / "config.json").write_text(
         text[: len(text) // 2]
         if damage == "truncated"
         else text.replace('"batch_size": 32', '"batch_size": "16"')
     )
-    r = run(train_cmd(tmp_path, xla_cache))
-    assert r.returncode == 1, r.stderr
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    code, _, err = main_in_process(train_vqvae, [*cli_flags(), "--workdir", str(tmp_path)], capsys)
+    assert code == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"{tmp_path / 'config.json'} is damaged" in errors[0]
-    assert "usage:" not in r.stderr and "Traceback" not in r.stderr
+    assert "usage:" not in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
-def test_the_cli_refuses_new_settings_on_a_run_that_lost_its_config_json(
-    workdir, tmp_path, xla_cache
-):
+def test_the_cli_refuses_new_settings_on_a_run_that_lost_its_config_json(workdir, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy)
     (copy / "config.json").unlink()
-    r = run(train_cmd(copy, xla_cache, "--learning-rate", "0.01", "--seed", "3"))
-    assert r.returncode == 1, r.stderr
-    assert "config.json is missing: the run's config is the one saved with checkpoint 10" in (
-        r.stderr
-    )
-    assert "learning_rate: saved 0.002, requested 0.01" in r.stderr
-    assert "seed: saved 0, requested 3" in r.stderr and "Resuming" not in r.stderr
+    argv = [*cli_flags(), "--workdir", str(copy), "--learning-rate", "0.01", "--seed", "3"]
+    code, _, err = main_in_process(train_vqvae, argv, capsys)
+    assert code == 1, err
+    assert "config.json is missing: the run's config is the one saved with checkpoint 10" in err
+    assert "learning_rate: saved 0.002, requested 0.01" in err
+    assert "seed: saved 0, requested 3" in err and "Resuming" not in err
     assert not (copy / "config.json").exists()
 
 

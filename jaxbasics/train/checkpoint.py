@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxbasics.train.host import quiet_orbax
 from jaxbasics.train.layout import layout, layout_differences
@@ -65,8 +66,7 @@ class UnreadableCheckpointError(OSError):
 
 
 class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (a full disk, no permission); nothing half-written
-    is left."""
+    """A checkpoint could not be written (a full disk); nothing half-written is left."""
 
 
 class Restored(NamedTuple):
@@ -175,7 +175,7 @@ class Checkpointer:
             )
             self._writing = step
 
-    def _finish_writing(self) -> None:
+    def _finish_writing(self) -> None:  # the previous save's writing, if any
         if self._writing is not None:
             with self._write_of(self._writing):
                 self.manager.wait_until_finished()
@@ -196,20 +196,28 @@ class Checkpointer:
             ) from e
 
     def _remove_temporary(self) -> None:
-        """Delete the ``*.orbax-checkpoint-tmp*`` folders failed saves left (process 0)."""
-        if jax.process_index() == 0:
-            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+        """Delete the ``*.orbax-checkpoint-tmp*`` folders failed saves left (process 0), until
+        none is seen twice in a row 0.1 s apart (at most 2 s): Orbax's other writer threads
+        may still be adding to a folder while it is removed."""
+        if jax.process_index() != 0:
+            return
+        clear = 0
+        for _ in range(20):
+            left = list(self.directory.glob("*.orbax-checkpoint-tmp*"))
+            for tmp in left:
                 shutil.rmtree(tmp, ignore_errors=True)
+            clear = 0 if left else clear + 1
+            if clear == 2:
+                return
+            time.sleep(0.1)
 
     def check(
         self, step: int, abstract_state: Any, fields: tuple[str, ...] | None = None
     ) -> list[str]:
         """Raise unless checkpoint ``step`` can restore ``abstract_state`` (or its ``fields``).
 
-        Reads only the stored tree metadata, never an array.
-
-        Returns:
-          The ``migratable`` leaves the checkpoint lacks (an older version wrote it).
+        Reads only the stored tree metadata, never an array, and returns the ``migratable``
+        leaves the checkpoint lacks (an older version wrote it).
 
         Raises:
           IncompatibleCheckpointError: the stored paths, shapes or dtypes differ otherwise;
@@ -288,12 +296,8 @@ class Checkpointer:
             names = (f.name for f in dataclasses.fields(abstract_state))
             state = abstract_state.replace(**{name: state.get(name) for name in names})
         if missing:
-            log.info(
-                "checkpoint %d was written by an older version, without %s: restored with "
-                "their starting value",
-                step,
-                ", ".join(missing),
-            )
+            what = "checkpoint %d was written by an older version, without %s: restored with them"
+            log.info(what + " at their starting value", step, ", ".join(missing))
         return Restored(step, state, out.get("meta"), out.get("data_iter"))
 
     def _abstract_of(self, step: int, abstract_state: Any) -> Any:
@@ -327,13 +331,11 @@ class Checkpointer:
         the newest one again.
 
         Args:
-          abstract_state: the state's structure, shapes, dtypes and shardings (see
-            the task's ``abstract_state``), the target of the restore. The
-            shardings may differ from the saving run's: a checkpoint written on 8 devices
-            restores on 1 and the other way round. Or a function of a checkpoint's step and
-            ``meta`` that returns it, so that each checkpoint tried is read with its own
-            shapes (a prior's code count and map size follow from its meta) and after the
-            caller's check of its meta (:func:`~jaxbasics.train.saved.written_with`).
+          abstract_state: the state's structure, shapes, dtypes and shardings (the task's
+            ``abstract_state``); the shardings may differ from the saving run's (8 devices to
+            1 and back). Or a function of a checkpoint's step and ``meta`` that returns it:
+            each checkpoint is then read with its own shapes (a prior's follow its meta) and
+            after the caller's check of its meta (:func:`~jaxbasics.train.saved.written_with`).
           on_unreadable: called with the step and the error for each unreadable checkpoint.
           quarantine: move an unreadable checkpoint to ``corrupt_checkpoints/`` so training
             can write that step again (process 0 moves, the others wait).
@@ -376,8 +378,6 @@ class Checkpointer:
             bad.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(self.directory / str(step)), bad)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices(f"jaxbasics quarantine {step}")
         self.manager.reload()
 

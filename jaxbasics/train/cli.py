@@ -196,8 +196,12 @@ def resolve_config(requested: RunConfig, explicit: set[str], workdir: Path) -> R
 
 def setup_logging() -> None:
     """Every message of the run (warnings, progress notes, errors) goes to stderr through
-    the ``jaxbasics`` logger, above the progress bar; stdout carries only the JSON summary."""
+    the ``jaxbasics`` logger, above the progress bar; stdout carries only the JSON summary.
+    Called again (a second run in one process), it replaces its handler, never adds one."""
+    for handler in [h for h in log.handlers if getattr(h, "from_cli", False)]:
+        log.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
+    handler.from_cli = True
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -285,9 +289,6 @@ def main(script: Script, argv: list[str] | None = None) -> int:
     request = _Request(script, sys.argv[1:] if argv is None else argv)
     setup_logging()
     init_distributed(request.args)
-    if request.args.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", request.args.compilation_cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     workdir = request.workdir
     if workdir.exists() and not workdir.is_dir():
         log.error("error: --workdir %s is a file; give a folder (created if needed).", workdir)
@@ -296,6 +297,8 @@ def main(script: Script, argv: list[str] | None = None) -> int:
         # Held from the first read of the saved run to the end (fit's own hold nests in it).
         with hold(workdir):
             config = request.resolved()
+            if request.args.compilation_cache:  # only for a run that goes ahead
+                jax.config.update("jax_compilation_cache_dir", request.args.compilation_cache)
             log.info("workdir: %s  devices: %s", workdir.absolute(), jax.devices())
             result = fit(config, workdir)
     except _REFUSED as e:

@@ -10,11 +10,10 @@ quantisation), :mod:`~jaxbasics.vqvae.codebook` (usage, dead-code restarts, k-me
 :mod:`~jaxbasics.vqvae.convert` (PyTorch ``state_dict`` <-> Flax).
 
 >>> import jax.numpy as jnp
->>> from flax import nnx
->>> model = VQVAE(num_hiddens=8, num_residual_hiddens=2, num_residual_layers=1,
-...               embedding_dim=4, num_embeddings=8, rngs=nnx.Rngs(0))
->>> model(jnp.zeros((1, 32, 32, 3))).recon.shape
-(1, 32, 32, 3)
+>>> flat = jnp.array([[0.0, 0.9], [2.0, 0.0]])  # two encoder outputs, D = 2
+>>> codebook = jnp.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0]])  # K = 3 codes
+>>> nearest_code(distances(flat, codebook)).tolist()  # torch.argmin(distances, dim=1)
+[1, 2]
 """
 
 from jaxbasics.vqvae.convert import from_torch_state_dict, to_torch_state_dict
