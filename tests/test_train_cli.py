@@ -10,9 +10,9 @@ import time
 import jax
 import numpy as np
 
+import evaluate as evaluate_script
 import train_vqvae
 from conftest import (
-    EVALUATE,
     TRAIN,
     checkpoint_steps,
     cli_flags,
@@ -31,7 +31,7 @@ from jaxbasics.train.metrics import read_jsonl
 from jaxbasics.train.resume import load_config
 
 
-def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, xla_cache):
+def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, xla_cache, capsys):
     # The uninterrupted run: train_cmd's config, in this process (the same numbers).
     straight = fit(small_config(num_training_updates=40, eval_every=20), tmp_path / "a")
     assert straight.step == 40
@@ -75,9 +75,9 @@ def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, xla_cache):
     assert {r["step"]: r["loss"] for r in read_jsonl(b / "metrics.jsonl")} == losses
 
     # evaluate.py on the finished run: one JSON line and a reconstruction grid
-    ev = run([sys.executable, EVALUATE, "--workdir", str(b)])
-    assert ev.returncode == 0, ev.stderr
-    line = json.loads(ev.stdout.strip().splitlines()[-1])
+    capsys.readouterr()
+    assert evaluate_script.main(["--workdir", str(b)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["step"] == 40 and line["num_examples"] == 12
     assert line["recon_error"] > 0 and line["perplexity"] >= 1
     assert (b / "eval_reconstructions.png").stat().st_size > 0
