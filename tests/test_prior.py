@@ -183,7 +183,7 @@ def test_temperature_divides_logits():
         (dict(temperature=float("inf")), "temperature must be in"),
         (dict(guidance=float("inf"), labels=jnp.zeros(4, jnp.int32)), "guidance must be in"),
         (dict(guidance=float("nan"), labels=jnp.zeros(4, jnp.int32)), "guidance must be in"),
-        (dict(top_k=K + 1), "top_k must be in"),
+        (dict(top_k=K + 1), "top_k must be an integer in"),
         (dict(guidance=1.0), "guidance needs labels"),
         (dict(labels=jnp.zeros(3, jnp.int32)), r"labels must have shape \(4,\)"),
     ],

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("jaxbasics.tasks", "jaxbasics.vqvae", "jaxbasics.prior")
 # The functional core imports neither the shell's training nor its data.
 CORE = ("jaxbasics.tensors", "jaxbasics.calculus", "jaxbasics.autodiff", "jaxbasics.vqvae")
-CORE += ("jaxbasics.prior", "jaxbasics.docs", "jaxbasics.debug")
+CORE += ("jaxbasics.prior", "jaxbasics.docs", "jaxbasics.debug", "jaxbasics.checks")
 SHELL = ("jaxbasics.train", "jaxbasics.tasks", "jaxbasics.data")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60  # lines of code: no blank lines, comments or docstring

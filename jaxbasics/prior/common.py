@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxbasics import checks
+
 
 def label_ids(labels: jax.Array | None, batch: int, num_classes: int) -> jax.Array:
     """(B,) int32 label indices for a prior: ``labels``, or the null label C when None.
@@ -26,16 +28,21 @@ def label_ids(labels: jax.Array | None, batch: int, num_classes: int) -> jax.Arr
       num_classes: C; 0 for an unconditional prior, which refuses labels.
 
     Raises:
-      ValueError: labels given to an unconditional prior.
+      ValueError: labels given to an unconditional prior, or labels that are not B integers
+        in [0, C) (values are checked where they are known, outside ``jit``).
 
     >>> label_ids(None, 2, 10).tolist(), label_ids(jnp.array([3, 7]), 2, 10).tolist()
     ([10, 10], [3, 7])
+    >>> label_ids([3, -1], 2, 10)
+    Traceback (most recent call last):
+    ...
+    ValueError: labels must be integers in [0, 10), got -1.
     """
     if labels is None:
         return jnp.full((batch,), num_classes, jnp.int32)
     if num_classes == 0:
         raise ValueError("this prior is unconditional (num_classes=0); call it with labels=None.")
-    return jnp.asarray(labels, jnp.int32).reshape(batch)
+    return checks.indices("labels", labels, num_classes, shape=(batch,))
 
 
 def drop_labels(

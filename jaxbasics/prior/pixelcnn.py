@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxbasics import checks
 from jaxbasics.prior.common import label_ids
 
 
@@ -165,13 +166,17 @@ class PixelCNNPrior(nnx.Module):
         """(B, h, w) int codes -> (B, h, w, K) float32 logits; code i's from codes < i.
 
         Args:
-          codes: (B, h, w) int code map.
+          codes: (B, h, w) int code map, codes in [0, K).
           labels: (B,) int labels in [0, num_classes), or None (the null label).
+
+        Raises:
+          ValueError: codes or labels out of range, or of another shape or dtype.
         """
         b = codes.shape[0]
+        codes = checks.indices("codes", codes, self.num_codes, shape=(b, self.height, self.width))
         ids = label_ids(labels, b, self.num_classes)
         bias = self.class_bias(ids).reshape(b, self.num_layers, 2, 2 * self.channels)
-        v = h = self.embed(codes.astype(jnp.int32))
+        v = h = self.embed(codes)
         for i, layer in enumerate(self.layers):
             v, h = layer(v, h, bias[:, i])
         return self.out_2(jax.nn.relu(self.out_1(jax.nn.relu(h)))).astype(jnp.float32)

@@ -16,13 +16,16 @@ traced values: changing them does not recompile.
 from __future__ import annotations
 
 import functools
-from typing import Any
+import numbers
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from jaxbasics.prior.common import bits_per_code
+from jaxbasics import checks
+from jaxbasics.prior.common import bits_per_code, label_ids
 from jaxbasics.prior.pixelcnn import PixelCNNPrior
 from jaxbasics.prior.transformer import TransformerPrior
 
@@ -91,7 +94,26 @@ MIN_TEMPERATURE = 1e-6
 MAX_GUIDANCE = 1e3
 
 
-def _check(prior: Prior, n: int, labels: Any, temperature: float, top_k: Any, guidance: float):
+def _real(name: str, value: Any) -> float:
+    """``value`` as a float, refusing a bool (``True`` would pass for 1.0)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
+    return float(value)
+
+
+class _Options(NamedTuple):
+    n: int
+    labels: jax.Array | None
+    temperature: float
+    top_k: int | None
+    guidance: float
+
+
+def _checked(prior: Prior, n: Any, labels: Any, temperature: Any, top_k: Any, guidance: Any):
+    """The sampling options as the sampler takes them (Python ints and floats, int32 labels),
+    or a one-line ValueError naming the argument, the value and what it takes."""
+    n = checks.count("n (the number of code maps)", n)
+    temperature, guidance = _real("temperature", temperature), _real("guidance", guidance)
     if not MIN_TEMPERATURE <= temperature <= 1 / MIN_TEMPERATURE:  # also refuses nan
         raise ValueError(
             f"temperature must be > 0, got {temperature}; for greedy sampling use top_k=1."
@@ -99,10 +121,8 @@ def _check(prior: Prior, n: int, labels: Any, temperature: float, top_k: Any, gu
             else f"temperature must be in [{MIN_TEMPERATURE:g}, {1 / MIN_TEMPERATURE:g}] (finite "
             f"in float32 logits), got {temperature}; for greedy sampling use top_k=1."
         )
-    if n < 1:
-        raise ValueError(f"n (the number of code maps) must be at least 1, got {n}.")
-    if top_k is not None and not 1 <= top_k <= prior.num_codes:
-        raise ValueError(f"top_k must be in [1, {prior.num_codes}] or None, got {top_k}.")
+    if top_k is not None:
+        top_k = checks.count("top_k", top_k, high=prior.num_codes)
     if not 0 <= guidance <= MAX_GUIDANCE:  # also refuses nan
         raise ValueError(
             f"guidance must be in [0, {MAX_GUIDANCE:g}] (0 is plain conditional; larger "
@@ -110,8 +130,9 @@ def _check(prior: Prior, n: int, labels: Any, temperature: float, top_k: Any, gu
         )
     if guidance > 0 and labels is None:
         raise ValueError("guidance needs labels: it pushes conditional logits away from the null.")
-    if labels is not None and jnp.shape(labels) != (n,):
-        raise ValueError(f"labels must have shape ({n},), one per map, got {jnp.shape(labels)}.")
+    if labels is not None:
+        labels = label_ids(labels, n, prior.num_classes)
+    return _Options(n, labels, temperature, top_k, guidance)
 
 
 @functools.lru_cache(maxsize=32)
@@ -176,20 +197,19 @@ def sample(
       (n, h, w) int32 codes.
 
     Raises:
-      ValueError: a non-positive temperature, a top_k outside [1, K], a negative guidance,
-        guidance without labels, or labels not of shape (n,).
+      ValueError: ``n`` not a positive integer, a non-positive temperature, a top_k that is
+        no integer in [1, K], a negative guidance, guidance without labels, or labels that
+        are not n integers in [0, num_classes) (one line naming the argument and the value).
 
     >>> prior = TransformerPrior(16, 4, 4, num_classes=3, dim=8, depth=1, heads=2, rngs=nnx.Rngs(0))
     >>> codes = sample(prior, 3, jax.random.key(0))
     >>> codes.shape, codes.dtype, bool((codes == sample(prior, 3, jax.random.key(0))).all())
     ((3, 4, 4), dtype('int32'), True)
     """
-    _check(prior, n, labels, temperature, top_k, guidance)
+    o = _checked(prior, n, labels, temperature, top_k, guidance)
     graphdef, state = nnx.split(prior)
-    run = _sampler(graphdef, n, top_k, labels is not None, guidance > 0)
-    if labels is not None:
-        labels = jnp.asarray(labels, jnp.int32)
-    return run(state, key, labels, jnp.float32(temperature), jnp.float32(guidance))
+    run = _sampler(graphdef, o.n, o.top_k, o.labels is not None, o.guidance > 0)
+    return run(state, key, o.labels, jnp.float32(o.temperature), jnp.float32(o.guidance))
 
 
 def nll_bits(
@@ -203,12 +223,16 @@ def nll_bits(
 
     Args:
       prior: a :class:`TransformerPrior` or :class:`PixelCNNPrior`.
-      codes: (B, h, w) int codes.
-      labels: (B,) int labels, or None (the null label).
+      codes: (B, h, w) int codes in [0, K).
+      labels: (B,) int labels in [0, num_classes), or None (the null label).
       per_example: return (B,) values instead of their mean.
 
     Returns:
       Scalar, or (B,) float32 with ``per_example``.
+
+    Raises:
+      ValueError: codes or labels out of range, or of another shape or dtype (the prior's
+        own check).
 
     >>> prior = PixelCNNPrior(16, 4, 4, num_classes=3, channels=8, num_layers=2, rngs=nnx.Rngs(0))
     >>> nll_bits(prior, jnp.zeros((3, 4, 4), jnp.int32), per_example=True).shape

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxbasics import checks
 from jaxbasics.prior.common import label_ids
 
 
@@ -205,11 +206,15 @@ class TransformerPrior(nnx.Module):
         """(B, h, w) int codes -> (B, h, w, K) float32 logits; code i's from codes < i.
 
         Args:
-          codes: (B, h, w) int code map.
+          codes: (B, h, w) int code map, codes in [0, K).
           labels: (B,) int labels in [0, num_classes), or None (the null label).
+
+        Raises:
+          ValueError: codes or labels out of range, or of another shape or dtype.
         """
         b = codes.shape[0]
-        flat = codes.reshape(b, -1).astype(jnp.int32)
+        codes = checks.indices("codes", codes, self.num_codes, shape=(b, self.height, self.width))
+        flat = codes.reshape(b, -1)
         prev = jnp.pad(flat[:, :-1], ((0, 0), (1, 0)))  # code i-1 feeds token i
         positions = jnp.arange(flat.shape[1])
         ids = label_ids(labels, b, self.num_classes)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxbasics import checks
 from jaxbasics.vqvae.ema import VectorQuantizerEMA
 from jaxbasics.vqvae.fsq import FSQuantizer, check_levels
 from jaxbasics.vqvae.layers import ConvTranspose4x4s2, conv
@@ -349,13 +350,27 @@ class VQVAE(nnx.Module):
         return self.vq.indices(self.latents(x))
 
     def decode_indices(self, indices: jax.Array) -> jax.Array:
-        """(B, h, w) code indices -> (B, 4h, 4w, 3) images.
+        """(B, h, w) code indices in [0, K) -> (B, 4h, 4w, 3) images.
+
+        Raises:
+          ValueError: indices not integers in [0, K) (values checked outside ``jit``): a code
+            past the codebook would decode to NaN, or under FSQ wrap around to another code.
 
         >>> model = VQVAE(16, 4, 1, 8, 16, rngs=nnx.Rngs(0))
         >>> model.decode_indices(jnp.zeros((1, 8, 8), jnp.int32)).shape
         (1, 32, 32, 3)
+        >>> model.decode_indices(jnp.full((1, 8, 8), 16))
+        Traceback (most recent call last):
+        ...
+        ValueError: indices must be integers in [0, 16), got 16.
         """
-        return self.decode(self.vq.lookup(indices))
+        if jnp.ndim(indices) != 3:
+            raise ValueError(
+                f"indices must be (B, h, w) code maps, got shape {jnp.shape(indices)}."
+            )
+        return self.decode(
+            self.vq.lookup(checks.indices("indices", indices, self.vq.num_embeddings))
+        )
 
 
 def recon_error(recon: jax.Array, x: jax.Array, data_variance: float) -> jax.Array:

@@ -274,6 +274,7 @@ class Quantizer(nnx.Module):
 
     learned: ClassVar[bool] = True
     codebook: Any
+    num_embeddings: int  # K
 
     def indices(self, z: jax.Array) -> jax.Array:
         """(..., D) latents -> (...) int32 index of each vector's code. Updates nothing."""

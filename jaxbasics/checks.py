@@ -1,0 +1,79 @@
+"""Checks of the arguments people pass the core: counts, and integer codes and labels in range.
+
+Every public function that takes code indices, class labels or a count checks them here, the
+way :func:`~jaxbasics.vqvae.model.check_images` checks images: a wrong value is a one-line
+``ValueError`` that names the argument, what it got and the range it takes, never a silent
+wrap-around, clamp or NaN. Under ``jax.jit`` values are not known; there only the dtype and
+shape are checked, and the caller's own checks (the scripts', the loaders') hold the values.
+
+>>> indices("codes", [[0, 3]], 4).tolist()
+[[0, 3]]
+>>> indices("codes", [[0, 4]], 4)
+Traceback (most recent call last):
+...
+ValueError: codes must be integers in [0, 4), got 4.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def count(name: str, value: Any, *, low: int = 1, high: int | None = None) -> int:
+    """``value`` as a Python int, if it is an integer (not a bool or a float) in
+    [``low``, ``high``]; otherwise a ValueError naming ``name``.
+
+    >>> count("n", np.int64(3))
+    3
+    >>> count("n", 4.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: n must be an integer >= 1, got 4.0 (float).
+    """
+    bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+    if isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r} (a bool).")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be an integer {bound}, got {value!r} ({type(value).__name__})."
+        ) from None
+    if number < low or (high is not None and number > high):
+        raise ValueError(f"{name} must be an integer {bound}, got {number}.")
+    return number
+
+
+def indices(name: str, values: Any, high: int, *, shape: tuple[int, ...] | None = None) -> Any:
+    """``values`` as an int32 array, if they are integers in [0, ``high``) (and of ``shape``);
+    otherwise a ValueError naming ``name``. Traced values (under ``jit``) are checked for
+    their dtype and shape only.
+
+    >>> indices("labels", np.array([1, 2]), 3, shape=(2,)).dtype
+    dtype('int32')
+    >>> indices("labels", [1.7], 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: labels must be integers in [0, 3), got float64 values.
+    """
+    traced = isinstance(values, jax.core.Tracer)
+    array = values if traced or isinstance(values, jax.Array) else np.asarray(values)
+    if shape is not None and tuple(array.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(array.shape)}.")
+    kind = np.dtype(array.dtype).kind
+    if kind not in "iu":
+        raise ValueError(
+            f"{name} must be integers in [0, {high}), got {np.dtype(array.dtype)} values."
+        )
+    if not traced and array.size:
+        host = np.asarray(array)  # on the host: under a trace, jnp ops on it would be staged
+        low, top = int(host.min()), int(host.max())
+        if low < 0 or top >= high:
+            bad = low if low < 0 else top
+            raise ValueError(f"{name} must be integers in [0, {high}), got {bad}.")
+    return jnp.asarray(array, jnp.int32)
