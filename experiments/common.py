@@ -18,6 +18,10 @@ from jaxbasics.tasks.vqvae.apply import ModelFns, gather_inputs, model_fns
 from jaxbasics.tasks.vqvae.trained import Loaded, load
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` as the scripts show it: the docstring as written, each flag's default."""
+
+
 def add_model_args(parser: argparse.ArgumentParser, *, images: bool) -> None:
     """--model (and, for scripts that read images, --resize / --center-crop)."""
     parser.add_argument(
@@ -35,9 +39,7 @@ def add_model_args(parser: argparse.ArgumentParser, *, images: bool) -> None:
 
 def image_args(doc: str, out_help: str, argv: list[str] | None) -> argparse.Namespace:
     """The command line of a script that runs a model on images: inputs, --out, --model..."""
-    parser = argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out", required=True, help=out_help)
     add_max_pixels(parser, "images of more pixels (width x height, read before decoding")
@@ -51,7 +53,7 @@ def add_max_pixels(parser: argparse.ArgumentParser, refused: str) -> None:
         "--max-pixels",
         type=int,
         default=MAX_PIXELS,
-        help=f"refuse {refused}; default %(default)s): a tiny file can decode to gigabytes",
+        help=f"refuse {refused}): a tiny file can decode to gigabytes",
     )
 
 

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from common import add_max_pixels, add_model_args, fail, load_model
+from common import HelpFormatter, add_max_pixels, add_model_args, fail, load_model
 from jaxbasics.data.transforms import to_pixels
 from jaxbasics.tasks.vqvae.apply import CODE_BUDGET, each_batch, model_fns
 from jaxbasics.tasks.vqvae.codes import check_codes_fit, read_codes
@@ -27,9 +27,7 @@ from jaxbasics.train.files import check_out, output_names, save_png
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("codes", help="a codes.npz written by encode.py")
     parser.add_argument("--out", required=True, help="output folder")
     add_max_pixels(parser, "code maps that decode to images of more pixels (16 per code")

@@ -5,8 +5,10 @@
 Prints one JSON line (``step``, ``recon_error``, ``perplexity``, ``split_perplexity``,
 ``used_codes``, ``usage_entropy`` in bits) and writes ``<workdir>/eval_reconstructions.png``
 (originals over reconstructions) and ``<workdir>/codebook.png`` (test-split code usage,
-sorted, and a PCA map of the codebook coloured by usage). The run's ``config.json``
-supplies the model and the dataset; ``--data-dir`` points at the data if it moved.
+sorted, and a PCA map of the codebook coloured by usage), or both where ``--out`` says. The
+JSON line comes first: a workdir that cannot be written (read-only) loses no result, and the
+figures it cannot take are one line of error. The run's ``config.json`` supplies the model and
+the dataset; ``--data-dir`` points at the data if it moved.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import fail
-from jaxbasics.data.base import DatasetNotFoundError
+from common import HelpFormatter, fail
 from jaxbasics.tasks.vqvae.config import VQVAEConfig
 from jaxbasics.tasks.vqvae.data import sources
 from jaxbasics.tasks.vqvae.evaluate import evaluate, save_figures
@@ -29,37 +30,32 @@ from jaxbasics.train.saved import read_run, saved_config
 from jaxbasics.train.sharding import make_shardings, placed
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--workdir", required=True, help="a run directory of train_vqvae.py")
     parser.add_argument("--data-dir", default=None, help="override the run's --data-dir")
     parser.add_argument(
         "--out",
         default=None,
-        help="reconstruction grid path (default <workdir>/eval_reconstructions.png)",
+        help="the reconstruction grid's path; codebook.png goes beside it (default: "
+        "<workdir>/eval_reconstructions.png and <workdir>/codebook.png)",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     workdir = Path(args.workdir)
     try:
-        config = saved_config(workdir, VQVAEConfig).config  # config.json, else a checkpoint's
-    except ValueError as e:  # a damaged config.json
-        return fail(e)
-    if config is None:
-        return fail(
-            FileNotFoundError(
+        # config.json, else a checkpoint's; evaluate.py starts no run (starts=False)
+        config = saved_config(workdir, VQVAEConfig, starts=False).config
+        if config is None:
+            raise FileNotFoundError(
                 f"{workdir}/config.json not found; is {workdir} a train_vqvae.py workdir?"
             )
-        )
-    if args.data_dir:
-        config = config.replace(data_dir=args.data_dir)
-    try:
-        data = sources(config, workdir, load_train=False)
-    except DatasetNotFoundError as e:
-        return fail(e)
-    shardings = make_shardings(config.batch_size)
-    try:
+        config = config.replace(data_dir=args.data_dir) if args.data_dir else config
+        data = sources(config, workdir, load_train=False)  # DatasetNotFoundError: an OSError
+        shardings = make_shardings(config.batch_size)
         run = read_run(
             workdir,
             VQVAEConfig,
@@ -67,19 +63,21 @@ def main(argv: list[str] | None = None) -> int:
             items=("state",),
             migratable=VQVAETask.migratable,
         )
-    except (OSError, ValueError) as e:  # none, none readable, another version's, edited
+    except (OSError, ValueError) as e:  # damaged, none readable, another version's, edited
         return fail(e)
+    step = make_eval_step(config)
     ev = evaluate(
-        make_eval_step(config),
-        run.state,
-        data.test,
-        data.variance,
-        config.batch_size,
-        sharding=shardings.batch,
+        step, run.state, data.test, data.variance, config.batch_size, sharding=shardings.batch
     )
+    # The result first: a workdir that cannot be written (read-only) loses no evaluation.
+    print(json.dumps({"step": run.step, **ev.metrics, "num_examples": len(data.test)}), flush=True)
     out = Path(args.out) if args.out else workdir / "eval_reconstructions.png"
-    save_figures(ev, np.asarray(codebook_of(config, run.state)), out, workdir / "codebook.png")
-    print(json.dumps({"step": run.step, **ev.metrics, "num_examples": len(data.test)}))
+    try:
+        book = np.asarray(codebook_of(config, run.state))
+        save_figures(ev, book, out, out.parent / "codebook.png")
+    except OSError as e:
+        message = f"the figures could not be written ({e}); the evaluation is above. Pass "
+        return fail(OSError(message + "--out FILE.png in a folder you can write."))
     return 0
 
 

@@ -16,15 +16,13 @@ import os
 import sys
 from pathlib import Path
 
-from common import fail
+from common import HelpFormatter, fail
 from jaxbasics.tasks.vqvae.trained import export
 from jaxbasics.train.files import check_out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("workdir", help="a train_vqvae.py workdir")
     parser.add_argument("out", help="the file to write, e.g. model.msgpack")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")

@@ -26,7 +26,7 @@ import zipfile
 
 import numpy as np
 
-from common import fail
+from common import HelpFormatter, fail
 from jaxbasics.data.images import find_images, read_image
 from jaxbasics.fid import fids
 
@@ -34,20 +34,21 @@ from jaxbasics.fid import fids
 def load_images(
     path: str, num: int | None = None, exclude: str | None = None, seed: int = 0
 ) -> np.ndarray:
-    """``num`` images (all if None or fewer) of a folder or an ``.npz``, uint8 (N, H, W, 3).
+    """``num`` images (all if None) of a folder or an ``.npz``, uint8 (N, H, W, 3).
 
     The ``num`` are drawn without replacement by ``seed`` and kept in path (or array) order.
 
     Raises:
       FileNotFoundError: ``path`` does not exist, or the folder holds no images.
-      ValueError: the ``.npz`` is unreadable or its array ambiguous, or the folder's images
-        differ in size.
+      ValueError: the ``.npz`` is unreadable or its array ambiguous, the folder's images
+        differ in size, or there are fewer than ``num`` (an FID at another N than asked for
+        compares with nothing).
     """
     if path.endswith(".npz"):
         images = _load_npz(path)
-        return images[subset(len(images), num, seed)]
+        return images[subset(_enough(path, len(images), num), num, seed)]
     found = find_images([path], exclude=exclude)
-    found = [found[i] for i in subset(len(found), num, seed)]
+    found = [found[i] for i in subset(_enough(path, len(found), num), num, seed)]
     pixels = [read_image(image.path) for image in found]
     for image, x in zip(found, pixels, strict=True):
         if x.shape != pixels[0].shape:
@@ -58,6 +59,16 @@ def load_images(
                 "sample.py's holds grid.png: pass OUT/samples)."
             )
     return np.stack(pixels)
+
+
+def _enough(path: str, total: int, num: int | None) -> int:
+    """``total``, the number of images ``path`` holds, if it is at least ``num``."""
+    if num is not None and total < num:
+        raise ValueError(
+            f"{path} holds {total} images, fewer than --num {num}: FIDs compare only at the same "
+            f"N. Pass --num {total} (for every set), or more images."
+        )
+    return total
 
 
 def subset(total: int, num: int | None, seed: int) -> np.ndarray:
@@ -90,9 +101,7 @@ def _load_npz(path: str) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("images_a", help="the reference: a folder of images or an .npz")
     parser.add_argument(
         "images_b", nargs="+", help="one or more sets to compare with it (folders or .npz)"

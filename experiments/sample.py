@@ -28,7 +28,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from common import fail
+from common import HelpFormatter, fail
 from jaxbasics import plots
 from jaxbasics.data.transforms import to_pixels
 from jaxbasics.prior import sample
@@ -44,9 +44,7 @@ MAX_NUM = 10_000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--prior", default="runs/prior-quickstart", help="a prior's training workdir")
     p.add_argument(
         "--model",
@@ -96,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     try:
         if not 1 <= args.num <= MAX_NUM:
+            more = "; for more, run again with another --seed and --out" if args.num > 1 else ""
             raise ValueError(
                 f"--num must be in [1, {MAX_NUM}] (one run samples them all at once in memory), "
-                f"got {args.num}; for more, run again with another --seed and --out."
+                f"got {args.num}{more}."
             )
         if not -(2**63) <= args.seed < 2**63:
             raise ValueError(f"--seed must fit in 64 bits, got {args.seed}.")

@@ -28,7 +28,7 @@ SCRIPT = cli.Script(
     presets=PRESETS,
     description=__doc__,
     preset_help="starting values of every field: quickstart (a small transformer on "
-    "runs/quickstart's codes, ~90 s on 2 CPU cores) or cifar10 (for the cifar10 VQ-VAE "
+    "runs/quickstart's codes, ~2.5 minutes on 2 CPU cores) or cifar10 (for the cifar10 VQ-VAE "
     "preset's codes, runs/cifar10)",
     workdir="runs/prior-{preset}",
     wrote="samples.png, curves.png, prior_codes.npz (the cached codes), metrics.jsonl, "

@@ -170,3 +170,19 @@ def test_script_refuses_bad_numbers_before_embedding(tmp_path, capsys, flags, me
     with pytest.raises(SystemExit) as exit_:
         fid_script.main([str(tmp_path), str(tmp_path), *flags])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_write_images_puts_real_images_where_fid_reads_them(tmp_path, capsys):
+    """write_images.py gives fid.py its real side; a --num past what a set holds is refused
+    (an FID at another N compares with nothing), and nothing is written over."""
+    import write_images
+
+    assert write_images.main(["--num", "5", "--out", str(tmp_path / "real")]) == 0
+    names = sorted(p.name for p in (tmp_path / "real").iterdir())
+    assert names == [f"{i:06d}.png" for i in range(5)]
+    expected = read_batch(get_source("shapes", "test", num_examples=5), range(5))["image"]
+    np.testing.assert_array_equal(fid_script.load_images(str(tmp_path / "real")), expected)
+    assert write_images.main(["--num", "5", "--out", str(tmp_path / "real")]) == 1
+    assert "exists" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="holds 5 images, fewer than --num 6"):
+        fid_script.load_images(str(tmp_path / "real"), 6)

@@ -360,3 +360,11 @@ def test_max_pixels_lowers_and_raises_the_limit(workdir, tmp_path, capsys):
     assert code == 1 and "--max-pixels 1024" in err
     code, summary, _ = _main(encode_script, capsys, *args, "--max-pixels", "1024")
     assert code == 0 and summary["images"] == 1
+
+
+def test_an_empty_codes_file_is_one_line(workdir, tmp_path, capsys):
+    (tmp_path / "codes.npz").write_bytes(b"")
+    args = [tmp_path / "codes.npz", "--model", workdir, "--out", tmp_path / "out"]
+    code, _, err = _main(decode_script, capsys, *args)
+    assert code == 1 and "is not a codes.npz written by encode.py" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()

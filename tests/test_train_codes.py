@@ -125,6 +125,7 @@ def test_a_side_not_a_multiple_of_4_names_the_file_and_the_fix(workdir, tmp_path
         "28",
     )
     assert code == 0 and summary["code_shapes"] == [[7, 7]]
+    (tmp_path / "c.npz").unlink()  # the next run may not write over it
     code, summary, _ = _main(
         encode_script,
         capsys,
@@ -215,12 +216,15 @@ def test_outputs_never_overwrite_inputs_or_each_other(workdir, photos, tmp_path,
     before = _tree(photos)
     code, _, err = _main(reconstruct_script, capsys, photos, "--model", workdir, "--out", photos)
     assert code == 1 and "holds the input" in err and _tree(photos) == before
-    # A subfolder of the inputs is fine, and what an earlier run wrote there is not re-read.
-    for _ in range(2):
-        code, summary, _ = _main(
-            reconstruct_script, capsys, photos, "--model", workdir, "--out", photos / "recon"
-        )
-        assert code == 0 and summary["images"] == len(before)
+    # A subfolder of the inputs is fine; a second run into it is refused: it would write over
+    # the first's files (nothing is ever written over), and it reads none of them as inputs.
+    args = [photos, "--model", workdir, "--out", photos / "recon"]
+    code, summary, _ = _main(reconstruct_script, capsys, *args)
+    assert code == 0 and summary["images"] == len(before)
+    first = _tree(photos / "recon")
+    code, _, err = _main(reconstruct_script, capsys, *args)
+    assert code == 1 and "exists" in err and "no script writes over" in err
+    assert _tree(photos / "recon") == first
     written = {n for n in _tree(photos / "recon") if not n.startswith("grids/")}
     assert {"rgb.jpg.png", "rgb.png.png", "photo.png", "sub/grey.png"} <= written
     assert len(written) == len(before) + 1  # one PNG per image, plus recon_errors.jsonl

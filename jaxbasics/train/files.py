@@ -170,7 +170,8 @@ def check_out(
 
     ``out`` is the file a script writes, or, with ``names`` (relative paths), the folder it
     writes ``out/name`` into. Symbolic links are followed. Refused, before anything is written:
-    a file that is one of ``inputs``; a folder that is a file, or is or holds one of
+    a file to be written that exists already (a user's, or an earlier run's: nothing is ever
+    written over); a file that is one of ``inputs``; a folder that is a file, or is or holds one of
     ``inputs`` (a folder inside an input folder is fine); a name no file system takes
     (:func:`name_problem`); a file to be written that is a link (it is never written through),
     or that a linked folder places outside ``out``; anything written inside a training workdir
@@ -203,6 +204,13 @@ def check_out(
     else:
         written = _check_folder(out, target, given, names)
     _check_no_workdir(out, {target, *(w.parent for w in written)})
+    existing = [w for w in written if os.path.lexists(w)]
+    if existing:
+        more = f" (and {len(existing) - 1} more this run would write)" if len(existing) > 1 else ""
+        raise FileExistsError(
+            f"--out {out}: {shorten(str(existing[0]), 200)} exists{more}; no script writes over "
+            "a file it did not make in this run. Choose a new --out, or move them away."
+        )
     return target
 
 

@@ -112,10 +112,13 @@ def memory_budget() -> int:
     return memory // 4
 
 
-def read_codes(path: str | Path, max_pixels: int = MAX_PIXELS) -> Codes:
+def read_codes(
+    path: str | Path, max_pixels: int = MAX_PIXELS, *, limit_flag: str | None = "--max-pixels"
+) -> Codes:
     """Read a ``codes.npz`` written by :func:`write_codes` (or ``experiments/encode.py``),
     checking all of it first, so that a damaged or crafted file is refused before a script
-    writes anything.
+    writes anything. ``limit_flag``: the caller's flag that raises ``max_pixels``, named in the
+    refusal of a larger map (None: it has none).
 
     The checks: integer codes (not bool, float or complex), each in [0, K) for the K of the
     file's config; one positive (h, w) per map, adding up to the codes, none decoding to more
@@ -128,7 +131,7 @@ def read_codes(path: str | Path, max_pixels: int = MAX_PIXELS) -> Codes:
     """
     try:
         npz = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # EOFError: an empty file
         if isinstance(e, FileNotFoundError):
             raise FileNotFoundError(f"{path} does not exist.") from e
         raise ValueError(
@@ -161,7 +164,7 @@ def read_codes(path: str | Path, max_pixels: int = MAX_PIXELS) -> Codes:
         k = config.num_embeddings
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise _bad(path, f"its config's num_embeddings is {k!r}, not a positive integer")
-        shapes = _checked_shapes(path, _read(f, "shapes", path), max_pixels)
+        shapes = _checked_shapes(path, _read(f, "shapes", path), max_pixels, limit_flag)
         maps = _checked_maps(path, _read(f, "codes", path), shapes, k)
         names = _checked_names(path, _read(f, "names", path), len(maps))
     return Codes(names, maps, config, str(sha))
@@ -175,7 +178,9 @@ def _read(npz: Any, key: str, path: str | Path) -> np.ndarray:
         raise _bad(path, f"its {key} cannot be read ({type(e).__name__}: {e})") from e
 
 
-def _checked_shapes(path: str | Path, shapes: np.ndarray, max_pixels: int) -> np.ndarray:
+def _checked_shapes(
+    path: str | Path, shapes: np.ndarray, max_pixels: int, flag: str | None
+) -> np.ndarray:
     """The (N, 2) int64 map shapes of a ``codes.npz``: positive, none over ``max_pixels``."""
     if shapes.ndim != 2 or shapes.shape[1:] != (2,) or shapes.dtype.kind not in "iu":
         raise _bad(path, f"shapes are {shapes.dtype} {shapes.shape}, not (N, 2) integers")
@@ -187,10 +192,11 @@ def _checked_shapes(path: str | Path, shapes: np.ndarray, max_pixels: int) -> np
     big = int(np.argmax(pixels))
     if pixels[big] > max_pixels:
         h, w = (int(side) for side in shapes[big])
+        fix = f"raise the limit: {flag} {16 * h * w}" if flag else "encode smaller images"
         raise ValueError(
             f"{path}: code map {big} is {h}x{w} codes, which decode to a {4 * w}x{4 * h} image "
             f"of {16 * h * w:,} pixels, more than the limit of {max_pixels:,}. If you trust the "
-            f"file, raise the limit: --max-pixels {16 * h * w} (max_pixels= in Python)."
+            f"file, {fix} (max_pixels= in Python)."
         )
     return shapes.astype(np.int64)
 
@@ -230,8 +236,15 @@ def _bad(path: str | Path, problem: str) -> ValueError:
     return ValueError(f"{path} is not a valid codes.npz: {problem}. Encode the images again.")
 
 
-def check_codes_fit(codes: Codes, model: Any, config: Any, where: str | Path) -> None:
-    """Refuse codes made by another model: other K or code size, or another codebook.
+def check_codes_fit(
+    codes: Codes,
+    model: Any,
+    config: Any,
+    where: str | Path,
+    fix: str = "Decode it with --model pointing at the run (and step) or export that encoded it.",
+) -> None:
+    """Refuse codes made by another model: other K or code size, or another codebook (``fix``:
+    what to do, in the refusal).
 
     Raises:
       ValueError: naming what differs and what to do.
@@ -245,11 +258,11 @@ def check_codes_fit(codes: Codes, model: Any, config: Any, where: str | Path) ->
         raise ValueError(
             f"{where} was encoded by a model of other sizes than this one:\n  "
             + "\n  ".join(diff)
-            + "\nDecode it with --model pointing at the run or export that encoded it."
+            + "\n"
+            + fix
         )
     if codes.codebook_sha256 != codebook_fingerprint(model):
         raise ValueError(
             f"{where} was encoded by another model: the codebooks differ (same sizes, other "
-            "weights), so its codes would decode to nonsense. Decode it with --model pointing "
-            "at the run (and step) or export that encoded it."
+            f"weights), so its codes would decode to nonsense. {fix}"
         )
