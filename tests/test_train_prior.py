@@ -110,6 +110,7 @@ def test_a_prior_is_refused_on_another_codebooks_codes(prior_workdir, workdir, t
     code = sample.main(["--prior", str(copy), "--model", str(other), "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert code == 1 and "another codebook" in err and err.count("\n") == 1
+    assert "weights" not in err  # an FSQ model's grid is no weights
     assert not (tmp_path / "s").exists()
 
 
@@ -174,8 +175,11 @@ def test_all_classes_cycles_the_labels_through_the_samples(prior_workdir, workdi
         (["--class", "dog"], "'dog' is not one of the prior's classes"),
         (["--temperature", "0"], "temperature must be > 0"),
         (["--guidance", "2"], "--guidance needs --class"),
-        (["--top-k", "0"], "top_k must be in [1, 16]"),
-        (["--num", "0"], "--num must be in [1, 10000]"),
+        (["--top-k", "0"], "top_k must be an integer in [1, 16], got 0"),
+        (
+            ["--num", "0"],
+            "--num must be in [1, 10000] (one run samples them all at once in memory), got 0.\n",
+        ),
         (["--all-classes", "--guidance", "-1"], "guidance must be"),
         (["--temperature", "nan"], "temperature must be in"),
         (["--class", "ring", "--guidance", "inf"], "guidance must be in"),
@@ -216,10 +220,28 @@ def test_sample_out_is_one_writer_and_stays_inside(prior_workdir, workdir, tmp_p
     assert sample.main([*args, "--out", str(linked)]) == 1
     assert capsys.readouterr().err.count("\n") == 1
     assert not any(elsewhere.iterdir()) and not (linked / "codes.npz").exists()
-    # fewer samples into a folder of more: the old extra PNGs would pass for this run's
-    assert sample.main([*args, "--out", str(tmp_path / "o")]) == 0
-    assert sample.main([*args[:-1], "1", "--out", str(tmp_path / "o")]) == 1
-    assert "holds 1 samples this run would not replace (sample_001.png" in capsys.readouterr().err
+    # a folder of more samples: the extra PNGs would pass for this run's
+    (tmp_path / "o/samples").mkdir(parents=True)
+    (tmp_path / "o/samples/sample_005.png").write_bytes(b"an older run's")
+    assert sample.main([*args, "--out", str(tmp_path / "o")]) == 1
+    assert "holds 1 samples this run would not replace (sample_005.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["codes.npz", "grid.png", "samples/sample_001.png"])
+def test_sample_writes_over_no_file_it_did_not_make(prior_workdir, workdir, tmp_path, capsys, name):
+    """A codes.npz (the name encode.py writes), a grid.png or a sample PNG already in --out,
+    a user's or an earlier run's, is refused in one line; nothing is written."""
+    out = tmp_path / "out"
+    (out / name).parent.mkdir(parents=True, exist_ok=True)
+    (out / name).write_bytes(b"a user's")
+    args = ["--prior", str(prior_workdir), "--model", str(workdir), "--num", "2"]
+    assert sample.main([*args, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"{name} exists" in err and "no script writes over a file" in err and err.count("\n") == 1
+    )
+    assert (out / name).read_bytes() == b"a user's"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [name]
 
 
 def test_a_prior_on_a_codes_file_is_unconditional(workdir, tmp_path, capsys):
@@ -251,8 +273,9 @@ def test_a_codes_file_of_another_model_is_refused(workdir, tmp_path):
     other = to_model(config, state.params, state.ema)
     maps = [np.zeros((8, 8), np.int32)] * 20
     codes = write_codes(tmp_path / "c.npz", [f"{i}" for i in range(20)], maps, other, config)
-    with pytest.raises(ValueError, match="encoded by another model"):
+    with pytest.raises(ValueError, match="encoded by another model") as e:
         fit(prior_config(workdir, codes=str(codes)), tmp_path / "prior")
+    assert str(e.value).endswith("Pass the --model that encoded it.")  # nothing to decode here
     assert not (tmp_path / "prior").exists()
 
 
@@ -277,3 +300,72 @@ def test_the_prior_docs_snippet_runs(prior_workdir, workdir):
     exec(block.replace("runs/quickstart", str(workdir)), namespace)
     assert namespace["codes"].shape == (16, 8, 8)
     assert namespace["images"].shape == (16, 32, 32, 3)
+
+
+def _codes_file(workdir, path, seed=0, count=40):
+    loaded = load(workdir)
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(-0.5, 0.5, (count, 32, 32, 3)).astype(np.float32)
+    maps = list(np.asarray(model_fns(loaded.model).encode(images)))
+    names = [f"{i}.png" for i in range(count)]
+    return write_codes(path, names, maps, loaded.model, loaded.config)
+
+
+def test_a_resume_with_another_codes_file_is_refused(workdir, tmp_path):
+    """The cache holds a.npz's maps; --codes b.npz on the rerun (other maps) is refused, while a
+    copy of a.npz elsewhere, or a.npz gone, resumes from the cache."""
+    a, b = _codes_file(workdir, tmp_path / "a.npz"), _codes_file(workdir, tmp_path / "b.npz", 1)
+    config = prior_config(workdir, codes=str(a), num_training_updates=4, eval_every=4)
+    fit(config, tmp_path / "prior")
+    with pytest.raises(ValueError, match="holds other code maps than .* was trained on"):
+        fit(config.replace(codes=str(b), num_training_updates=8), tmp_path / "prior")
+    moved = shutil.copy(a, tmp_path / "moved.npz")
+    a.unlink()
+    assert (
+        fit(config.replace(codes=str(moved), num_training_updates=6), tmp_path / "prior").step == 6
+    )
+    assert fit(config.replace(num_training_updates=8), tmp_path / "prior").step == 8  # a.npz gone
+
+
+def test_labels_out_of_range_in_the_cache_are_named(prior_workdir, workdir, tmp_path):
+    copy = shutil.copytree(prior_workdir, tmp_path / "prior")
+    with np.load(copy / "prior_codes.npz") as z:
+        arrays = dict(z)
+    arrays["train_labels"] = np.full_like(arrays["train_labels"], 50)
+    np.savez_compressed(copy / "prior_codes.npz", **arrays)
+    with pytest.raises(ValueError, match=r"holds labels outside \[0, 10\)"):
+        fit(prior_config(workdir, num_training_updates=20), copy)
+
+
+def test_codes_files_train_prior_cannot_use_are_one_line_naming_no_missing_flag(workdir, tmp_path):
+    """An empty file, and one declaring maps larger than any image: train_prior.py has no
+    --max-pixels to suggest."""
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="is not a codes.npz written by encode.py"):
+        fit(prior_config(workdir, codes=str(tmp_path / "empty.npz")), tmp_path / "p1")
+    real = _codes_file(workdir, tmp_path / "real.npz", count=20)
+    with np.load(real) as z:
+        arrays = dict(z)
+    arrays["shapes"] = arrays["shapes"].copy()
+    arrays["shapes"][0] = (10**5, 10**5)
+    np.savez(tmp_path / "huge.npz", **arrays)
+    with pytest.raises(ValueError) as e:
+        fit(prior_config(workdir, codes=str(tmp_path / "huge.npz")), tmp_path / "p2")
+    assert "more than the limit" in str(e.value) and "encode smaller images" in str(e.value)
+    assert "--max-pixels" not in str(e.value)
+    assert not (tmp_path / "p1").exists() and not (tmp_path / "p2").exists()
+
+
+def test_model_users_name_a_prior_workdir_without_offering_to_start_a_run(prior_workdir):
+    with pytest.raises(ValueError) as e:
+        load(prior_workdir)
+    assert (
+        str(e.value) == f"{prior_workdir} holds a prior run, not a VQ-VAE's; name a VQ-VAE's run."
+    )
+
+
+def test_sample_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        sample.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "how many images (default: 64)" in text and "workdir (default: runs/prior-" in text

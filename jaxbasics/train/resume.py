@@ -105,8 +105,12 @@ def other_kind(text: bytes, cls: type[RunConfig]) -> type[RunConfig] | None:
     return None
 
 
-def kind_mismatch(workdir: str | Path, other: type[RunConfig], cls: type[RunConfig]) -> Exception:
-    """The refusal of a workdir that holds ``other``'s kind of run where ``cls``'s was asked for.
+def kind_mismatch(
+    workdir: str | Path, other: type[RunConfig], cls: type[RunConfig], *, starts: bool = True
+) -> Exception:
+    """The refusal of a workdir that holds ``other``'s kind of run where ``cls``'s was asked for
+    (``starts``: the caller would start a run in a new folder; a reader of trained models would
+    not).
 
     >>> class Prior(RunConfig):
     ...     KIND = "prior"
@@ -115,15 +119,18 @@ def kind_mismatch(workdir: str | Path, other: type[RunConfig], cls: type[RunConf
     >>> print(kind_mismatch("runs/prior", Prior, VQVAE))
     runs/prior holds a prior run, not a VQ-VAE's; name a VQ-VAE's run (or a new folder, to
     start one).
+    >>> print(kind_mismatch("runs/prior", Prior, VQVAE, starts=False))
+    runs/prior holds a prior run, not a VQ-VAE's; name a VQ-VAE's run.
     """
+    new = " (or a new folder, to start one)" if starts else ""
     return ConfigMismatchError(
-        f"{workdir} holds a {other.KIND} run, not a {cls.KIND}'s; name a {cls.KIND}'s run (or a "
-        "new folder, to start one)."
+        f"{workdir} holds a {other.KIND} run, not a {cls.KIND}'s; name a {cls.KIND}'s run{new}."
     )
 
 
-def load_config(workdir: str | Path, cls: type[C]) -> C | None:
-    """The ``cls`` config saved in ``workdir/config.json``, or None if there is none.
+def load_config(workdir: str | Path, cls: type[C], *, starts: bool = True) -> C | None:
+    """The ``cls`` config saved in ``workdir/config.json``, or None if there is none
+    (``starts``: as for :func:`kind_mismatch`).
 
     Raises:
       ConfigFileError: the file is damaged (not JSON, unknown or missing fields, wrong types
@@ -141,7 +148,7 @@ def load_config(workdir: str | Path, cls: type[C]) -> C | None:
         return cls.from_json(path.read_text()).validate()
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
         if (other := other_kind(path.read_bytes(), cls)) is not None:
-            raise kind_mismatch(workdir, other, cls) from e
+            raise kind_mismatch(workdir, other, cls, starts=starts) from e
         raise ConfigFileError(
             f"{path} is damaged: {str(e).rstrip('.')}. Fix it, or delete it: training then "
             "takes the run's config from its newest checkpoint."

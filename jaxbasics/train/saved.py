@@ -52,8 +52,10 @@ class SavedConfig(NamedTuple):
     step: int | None
 
 
-def saved_config(workdir: str | Path, cls: type[RunConfig]) -> SavedConfig:
-    """The config of the run in ``workdir``: ``config.json``, else its newest checkpoint's.
+def saved_config(workdir: str | Path, cls: type[RunConfig], *, starts: bool = True) -> SavedConfig:
+    """The config of the run in ``workdir``: ``config.json``, else its newest checkpoint's
+    (``starts``: the caller would start a run in a new folder, as the refusal of another kind of
+    run then says; see :func:`~jaxbasics.train.resume.kind_mismatch`).
 
     Reads only. An unreadable checkpoint is skipped (training moves it aside later).
 
@@ -66,7 +68,7 @@ def saved_config(workdir: str | Path, cls: type[RunConfig]) -> SavedConfig:
         holds a config.
     """
     workdir = Path(workdir)
-    config = load_config(workdir, cls)
+    config = load_config(workdir, cls, starts=starts)
     if config is not None or not (workdir / "checkpoints").is_dir():
         return SavedConfig(config, None)
     ckpt = Checkpointer(workdir, read_only=True)
@@ -83,7 +85,7 @@ def saved_config(workdir: str | Path, cls: type[RunConfig]) -> SavedConfig:
                     return SavedConfig(cls.from_json(text), step)
                 except ValueError as e:
                     if (other := other_kind(text.encode(), cls)) is not None:
-                        raise kind_mismatch(workdir, other, cls) from e
+                        raise kind_mismatch(workdir, other, cls, starts=starts) from e
                     raise ConfigFileError(
                         f"{workdir}/config.json is missing and the config saved with checkpoint "
                         f"{step} is damaged ({str(e).rstrip('.')}); restore config.json, or pass "
@@ -276,7 +278,7 @@ def read_run(
       UnreadableCheckpointError, IncompatibleCheckpointError: as :func:`read`.
     """
     workdir = Path(workdir)
-    config = saved_config(workdir, cls).config
+    config = saved_config(workdir, cls, starts=False).config
     if config is None:
         raise FileNotFoundError(
             f"{workdir} holds no {cls.KIND} run: it has neither a config.json nor a checkpoint."

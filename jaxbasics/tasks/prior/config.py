@@ -7,7 +7,7 @@ model's own train and test images, or a user's ``codes.npz`` from ``experiments/
 :class:`~jaxbasics.train.config.RunConfig`.
 
 * ``quickstart``: a small transformer on ``runs/quickstart``'s codes (the VQ-VAE quickstart's
-  run), about 90 s on 2 CPU cores; what ``train_prior.py`` runs with no flags.
+  run), about 2.5 minutes on 2 CPU cores; what ``train_prior.py`` runs with no flags.
 * ``cifar10``: the priors' setting for the ``cifar10`` VQ-VAE preset (``runs/cifar10``).
 
 >>> PRESETS("quickstart").model

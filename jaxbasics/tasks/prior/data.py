@@ -142,10 +142,31 @@ def read_cache(path: Path) -> CodeData:
             f"{path} (the prior's cached codes) is damaged ({type(e).__name__}: {e}); delete "
             "it to encode the VQ-VAE's images again."
         ) from e
+    classes = max(1, len(data.class_names))  # codes without classes carry zeros
     for split in (data.train, data.test):
         if split.codes.size and not 0 <= split.codes.min() <= split.codes.max() < data.num_codes:
             raise ValueError(f"{path} holds codes outside [0, {data.num_codes}); delete it.")
+        if split.labels.shape != split.codes.shape[:1] or (
+            split.labels.size and not 0 <= split.labels.min() <= split.labels.max() < classes
+        ):
+            raise ValueError(
+                f"{path} holds labels outside [0, {classes}), or not one per map; delete it."
+            )
     return data
+
+
+def same_maps(a: CodeData, b: CodeData) -> bool:
+    """Whether two :class:`CodeData` hold the same maps and labels in the same splits.
+
+    >>> src = CodeSource(np.zeros((2, 1, 1), np.int32), np.zeros(2, np.int32))
+    >>> same_maps(CodeData(src, src, 4, (), "ab"), CodeData(src, src, 4, (), "cd"))
+    True
+    """
+    return all(
+        np.array_equal(getattr(x, f), getattr(y, f))
+        for x, y in ((a.train, b.train), (a.test, b.test))
+        for f in ("codes", "labels")
+    )
 
 
 def same_codebook(prior: Any, model: Any, fingerprint: str, *trained_on: str) -> None:
@@ -158,13 +179,12 @@ def same_codebook(prior: Any, model: Any, fingerprint: str, *trained_on: str) ->
     >>> same_codebook("prior", "vq", "ab12", "ab12")
     >>> same_codebook("prior", "vq", "ab12", "ab12", "cd34")
     Traceback (most recent call last):
-    ValueError: the prior prior models the codes of another codebook than vq's ...
+    ValueError: the prior prior models the codes of another codebook than vq's: ...
     """
     if any(f != fingerprint for f in trained_on):
         raise ValueError(
-            f"the prior {prior} models the codes of another codebook than {model}'s (other "
-            "weights): its samples would decode to nonsense. Pass the --model it was trained "
-            "on."
+            f"the prior {prior} models the codes of another codebook than {model}'s: its samples "
+            "would decode to nonsense. Pass the --model it was trained on."
         )
 
 
@@ -198,8 +218,10 @@ def code_data(config: PriorConfig, loaded: Loaded, fingerprint: str) -> CodeData
 
 
 def _from_codes_file(path: Path, loaded: Loaded, fingerprint: str) -> CodeData:
-    codes = read_codes(path)
-    check_codes_fit(codes, loaded.model, loaded.config, path)
+    codes = read_codes(path, limit_flag=None)  # train_prior.py has no --max-pixels
+    check_codes_fit(
+        codes, loaded.model, loaded.config, path, fix="Pass the --model that encoded it."
+    )
     shapes = sorted({m.shape for m in codes.maps})
     if len(shapes) > 1:
         raise ValueError(

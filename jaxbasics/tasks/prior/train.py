@@ -39,7 +39,7 @@ from jaxbasics.data.pipeline import eval_dataset
 from jaxbasics.prior import PixelCNNPrior, TransformerPrior, bits_per_code, cross_entropy, sample
 from jaxbasics.prior import drop_labels as drop
 from jaxbasics.tasks.prior.config import PriorConfig
-from jaxbasics.tasks.prior.data import CACHE, code_data, read_cache, vqvae_of
+from jaxbasics.tasks.prior.data import CACHE, code_data, read_cache, same_maps, vqvae_of
 from jaxbasics.tasks.vqvae.apply import model_fns
 from jaxbasics.train.files import save_figure
 from jaxbasics.train.optim import make_optimizer
@@ -252,6 +252,13 @@ class PriorTask:
         trained_on = [f for f in (cache and cache.codebook_sha256, then) if f]
         self.loaded, fingerprint = vqvae_of(self.config.model, workdir, trained_on)
         self.data = cache or code_data(self.config, self.loaded, fingerprint)
+        codes = self.config.codes
+        if cache and codes is not None and Path(codes).exists():  # moved away: the cache holds
+            if not same_maps(cache, code_data(self.config, self.loaded, fingerprint)):
+                raise ValueError(
+                    f"--codes {codes} holds other code maps than {workdir} was trained on (its "
+                    f"{CACHE}); resume with the file it started from, or start a new --workdir."
+                )
         self.stats = self.data.stats()
         if len(self.data.train) < self.config.batch_size:
             raise ValueError(
