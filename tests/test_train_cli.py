@@ -95,7 +95,7 @@ def test_sigint_exits_130_and_a_second_one_stops_at_once(tmp_path, xla_cache):
     proc = start(train_cmd(w, xla_cache, num_training_updates=4000, checkpoint_every=50))
     wait_for(lambda: checkpoint_steps(w)[-1] > first, proc)
     proc.send_signal(signal.SIGINT)
-    proc.send_signal(signal.SIGINT)  # the impatient second Ctrl-C
+    proc.send_signal(signal.SIGINT)  # the impatient second Ctrl-C (test_train_signals.py: alone)
     t = time.time()
     proc.communicate(timeout=60)
     assert proc.returncode in (130, -signal.SIGINT) and time.time() - t < 30

@@ -1,8 +1,11 @@
 """train.io: load a run or an export in one call, export a run's model, refuse misfits."""
 
+import errno
+import gc
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import jax
@@ -82,6 +85,25 @@ def _contents(root: Path) -> dict[str, bytes | None]:
     return {
         str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in root.rglob("*")
     }
+
+
+def test_truncated_array_data_is_one_line_of_warning(workdir, tmp_path, capfd):
+    """Only the array bytes cut short (the metadata intact): Orbax's read coroutines die with
+    a many-line TensorStore spec and go unawaited; the user reads one line naming the step."""
+    copy = _copy(workdir, tmp_path)
+    for f in (copy / "checkpoints" / "10" / "state" / "ocdbt.process_0" / "d").iterdir():
+        f.write_bytes(f.read_bytes()[:16])  # every array's data, whichever file holds it
+    logger = logging.getLogger("jaxbasics")
+    handler = logging.StreamHandler(sys.stderr)
+    logger.addHandler(handler)
+    try:
+        assert load(copy).step == 5
+        gc.collect()  # the dead coroutines are reported when collected
+    finally:
+        logger.removeHandler(handler)
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "skipped checkpoint 10: Exception: Encountered error" in err
+    assert "TensorStore" not in err and "never awaited" not in err
 
 
 def test_load_falls_back_past_damaged_checkpoints_and_moves_nothing(workdir, tmp_path, caplog):
@@ -169,6 +191,23 @@ def test_evaluate_py_reads_the_newest_readable_checkpoint(workdir, tmp_path, cap
     assert evaluate_script.main(["--workdir", str(copy)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no checkpoint in") and "\n" not in err
+
+
+def test_evaluate_py_on_a_workdir_it_cannot_write_prints_its_result_first(
+    workdir, capsys, monkeypatch
+):
+    """A read-only workdir: the evaluation is printed, then one line says the figures could
+    not be written and where to put them instead."""
+    import evaluate as evaluate_script
+
+    def read_only(evaluation, codebook, grid, codebook_png):
+        raise OSError(errno.EROFS, "Read-only file system", str(grid))
+
+    monkeypatch.setattr(evaluate_script, "save_figures", read_only)
+    assert evaluate_script.main(["--workdir", str(workdir)]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["step"] == 10
+    assert err.count("\n") == 1 and "Read-only file system" in err and "--out" in err
 
 
 def test_export_is_small_and_loads_to_the_same_model(workdir, tmp_path):

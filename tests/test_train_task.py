@@ -5,6 +5,8 @@ jaxbasics.train names it (test_structure.py checks that the machinery names no m
 import dataclasses
 import json
 import math
+import os
+import signal
 from typing import Any, ClassVar
 
 import flax.struct
@@ -14,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxbasics.train import TaskData, fit, read_run, register, task_for
+from jaxbasics.train import TaskData, fit, read_run, register, run, task_for
 from jaxbasics.train.config import RunConfig
 from jaxbasics.train.optim import make_optimizer
 from jaxbasics.train.resume import ConfigMismatchError
@@ -207,3 +209,35 @@ def test_its_workdir_refuses_another_experiment_and_another_kind(tmp_path, workd
         fit(CONFIG.replace(num_training_updates=20, noise=0.5), tmp_path)
     with pytest.raises(ConfigMismatchError, match="holds a VQ-VAE run, not a line's"):
         fit(CONFIG, workdir)
+
+
+class StoppedWhileStarting(LineTask):
+    """Ctrl-C while the run starts: before its data is read, or after its files are written."""
+
+    when = "fresh_state"
+
+    def load_data(self, workdir):
+        if self.when == "load_data":
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().load_data(workdir)
+
+    def fresh_state(self, dataset, shardings):
+        os.kill(os.getpid(), signal.SIGINT)
+        return super().fresh_state(dataset, shardings)
+
+
+def test_a_stop_while_a_new_run_starts_leaves_no_workdir(tmp_path, caplog):
+    result = run(StoppedWhileStarting(CONFIG), tmp_path / "run")
+    assert result.interrupted == signal.SIGINT and result.step == 0
+    assert not (tmp_path / "run").exists()  # config.json, data_stats.json, checkpoints/: gone
+    assert "before the first step; nothing was kept" in caplog.text
+
+
+def test_a_stop_while_a_saved_run_starts_changes_nothing(tmp_path):
+    fit(CONFIG.replace(num_training_updates=10), tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    task = StoppedWhileStarting(CONFIG.replace(num_training_updates=20))
+    task.when = "load_data"
+    assert run(task, tmp_path).interrupted == signal.SIGINT
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert fit(CONFIG.replace(num_training_updates=20), tmp_path).step == 20

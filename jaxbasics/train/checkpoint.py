@@ -79,8 +79,9 @@ class Restored(NamedTuple):
 
 
 def _cause(error: BaseException, limit: int = 200) -> str:
-    """An error in one short line: its type and the first line of its message."""
-    lines = str(error).strip().splitlines() or [""]
+    """An error in one short line: its type and the first line of its message (without the
+    TensorStore spec Orbax appends)."""
+    lines = str(error).split(" See full TensorStore details")[0].strip().splitlines() or [""]
     text = f"{type(error).__name__}: {lines[0]}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

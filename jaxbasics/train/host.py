@@ -9,6 +9,7 @@ import ctypes.util
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,19 +80,31 @@ def _orbax_to_debug(record: logging.LogRecord) -> bool:
 
 
 def _closed_loops_to_debug(previous: Callable[[Any], None]) -> Callable[[Any], None]:
-    """``sys.unraisablehook`` routing "Event loop is closed" to the checkpoint module's debug
-    level: after a failed save or read, Orbax's pending I/O completes into event loops it
-    already closed."""
+    """``sys.unraisablehook`` routing what Orbax's I/O threads leave behind to the checkpoint
+    module's debug level: after a failed save or read, its pending I/O completes into event
+    loops it already closed ("Event loop is closed"), and the coroutines of a damaged array's
+    read end with an exception nobody awaits (a many-line TensorStore dump). The failure
+    itself reaches the caller as one line."""
 
     def hook(unraisable: Any) -> None:
         error = unraisable.exc_value
-        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-            log.debug("an Orbax I/O thread reported into a closed event loop")
+        closed = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        if closed or _from_orbax(getattr(unraisable, "exc_traceback", None)):
+            log.debug("an Orbax I/O task ended after its caller: %s", str(error).split("\n")[0])
         else:
             previous(unraisable)
 
     hook.closed_loops_to_debug = True
     return hook
+
+
+def _from_orbax(tb: Any) -> bool:
+    """Whether a traceback passes through Orbax's code."""
+    while tb is not None:
+        if "orbax" in Path(tb.tb_frame.f_code.co_filename).parts:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def quiet_orbax() -> None:
@@ -105,5 +118,8 @@ def quiet_orbax() -> None:
         logger = logging.getLogger(name)
         if _orbax_to_debug not in logger.filters:
             logger.addFilter(_orbax_to_debug)
+    # The read of a damaged array leaves this coroutine of Orbax's behind, unawaited.
+    message = "coroutine '_read_array_index_and_device_put' was never awaited"
+    warnings.filterwarnings("ignore", message=message, category=RuntimeWarning)
     if not getattr(sys.unraisablehook, "closed_loops_to_debug", False):
         sys.unraisablehook = _closed_loops_to_debug(sys.unraisablehook)

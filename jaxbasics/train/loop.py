@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,7 +48,7 @@ from jaxbasics.train.metrics import open_writers, read_jsonl
 from jaxbasics.train.resume import check_resumable
 from jaxbasics.train.saved import saved_config, written_with
 from jaxbasics.train.sharding import Shardings, global_batch, make_shardings
-from jaxbasics.train.signals import StopAgreement, StopFlag
+from jaxbasics.train.signals import Interrupted, StopAgreement, StopFlag
 from jaxbasics.train.task import task_for
 from jaxbasics.train.workdir import hold
 
@@ -325,8 +326,11 @@ def run(task: Any, workdir: str | Path) -> FitResult:
 
     config = task.config.validate()
     retain_host_memory()
-    with hold(workdir):
-        run = _setup(task, Path(workdir))
+    with hold(workdir), StopFlag() as stop:
+        started = _start_or_undo(task, Path(workdir), stop)
+        if isinstance(started, FitResult):
+            return started
+        run = started
         show = config.progress and run.is_main
         bar = tqdm(
             total=config.num_training_updates,
@@ -337,7 +341,7 @@ def run(task: Any, workdir: str | Path) -> FitResult:
             dynamic_ncols=True,
         )
         try:
-            with StopFlag() as stop, logging_redirect_tqdm():
+            with logging_redirect_tqdm():
                 signum = _train(run, stop, bar)
                 bar.close()
                 if signum:
@@ -355,3 +359,22 @@ def run(task: Any, workdir: str | Path) -> FitResult:
             for w in run.writers.values():
                 w.close()
             run.ckpt.close()
+
+
+def _start_or_undo(task: Any, workdir: Path, stop: StopFlag) -> _Run | FitResult:
+    """:func:`_setup`, or, if a stop signal comes meanwhile, the workdir as it was before (what
+    this start wrote removed, unless a checkpoint holds the run) and the stopped result."""
+    before = set(workdir.iterdir()) if workdir.is_dir() else set()
+    stop.starting = True
+    try:
+        return _setup(task, workdir)
+    except Interrupted as e:
+        checkpoints = workdir / "checkpoints"
+        kept = checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+        if jax.process_index() == 0 and workdir.is_dir() and not kept:
+            for path in set(workdir.iterdir()) - before:  # what this start made: we hold it
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+        log.warning("Stopped by signal %d before the first step; nothing was kept.", e.signum)
+        return FitResult(0, None, {}, e.signum)
+    finally:
+        stop.starting = False

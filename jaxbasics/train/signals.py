@@ -27,26 +27,63 @@ from jaxbasics.train.sharding import global_batch
 LAG = 2
 
 
+class Interrupted(BaseException):
+    """A stop signal that came while the run was starting up, before its first step.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: code that catches ``Exception`` lets
+    it through to :func:`jaxbasics.train.loop.run`, which undoes the start and returns.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum} while the run was starting")
+        self.signum = signum
+
+
 class StopFlag:
     """SIGTERM/SIGINT handler: remember the signal; a second signal stops at once.
 
     The first SIGTERM or SIGINT sets :attr:`signum`; the loop stops after the current step
     with a checkpoint. A second one gets the default action (the process ends at once); the
     last finished checkpoint stays intact, since Orbax renames a checkpoint into place only
-    when it is complete.
+    when it is complete. Two signals that reach the process before Python runs the handler
+    (the main thread busy in XLA or Orbax) count as two: the C-level handler writes each one
+    into a wakeup pipe (``signal.set_wakeup_fd``), which the handler reads. Two ``kill()``
+    calls within microseconds of each other reach it as one, whatever it does: the kernel keeps
+    one pending SIGINT at a time. While :attr:`starting`, a signal raises :class:`Interrupted`
+    instead: there is no step to finish and nothing to save yet.
     """
 
     def __init__(self) -> None:
         self.signum = 0
+        self.starting = False
         self._previous: dict[int, Any] = {}
+        self._pipe: tuple[int, int] | None = None
+        self._wakeup = -1
 
     def __enter__(self) -> StopFlag:
+        read, write = os.pipe()
+        for fd in (read, write):
+            os.set_blocking(fd, False)
+        self._pipe = (read, write)
+        self._wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    def _delivered(self) -> int:
+        """How many stop signals the C-level handler has seen since the last call."""
+        try:
+            pending = os.read(self._pipe[0], 4096)
+        except BlockingIOError:
+            return 0
+        return sum(b in (signal.SIGINT, signal.SIGTERM) for b in pending)
+
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum:  # the second signal: say so, then the default action ends the process
+        delivered = max(1, self._delivered())
+        if self.starting:
+            self.signum = signum
+            raise Interrupted(signum)
+        if self.signum or delivered > 1:  # a second signal: say so, then the default action
             os.write(2, b"\nSecond stop signal: stopping now; the last saved checkpoint is kept.\n")
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -60,6 +97,10 @@ class StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        signal.set_wakeup_fd(self._wakeup)
+        for fd in self._pipe or ():
+            os.close(fd)
+        self._pipe = None
 
 
 class StopAgreement:
