@@ -104,7 +104,7 @@ def inception_features(
 
     Args:
       images: uint8 ``(N, H, W, 3)``, any ``H, W``; model outputs (in [-0.5, 0.5]) convert
-        with :func:`jaxbasics.train.codes.to_pixels`.
+        with :func:`jaxbasics.data.transforms.to_pixels`.
       batch_size: images per forward pass.
       device: a torch device, e.g. ``"cuda"``.
       progress: show a tqdm bar; None shows one for more than 4 batches.
@@ -234,7 +234,7 @@ def _checked(images: npt.ArrayLike) -> np.ndarray:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(
             f"FID needs uint8 images (N, H, W, 3), got {images.dtype} {images.shape}. Model "
-            "outputs in [-0.5, 0.5] convert with jaxbasics.train.codes.to_pixels, grey images "
+            "outputs in [-0.5, 0.5] convert with jaxbasics.data.transforms.to_pixels, grey images "
             "with np.repeat(x[..., None], 3, axis=-1)."
         )
     return images

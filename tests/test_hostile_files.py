@@ -26,7 +26,7 @@ from jaxbasics.tasks.vqvae import codes as codes_module
 from jaxbasics.tasks.vqvae.codes import read_codes, write_codes
 from jaxbasics.tasks.vqvae.trained import load
 from jaxbasics.train.files import check_out, output_names
-from test_train_codes import _main, _rgb, _tree
+from test_tasks_vqvae_codes import _main, _rgb, _tree
 
 NAMES = ["a.png", "b.png", "sub/c.png"]
 

@@ -1,6 +1,6 @@
 """jaxbasics.train.files: everything is written whole or not at all, nothing over a stranger's
 file; figures and PNGs go through the one atomic writer. (The --out policy is tested with the
-scripts that use it, in test_hostile_files.py and test_train_codes.py.)"""
+scripts that use it, in test_hostile_files.py and test_tasks_vqvae_codes.py.)"""
 
 import errno
 

@@ -1,7 +1,7 @@
 """Keeping a codebook alive: usage statistics, dead-code restart, k-means initialisation.
 
 Pure, jit-able functions of arrays; the train step and the loop wire them in
-(:mod:`jaxbasics.train.step`). Encoder outputs ``flat`` are (N, D) rows, flattened
+(:mod:`jaxbasics.tasks.vqvae.train`). Encoder outputs ``flat`` are (N, D) rows, flattened
 like the quantiser's input (see :mod:`jaxbasics.vqvae.quantizer`).
 
 Every edit of the codes goes through :func:`set_codes`, and every read through

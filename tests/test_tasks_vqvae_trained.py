@@ -1,4 +1,5 @@
-"""train.io: load a run or an export in one call, export a run's model, refuse misfits."""
+"""jaxbasics.tasks.vqvae.trained and export_file: load a run or an export in one call, export a
+run's model, refuse misfits."""
 
 import errno
 import gc
