@@ -212,9 +212,9 @@ def test_its_workdir_refuses_another_experiment_and_another_kind(tmp_path, workd
 
 
 class StoppedWhileStarting(LineTask):
-    """Ctrl-C while the run starts: before its data is read, or after its files are written."""
+    """Ctrl-C while the run starts: before its data is read, or while its state is made."""
 
-    when = "fresh_state"
+    when = "load_data"
 
     def load_data(self, workdir):
         if self.when == "load_data":
@@ -222,22 +222,29 @@ class StoppedWhileStarting(LineTask):
         return super().load_data(workdir)
 
     def fresh_state(self, dataset, shardings):
-        os.kill(os.getpid(), signal.SIGINT)
+        if self.when == "fresh_state":
+            os.kill(os.getpid(), signal.SIGINT)
         return super().fresh_state(dataset, shardings)
 
 
 def test_a_stop_while_a_new_run_starts_leaves_no_workdir(tmp_path, caplog):
     result = run(StoppedWhileStarting(CONFIG), tmp_path / "run")
     assert result.interrupted == signal.SIGINT and result.step == 0
-    assert not (tmp_path / "run").exists()  # config.json, data_stats.json, checkpoints/: gone
-    assert "before the first step; nothing was kept" in caplog.text
+    assert not (tmp_path / "run").exists()  # no config.json, data_stats.json, checkpoints/
+    assert "before the first step; nothing was changed" in caplog.text
+
+
+def test_a_stop_once_its_files_are_written_stops_after_one_step_with_a_checkpoint(tmp_path):
+    task = StoppedWhileStarting(CONFIG)
+    task.when = "fresh_state"
+    result = run(task, tmp_path)
+    assert result.interrupted == signal.SIGINT and result.step == 1
+    assert fit(CONFIG.replace(num_training_updates=20), tmp_path).step == 20
 
 
 def test_a_stop_while_a_saved_run_starts_changes_nothing(tmp_path):
     fit(CONFIG.replace(num_training_updates=10), tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    task = StoppedWhileStarting(CONFIG.replace(num_training_updates=20))
-    task.when = "load_data"
-    assert run(task, tmp_path).interrupted == signal.SIGINT
+    assert run(StoppedWhileStarting(CONFIG.replace(num_training_updates=20)), tmp_path).interrupted
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     assert fit(CONFIG.replace(num_training_updates=20), tmp_path).step == 20

@@ -24,7 +24,8 @@ queued ahead of the device.
 
 Rerunning the same command resumes from the latest good checkpoint, with the same
 batches and bitwise the same parameters as an uninterrupted run. SIGTERM/SIGINT
-save a checkpoint and stop cleanly (every process of a multi-process run after the same step).
+save a checkpoint and stop cleanly (every process of a multi-process run after the same step);
+one that comes before the run has written anything leaves the workdir as it was.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,7 +48,7 @@ from jaxbasics.train.metrics import open_writers, read_jsonl
 from jaxbasics.train.resume import check_resumable
 from jaxbasics.train.saved import saved_config, written_with
 from jaxbasics.train.sharding import Shardings, global_batch, make_shardings
-from jaxbasics.train.signals import Interrupted, StopAgreement, StopFlag
+from jaxbasics.train.signals import StopAgreement, StopFlag
 from jaxbasics.train.task import task_for
 from jaxbasics.train.workdir import hold
 
@@ -102,8 +102,9 @@ class _Run:
         self.last_saved = self.step
 
 
-def _setup(task: Any, workdir: Path) -> _Run:
-    """Check, then restore or initialise. Writes nothing until every check has passed."""
+def _setup(task: Any, workdir: Path, stop: StopFlag) -> _Run | None:
+    """Check, then restore or initialise. Writes nothing until every check has passed, and
+    nothing at all (returning None) if a stop signal came meanwhile."""
     config = task.config
     saved = saved_config(workdir, type(config))
     if saved.step is not None:
@@ -124,6 +125,7 @@ def _setup(task: Any, workdir: Path) -> _Run:
         process_count=jax.process_count(),
     )
     workdir.mkdir(parents=True, exist_ok=True)  # process 0's hold made it, maybe not here
+    new_checkpoints = not (workdir / "checkpoints").exists()
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, migratable=task.migratable)
     try:
         restored = ckpt.restore_latest(
@@ -145,6 +147,11 @@ def _setup(task: Any, workdir: Path) -> _Run:
     except BaseException:
         ckpt.close()
         raise
+    if stop.signum and jax.process_count() == 1:  # several processes stop together, in _train
+        ckpt.close()
+        if new_checkpoints and not any((workdir / "checkpoints").iterdir()):
+            (workdir / "checkpoints").rmdir()
+        return None
     is_main = jax.process_index() == 0  # one process writes logs and plots
     if is_main:
         write_atomic(workdir / "config.json", config.to_json())
@@ -327,10 +334,12 @@ def run(task: Any, workdir: str | Path) -> FitResult:
     config = task.config.validate()
     retain_host_memory()
     with hold(workdir), StopFlag() as stop:
-        started = _start_or_undo(task, Path(workdir), stop)
-        if isinstance(started, FitResult):
-            return started
-        run = started
+        run = _setup(task, Path(workdir), stop)
+        if run is None:
+            log.warning(
+                "Stopped by signal %d before the first step; nothing was changed.", stop.signum
+            )
+            return FitResult(0, None, {}, stop.signum)
         show = config.progress and run.is_main
         bar = tqdm(
             total=config.num_training_updates,
@@ -359,22 +368,3 @@ def run(task: Any, workdir: str | Path) -> FitResult:
             for w in run.writers.values():
                 w.close()
             run.ckpt.close()
-
-
-def _start_or_undo(task: Any, workdir: Path, stop: StopFlag) -> _Run | FitResult:
-    """:func:`_setup`, or, if a stop signal comes meanwhile, the workdir as it was before (what
-    this start wrote removed, unless a checkpoint holds the run) and the stopped result."""
-    before = set(workdir.iterdir()) if workdir.is_dir() else set()
-    stop.starting = True
-    try:
-        return _setup(task, workdir)
-    except Interrupted as e:
-        checkpoints = workdir / "checkpoints"
-        kept = checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
-        if jax.process_index() == 0 and workdir.is_dir() and not kept:
-            for path in set(workdir.iterdir()) - before:  # what this start made: we hold it
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
-        log.warning("Stopped by signal %d before the first step; nothing was kept.", e.signum)
-        return FitResult(0, None, {}, e.signum)
-    finally:
-        stop.starting = False

@@ -27,18 +27,6 @@ from jaxbasics.train.sharding import global_batch
 LAG = 2
 
 
-class Interrupted(BaseException):
-    """A stop signal that came while the run was starting up, before its first step.
-
-    A ``BaseException``, as ``KeyboardInterrupt`` is: code that catches ``Exception`` lets
-    it through to :func:`jaxbasics.train.loop.run`, which undoes the start and returns.
-    """
-
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by signal {signum} while the run was starting")
-        self.signum = signum
-
-
 class StopFlag:
     """SIGTERM/SIGINT handler: remember the signal; a second signal stops at once.
 
@@ -49,29 +37,34 @@ class StopFlag:
     (the main thread busy in XLA or Orbax) count as two: the C-level handler writes each one
     into a wakeup pipe (``signal.set_wakeup_fd``), which the handler reads. Two ``kill()``
     calls within microseconds of each other reach it as one, whatever it does: the kernel keeps
-    one pending SIGINT at a time. While :attr:`starting`, a signal raises :class:`Interrupted`
-    instead: there is no step to finish and nothing to save yet.
+    one pending SIGINT at a time. The handler never raises: a signal while the run starts up
+    is read by :func:`jaxbasics.train.loop.run` once its checks and restore are done, before
+    it writes anything (it then leaves the workdir as it was).
     """
 
     def __init__(self) -> None:
         self.signum = 0
-        self.starting = False
         self._previous: dict[int, Any] = {}
         self._pipe: tuple[int, int] | None = None
-        self._wakeup = -1
+        self._wakeup: int | None = None  # the wakeup fd before ours, once ours is set
 
     def __enter__(self) -> StopFlag:
-        read, write = os.pipe()
-        for fd in (read, write):
-            os.set_blocking(fd, False)
-        self._pipe = (read, write)
-        self._wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+            self._pipe = os.pipe()
+            for fd in self._pipe:
+                os.set_blocking(fd, False)
+            self._wakeup = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def _delivered(self) -> int:
         """How many stop signals the C-level handler has seen since the last call."""
+        if self._pipe is None:  # a signal while __enter__ runs: before the pipe is set
+            return 0
         try:
             pending = os.read(self._pipe[0], 4096)
         except BlockingIOError:
@@ -80,9 +73,6 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         delivered = max(1, self._delivered())
-        if self.starting:
-            self.signum = signum
-            raise Interrupted(signum)
         if self.signum or delivered > 1:  # a second signal: say so, then the default action
             os.write(2, b"\nSecond stop signal: stopping now; the last saved checkpoint is kept.\n")
             signal.signal(signum, signal.SIG_DFL)
@@ -97,7 +87,10 @@ class StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        signal.set_wakeup_fd(self._wakeup)
+        self._previous.clear()
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._wakeup)
+            self._wakeup = None
         for fd in self._pipe or ():
             os.close(fd)
         self._pipe = None
