@@ -239,6 +239,12 @@ def test_write_atomic_writes_nothing_over_a_file_it_did_not_create(tmp_path, mon
     assert planted.read_text() == "someone else's" and not path.exists()
 
 
+def test_write_atomic_takes_a_name_as_long_as_the_file_system_allows(tmp_path):
+    path = tmp_path / ("x" * 250 + ".png")
+    assert write_atomic(path, b"ours").read_bytes() == b"ours"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
 def test_presets_live_with_their_model():
     assert not hasattr(config_module, "preset") and not hasattr(config_module, "PRESETS")
 

@@ -58,7 +58,8 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], A
     if isinstance(data, bytes) and path.is_file() and path.read_bytes() == data:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # The name's first 64 characters say whose it is; all of it could pass the 255-byte limit.
+    tmp = path.with_name(f".{path.name[:64]}.{secrets.token_hex(4)}.tmp")
     file = tmp.open("xb")  # "x": a name that exists (not ours) is never written or removed
     try:
         with file:
