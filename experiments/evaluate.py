@@ -4,11 +4,13 @@
 
 Prints one JSON line (``step``, ``recon_error``, ``perplexity``, ``split_perplexity``,
 ``used_codes``, ``usage_entropy`` in bits) and writes ``<workdir>/eval_reconstructions.png``
-(originals over reconstructions) and ``<workdir>/codebook.png`` (test-split code usage,
-sorted, and a PCA map of the codebook coloured by usage), or both where ``--out`` says. The
+(originals over reconstructions) and ``<workdir>/eval_codebook.png`` (test-split code usage,
+sorted, and a PCA map of the codebook coloured by usage; training's own ``codebook.png`` is
+left alone), or both where ``--out`` says. The
 JSON line comes first: a workdir that cannot be written (read-only) loses no result, and the
 figures it cannot take are one line of error. The run's ``config.json`` supplies the model and
-the dataset; ``--data-dir`` points at the data if it moved.
+the dataset; ``--data-dir`` points at the data if it moved. Like every script's ``--out``,
+the one given here is never written over; evaluate.py's own files in the workdir are replaced.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from jaxbasics.tasks.vqvae.config import VQVAEConfig
 from jaxbasics.tasks.vqvae.data import sources
 from jaxbasics.tasks.vqvae.evaluate import evaluate, save_figures
 from jaxbasics.tasks.vqvae.train import VQVAETask, codebook_of, make_eval_step, structure
+from jaxbasics.train.files import check_out
 from jaxbasics.train.saved import read_run, saved_config
 from jaxbasics.train.sharding import make_shardings, placed
 
@@ -37,8 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         default=None,
-        help="the reconstruction grid's path; codebook.png goes beside it (default: "
-        "<workdir>/eval_reconstructions.png and <workdir>/codebook.png)",
+        help="the reconstruction grid's path; eval_codebook.png goes beside it (default: "
+        "<workdir>/eval_reconstructions.png and <workdir>/eval_codebook.png)",
     )
     return parser.parse_args(argv)
 
@@ -46,7 +49,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = Path(args.workdir)
+    out = Path(args.out) if args.out else workdir / "eval_reconstructions.png"
+    figures = [out, out.parent / "eval_codebook.png"]
     try:
+        for figure in figures if args.out else ():  # the workdir's own figures are evaluate's
+            check_out(figure, [workdir])
         # config.json, else a checkpoint's; evaluate.py starts no run (starts=False)
         config = saved_config(workdir, VQVAEConfig, starts=False).config
         if config is None:
@@ -71,10 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The result first: a workdir that cannot be written (read-only) loses no evaluation.
     print(json.dumps({"step": run.step, **ev.metrics, "num_examples": len(data.test)}), flush=True)
-    out = Path(args.out) if args.out else workdir / "eval_reconstructions.png"
     try:
-        book = np.asarray(codebook_of(config, run.state))
-        save_figures(ev, book, out, out.parent / "codebook.png")
+        save_figures(ev, np.asarray(codebook_of(config, run.state)), *figures)
     except OSError as e:
         message = f"the figures could not be written ({e}); the evaluation is above. Pass "
         return fail(OSError(message + "--out FILE.png in a folder you can write."))

@@ -114,23 +114,31 @@ def main(argv: list[str] | None = None) -> int:
             )
         labels = class_labels(args, loaded_prior)
         names = [f"sample_{i:03d}" for i in range(args.num)]
-        files = ["codes.npz", "grid.png", *(f"samples/{n}.png" for n in names)]
-        check_out(out, [args.prior, model_path], files)
-        stale = sorted(
-            {p.name for p in (out / "samples").glob("sample_*.png")} - {f"{n}.png" for n in names}
-        )
-        if stale:
-            raise FileExistsError(
-                f"{out / 'samples'} holds {len(stale)} samples this run would not replace "
-                f"({stale[0]}...): its codes.npz and grid would not match them. Pass an empty "
-                "--out, or delete them."
-            )
+        check_targets(out, [args.prior, model_path], names)  # before --out is made
         loaded, _ = vqvae_of(model_path, args.prior, [loaded_prior.codes["codebook_sha256"]])
-        # One writer per --out: a second sample.py would mix its files with this one's.
+        # One writer per --out: a second sample.py would mix its files with this one's. The
+        # checks run again once it is held: another may have written there meanwhile.
         with hold(out, "--out", "sample.py"):
+            check_targets(out, [args.prior, model_path], names)
             return generate(args, out, loaded_prior, loaded, labels, names)
     except (OSError, ValueError, WorkdirInUseError) as e:
         return fail(e)
+
+
+def check_targets(out: Path, inputs: list, names: list[str]) -> None:
+    """Refuse an ``out`` that would overwrite a file this run did not make, or that holds
+    samples this run would not replace (its codes.npz and grid would not match them)."""
+    files = ["codes.npz", "grid.png", *(f"samples/{n}.png" for n in names)]
+    check_out(out, inputs, files)
+    stale = sorted(
+        {p.name for p in (out / "samples").glob("sample_*.png")} - {f"{n}.png" for n in names}
+    )
+    if stale:
+        raise FileExistsError(
+            f"{out / 'samples'} holds {len(stale)} samples this run would not replace "
+            f"({stale[0]}...): its codes.npz and grid would not match them. Pass an empty "
+            "--out, or delete them."
+        )
 
 
 def generate(args, out: Path, loaded_prior, loaded, labels, names: list[str]) -> int:

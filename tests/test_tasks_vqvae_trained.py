@@ -211,6 +211,17 @@ def test_evaluate_py_on_a_workdir_it_cannot_write_prints_its_result_first(
     assert err.count("\n") == 1 and "Read-only file system" in err and "--out" in err
 
 
+def test_evaluate_py_never_writes_over_a_given_out(workdir, tmp_path, capsys):
+    import evaluate as evaluate_script
+
+    (tmp_path / "eval_codebook.png").write_bytes(b"mine")
+    assert evaluate_script.main(["--workdir", str(workdir), "--out", str(tmp_path / "r.png")]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "eval_codebook.png exists" in err and err.count("\n") == 1
+    assert (tmp_path / "eval_codebook.png").read_bytes() == b"mine"
+    assert not (tmp_path / "r.png").exists()
+
+
 def test_export_is_small_and_loads_to_the_same_model(workdir, tmp_path):
     path = export(workdir, tmp_path / "model.msgpack")
     checkpoint = _size(workdir / "checkpoints" / "10")

@@ -81,6 +81,7 @@ def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, xla_cache, 
     assert line["step"] == 40 and line["num_examples"] == 12
     assert line["recon_error"] > 0 and line["perplexity"] >= 1
     assert (b / "eval_reconstructions.png").stat().st_size > 0
+    assert (b / "eval_codebook.png").stat().st_size > 0  # beside training's own codebook.png
 
 
 def test_sigint_exits_130_and_a_second_one_stops_at_once(tmp_path, xla_cache):
