@@ -49,10 +49,12 @@ def count(name: str, value: Any, *, low: int = 1, high: int | None = None) -> in
     return number
 
 
-def indices(name: str, values: Any, high: int, *, shape: tuple[int, ...] | None = None) -> Any:
-    """``values`` as an int32 array, if they are integers in [0, ``high``) (and of ``shape``);
-    otherwise a ValueError naming ``name``. Traced values (under ``jit``) are checked for
-    their dtype and shape only.
+def indices(
+    name: str, values: Any, high: int, *, shape: tuple[int | None, ...] | None = None
+) -> Any:
+    """``values`` as an int32 array, if they are integers in [0, ``high``) (and of ``shape``,
+    where ``None`` takes any size); otherwise a ValueError naming ``name``. Traced values
+    (under ``jit``) are checked for their dtype and shape only.
 
     >>> indices("labels", np.array([1, 2]), 3, shape=(2,)).dtype
     dtype('int32')
@@ -60,11 +62,21 @@ def indices(name: str, values: Any, high: int, *, shape: tuple[int, ...] | None 
     Traceback (most recent call last):
     ...
     ValueError: labels must be integers in [0, 3), got float64 values.
+    >>> indices("codes", 5, 8, shape=(None, 2, 2))
+    Traceback (most recent call last):
+    ...
+    ValueError: codes must have shape (N, 2, 2), got ().
     """
     traced = isinstance(values, jax.core.Tracer)
     array = values if traced or isinstance(values, jax.Array) else np.asarray(values)
-    if shape is not None and tuple(array.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(array.shape)}.")
+    if shape is not None and (
+        len(array.shape) != len(shape)
+        or any(want not in (None, got) for want, got in zip(shape, array.shape, strict=True))
+    ):
+        wanted = ", ".join("N" if s is None else str(s) for s in shape)
+        if len(shape) == 1:
+            wanted += ","
+        raise ValueError(f"{name} must have shape ({wanted}), got {tuple(array.shape)}.")
     kind = np.dtype(array.dtype).kind
     if kind not in "iu":
         raise ValueError(

@@ -93,8 +93,11 @@ def test_the_priors_take_codes_in_range_only(prior, pixelcnn, code):
 def test_the_priors_name_codes_of_another_shape_or_an_unconditional_prior_given_labels(
     prior, pixelcnn
 ):
-    with pytest.raises(ValueError, match=r"codes must have shape \(1, 4, 4\), got \(1, 16\)"):
+    with pytest.raises(ValueError, match=r"codes must have shape \(N, 4, 4\), got \(1, 16\)"):
         prior(np.zeros((1, H * W), np.int32))
+    for model in (prior, pixelcnn):  # not an IndexError from reading the batch size first
+        with pytest.raises(ValueError, match=r"codes must have shape \(N, 4, 4\), got \(\)"):
+            model(np.int32(3))
     with pytest.raises(ValueError, match="unconditional"):
         pixelcnn(np.zeros((1, H, W), np.int32), np.array([0]))
     with pytest.raises(ValueError, match=r"labels must be integers in \[0, 3\), got 3"):

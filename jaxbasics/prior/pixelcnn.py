@@ -172,8 +172,10 @@ class PixelCNNPrior(nnx.Module):
         Raises:
           ValueError: codes or labels out of range, or of another shape or dtype.
         """
+        codes = checks.indices(
+            "codes", codes, self.num_codes, shape=(None, self.height, self.width)
+        )
         b = codes.shape[0]
-        codes = checks.indices("codes", codes, self.num_codes, shape=(b, self.height, self.width))
         ids = label_ids(labels, b, self.num_classes)
         bias = self.class_bias(ids).reshape(b, self.num_layers, 2, 2 * self.channels)
         v = h = self.embed(codes)

@@ -212,8 +212,10 @@ class TransformerPrior(nnx.Module):
         Raises:
           ValueError: codes or labels out of range, or of another shape or dtype.
         """
+        codes = checks.indices(
+            "codes", codes, self.num_codes, shape=(None, self.height, self.width)
+        )
         b = codes.shape[0]
-        codes = checks.indices("codes", codes, self.num_codes, shape=(b, self.height, self.width))
         flat = codes.reshape(b, -1)
         prev = jnp.pad(flat[:, :-1], ((0, 0), (1, 0)))  # code i-1 feeds token i
         positions = jnp.arange(flat.shape[1])

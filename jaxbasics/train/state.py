@@ -77,7 +77,12 @@ def all_finite(*trees: Any) -> jax.Array:
 
 
 def per_compile_key(build: F) -> F:
-    """``build(config, *args)``, computed once per ``(config.compile_key(), *args)`` and process.
+    """``build(config, *args, **kwargs)``, computed once per ``(config.compile_key(), *args,
+    **kwargs)`` and process.
+
+    ``build`` is called with ``config.compile_key()``, not ``config``: the fields that cannot
+    change a compiled program (seed, run length, paths...) are at their defaults there, so
+    ``build`` must not read them (the key is an argument of what it builds).
 
     >>> from jaxbasics.train.config import RunConfig
     >>> calls = []
@@ -91,8 +96,8 @@ def per_compile_key(build: F) -> F:
     cached = functools.lru_cache(maxsize=8)(build)
 
     @functools.wraps(build)
-    def get(config: Any, *args: Any) -> Any:
-        return cached(config.compile_key(), *args)
+    def get(config: Any, *args: Any, **kwargs: Any) -> Any:
+        return cached(config.compile_key(), *args, **kwargs)
 
     get.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
     return get  # type: ignore[return-value]
