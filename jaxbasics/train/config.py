@@ -82,7 +82,7 @@ class RunConfig:
     seed: int = 0
     """Seed of the model init and of every random draw of the training steps."""
     data_seed: int = 0
-    """Seed of the data order (and of the shapes dataset's images)."""
+    """Seed of the data order (and of any data a task generates, such as the shapes dataset)."""
 
     # --- bookkeeping
     log_every: int = 100

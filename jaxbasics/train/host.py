@@ -28,7 +28,7 @@ def retain_host_memory() -> bool:
     """Keep the host memory that XLA:CPU frees after each step in the process for the next one.
 
     Every execution of a compiled program allocates its temporary buffer (55 MB for the
-    reference model's training step at batch 32, 427 MB at batch 256) and frees it at the
+    VQ-VAE's training step at batch 32, 427 MB at batch 256) and frees it at the
     end. glibc's malloc serves blocks that large with a fresh ``mmap`` and unmaps them on
     ``free``, so every step page-faults its whole temporary buffer in again: 16% of the
     step's CPU samples at batch 32 under ``perf``. With ``mmap`` off (``M_MMAP_MAX=0``) and

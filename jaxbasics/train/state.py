@@ -6,7 +6,8 @@ of compiled programs.
   as raw key data (a plain array: Orbax saves it, ``jit`` donates it). The key of step ``s``
   is ``fold_in(base, s)`` (:func:`step_key`), so a resumed run draws exactly what the
   uninterrupted run would have, with no bookkeeping; a draw outside the steps (the VQ-VAE's
-  k-means init) takes its own stream, ``fold_in(base, stream)`` with a stream no step reaches.
+  k-means init) takes its own stream, ``fold_in(base, stream)`` with a stream no step reaches
+  (steps stay below ``2**32 - 1``).
 * :func:`all_finite` is the check each step reports in ``metrics.finite``.
 * :func:`per_compile_key` caches what a config implies (graphdefs, the abstract state, the
   compiled init and steps) once per :meth:`~jaxbasics.train.config.RunConfig.compile_key`:
@@ -24,9 +25,6 @@ import jax
 import jax.numpy as jnp
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# A fold_in stream no training step uses (steps are below 2**32 - 1): the k-means init's.
-KMEANS_STREAM = 2**32 - 1
 
 
 def init_key(seed: int) -> jax.Array:

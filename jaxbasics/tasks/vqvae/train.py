@@ -38,19 +38,15 @@ from jaxbasics.tasks.vqvae.evaluate import EvalSums, UsageInterval, evaluate, sa
 from jaxbasics.train.files import save_figure
 from jaxbasics.train.optim import make_optimizer
 from jaxbasics.train.sharding import global_batch, placed
-from jaxbasics.train.state import (
-    KMEANS_STREAM,
-    all_finite,
-    init_key,
-    per_compile_key,
-    split_init,
-    step_key,
-)
+from jaxbasics.train.state import all_finite, init_key, per_compile_key, split_init, step_key
 from jaxbasics.train.task import TaskData, register
 from jaxbasics.vqvae import codebook, fsq
 from jaxbasics.vqvae.ema import EMAVariable
 from jaxbasics.vqvae.model import VQVAE, recon_error, vqvae_loss
 from jaxbasics.vqvae.quantizer import code_counts, perplexity
+
+# The k-means init's fold_in stream: one no training step reaches (steps stay below it).
+KMEANS_STREAM = 2**32 - 1
 
 
 @flax.struct.dataclass
@@ -240,7 +236,7 @@ def make_kmeans_init(
     """The jitted ``kmeans_init(state, batches) -> state`` of a fresh state: the codebook becomes
     k-means++ seeds plus 10 Lloyd steps (:func:`~jaxbasics.vqvae.codebook.kmeans`) on the
     encoder outputs of ``batches`` (a tuple of image batches), its EMA statistics set to match,
-    drawn with the k-means stream of the state's key (:data:`~jaxbasics.train.state.KMEANS_STREAM`).
+    drawn with the k-means stream of the state's key (:data:`KMEANS_STREAM`).
     With ``replicated``, the outputs are gathered onto it first, so that every device clusters
     the whole set as one device would.
     """
