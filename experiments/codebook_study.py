@@ -45,6 +45,7 @@ import numpy as np
 from jaxbasics.tasks.vqvae.config import VQVAEConfig
 from jaxbasics.tasks.vqvae.presets import preset
 from jaxbasics.train import fit, read_run
+from jaxbasics.train.files import write_atomic
 from jaxbasics.train.metrics import read_jsonl
 
 # What each configuration sets on top of the preset, in the order they are run.
@@ -119,7 +120,7 @@ def train(config, workdir: Path) -> dict[str, Any]:
         "seconds": seconds,
         "config": json.loads(config.to_json()),
     }
-    cached.write_text(json.dumps(row))
+    write_atomic(cached, json.dumps(row))
     return row
 
 
@@ -184,28 +185,28 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     summaries, done = [], {}  # done: config -> the name it was first trained under
-    with open(out / "codebook_study.jsonl", "w") as log:
-        for name in CONFIGS:
-            if args.only and name not in args.only:
-                continue
-            key = config_for(name, args, seeds[0]).to_json()
-            if key in done:
-                summaries.append(summarize(name, done[key][1], same_as=done[key][0]))
-                continue
-            rows = []
-            for seed in seeds:
-                row = train(config_for(name, args, seed), out / f"{name}-s{seed}")
-                rows.append(row)
-                log.write(json.dumps({"name": name, "seed": seed, **row}) + "\n")
-                log.flush()
-                print(
-                    f"{name} seed {seed}: recon {row['recon_error']:.4f}, perplexity "
-                    f"{row['perplexity']:.1f}, {row['used_codes']} codes, first step > 20% K "
-                    f"{row['first_step']}, {row['seconds']:.0f} s",
-                    flush=True,
-                )
-            done[key] = (name, rows)
-            summaries.append(summarize(name, rows))
+    log: list[str] = []  # codebook_study.jsonl, rewritten whole (atomically) after each run
+    for name in CONFIGS:
+        if args.only and name not in args.only:
+            continue
+        key = config_for(name, args, seeds[0]).to_json()
+        if key in done:
+            summaries.append(summarize(name, done[key][1], same_as=done[key][0]))
+            continue
+        rows = []
+        for seed in seeds:
+            row = train(config_for(name, args, seed), out / f"{name}-s{seed}")
+            rows.append(row)
+            log.append(json.dumps({"name": name, "seed": seed, **row}) + "\n")
+            write_atomic(out / "codebook_study.jsonl", "".join(log))
+            print(
+                f"{name} seed {seed}: recon {row['recon_error']:.4f}, perplexity "
+                f"{row['perplexity']:.1f}, {row['used_codes']} codes, first step > 20% K "
+                f"{row['first_step']}, {row['seconds']:.0f} s",
+                flush=True,
+            )
+        done[key] = (name, rows)
+        summaries.append(summarize(name, rows))
     config = config_for("defaults", args, seeds[0])
     text = (
         f"{args.preset} preset, {config.num_training_updates} steps, K = "
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         + table(summaries)
     )
     print(text)
-    (out / "codebook_study.md").write_text(text + "\n")
+    write_atomic(out / "codebook_study.md", text + "\n")
     return 0
 
 

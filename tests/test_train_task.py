@@ -211,6 +211,26 @@ def test_its_workdir_refuses_another_experiment_and_another_kind(tmp_path, workd
         fit(CONFIG, workdir)
 
 
+def test_a_second_config_class_of_the_same_kind_is_refused():
+    @dataclasses.dataclass(frozen=True)
+    class OtherLine(RunConfig):
+        KIND: ClassVar[str] = "line"
+
+    with pytest.raises(ValueError, match=r"test_train_task.LineConfig already trains 'line' runs"):
+        register(OtherLine, LineTask)
+    register(LineConfig, LineTask)  # the same class again (its module imported twice): fine
+    assert type(task_for(CONFIG)) is LineTask
+
+
+def test_names_earlier_versions_had_in_jaxbasics_train_say_where_they_went():
+    import jaxbasics.train
+
+    with pytest.raises(AttributeError, match=r"moved to jaxbasics.tasks.vqvae.load"):
+        jaxbasics.train.load  # noqa: B018
+    with pytest.raises(AttributeError, match=r"has no attribute 'nonsense'"):
+        jaxbasics.train.nonsense  # noqa: B018
+
+
 class StoppedWhileStarting(LineTask):
     """Ctrl-C while the run starts: before its data is read, or while its state is made."""
 

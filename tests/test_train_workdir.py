@@ -198,6 +198,19 @@ def test_the_cli_names_a_damaged_config_json_in_one_line(tmp_path, damage, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
+def test_the_cli_names_a_damaged_data_stats_json_in_one_line(workdir, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    (copy / "data_stats.json").write_text('{"data_variance": ')
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    code, _, err = main_in_process(train_vqvae, [*cli_flags(), "--workdir", str(copy)], capsys)
+    assert code == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "data_stats.json is damaged" in errors[0], err
+    assert "delete it" in errors[0] and "Traceback" not in err
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
 def test_the_cli_refuses_new_settings_on_a_run_that_lost_its_config_json(workdir, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy)

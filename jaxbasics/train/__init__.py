@@ -40,3 +40,18 @@ __all__ = [
     "run",
     "task_for",
 ]
+
+# What earlier versions had here, and where it is now.
+_MOVED = {
+    "load": "jaxbasics.tasks.vqvae.load",
+    "export": "jaxbasics.tasks.vqvae.export",
+    "TrainConfig": "jaxbasics.tasks.vqvae.config.VQVAEConfig",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        raise AttributeError(
+            f"jaxbasics.train.{name} moved to {_MOVED[name]} (jaxbasics.train names no model)."
+        )
+    raise AttributeError(f"module 'jaxbasics.train' has no attribute {name!r}")

@@ -28,6 +28,7 @@ from jaxbasics.train.checkpoint import (
     UnreadableCheckpointError,
 )
 from jaxbasics.train.config import RunConfig
+from jaxbasics.train.files import shorten
 from jaxbasics.train.resume import (
     ConfigFileError,
     incompatible_fields,
@@ -101,6 +102,38 @@ def saved_config(workdir: str | Path, cls: type[RunConfig], *, starts: bool = Tr
     )
 
 
+def data_stats(workdir: str | Path) -> dict[str, Any] | None:
+    """The run's ``data_stats.json`` (what its task kept of its data), or None if it has none.
+
+    Raises:
+      ValueError: the file is damaged (one line: delete it, and the run writes it again).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> data_stats(d) is None
+    True
+    >>> _ = (d / "data_stats.json").write_text('{"data_variance": 0.06')
+    >>> data_stats(d)
+    Traceback (most recent call last):
+    ...
+    ValueError: .../data_stats.json is damaged (Expecting ',' delimiter: ...); delete it, and the
+    run writes it again from its data.
+    """
+    path = Path(workdir) / "data_stats.json"
+    try:
+        stats = json.loads(path.read_bytes())
+        if not isinstance(stats, dict):
+            raise ValueError(f"a JSON {type(stats).__name__}, not an object")
+    except FileNotFoundError:
+        return None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(
+            f"{path} is damaged ({shorten(str(e))}); delete it, and the run writes it again from "
+            "its data."
+        ) from None
+    return stats
+
+
 def written_with(config: RunConfig, abstract_state: Any, workdir: str | Path) -> Any:
     """``abstract_state`` (see :meth:`~jaxbasics.train.checkpoint.Checkpointer.restore_latest`)
     as a function of a checkpoint's step and meta that first runs :func:`check_written_with`:
@@ -164,7 +197,7 @@ def read(
 ) -> Restored:
     """Read checkpoint ``step`` of ``workdir``, or its newest readable one; moves nothing.
 
-    Training's fallback for readers (``train.load``, ``train.export``, evaluation): an
+    Training's fallback for readers (the models' ``load`` and ``export``, evaluation): an
     unreadable checkpoint is skipped and the previous one tried, and a warning names the step
     read, the ones skipped and why. One the run writing ``workdir`` is deleting is skipped
     silently.

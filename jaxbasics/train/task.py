@@ -129,8 +129,24 @@ _TASKS: dict[str, tuple[type[RunConfig], Callable[[Any], Task]]] = {}
 
 
 def register(config: type[RunConfig], task: Callable[[Any], Task]) -> None:
-    """Train runs whose config is a ``config`` (named by its ``KIND``) with ``task(config)``."""
+    """Train runs whose config is a ``config`` (named by its ``KIND``) with ``task(config)``.
+
+    Registering the same class again (its module imported twice) replaces the entry.
+
+    Raises:
+      ValueError: another config class already registered that ``KIND``.
+    """
+    old = _TASKS.get(config.KIND)
+    if old is not None and _name(old[0]) != _name(config):
+        raise ValueError(
+            f"{_name(old[0])} already trains {config.KIND!r} runs; give {_name(config)} a "
+            "KIND of its own."
+        )
     _TASKS[config.KIND] = (config, task)
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def task_for(config: RunConfig) -> Task:

@@ -194,8 +194,8 @@ def vqvae_of(model: str | Path, prior: Any, trained_on: Any = ()) -> tuple[Loade
     ``trained_on`` (what the prior was trained on) is that one (:func:`same_codebook`).
 
     Raises:
-      ValueError: another codebook; OSError, ValueError: as :func:`~jaxbasics.tasks.vqvae.trained.
-        load`.
+      ValueError: another codebook.
+      OSError, ValueError: as :func:`jaxbasics.tasks.vqvae.load`.
     """
     loaded = load(model)
     fingerprint = codebook_fingerprint(loaded.model)

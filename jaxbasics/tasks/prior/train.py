@@ -22,7 +22,6 @@ What it writes besides the loop's files:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -43,6 +42,7 @@ from jaxbasics.tasks.prior.data import CACHE, code_data, read_cache, same_maps, 
 from jaxbasics.tasks.vqvae.apply import model_fns
 from jaxbasics.train.files import save_figure
 from jaxbasics.train.optim import make_optimizer
+from jaxbasics.train.saved import data_stats
 from jaxbasics.train.sharding import global_batch, placed
 from jaxbasics.train.state import all_finite, init_key, per_compile_key, split_init, step_key
 from jaxbasics.train.task import TaskData, register
@@ -247,8 +247,7 @@ class PriorTask:
 
     def load_data(self, workdir: Path) -> TaskData:
         cache = read_cache(workdir / CACHE) if (workdir / CACHE).exists() else None
-        saved = workdir / "data_stats.json"
-        then = json.loads(saved.read_text())["codebook_sha256"] if saved.exists() else None
+        then = (data_stats(workdir) or {}).get("codebook_sha256")
         trained_on = [f for f in (cache and cache.codebook_sha256, then) if f]
         self.loaded, fingerprint = vqvae_of(self.config.model, workdir, trained_on)
         self.data = cache or code_data(self.config, self.loaded, fingerprint)

@@ -1,7 +1,7 @@
 """Use a trained prior: :func:`load_prior` reads it back from its run's workdir.
 
-Its samples are decoded by the VQ-VAE it was trained on (:func:`~jaxbasics.tasks.prior.data.
-vqvae_of` finds that model and refuses another codebook's).
+Its samples are decoded by the VQ-VAE it was trained on
+(:func:`~jaxbasics.tasks.prior.data.vqvae_of` finds that model and refuses another codebook's).
 """
 
 from __future__ import annotations

@@ -10,12 +10,12 @@ variance.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from jaxbasics.data.sources import data_variance, get_source, in_memory
 from jaxbasics.tasks.vqvae.config import VQVAEConfig
+from jaxbasics.train.saved import data_stats
 
 # A split whose decoded images take at most this many bytes is decoded once, into memory; a
 # larger one is decoded batch by batch in the Grain pipeline's reader threads, every epoch.
@@ -74,9 +74,8 @@ def sources(
     test = get_source(config.dataset, "test", num_examples=config.num_eval_examples, **kw)
     files = files_sha256(train, test)
     test = _load(test, config.image_size)
-    stats = workdir / "data_stats.json" if workdir is not None else None
-    if stats is not None and stats.exists():
-        saved = json.loads(stats.read_text())
+    saved = data_stats(workdir) if workdir is not None else None
+    if saved is not None and "data_variance" in saved:
         if load_train:
             _check_same_data(saved, len(train), files, config)
         variance = float(saved["data_variance"])

@@ -288,9 +288,9 @@ class VQVAETask:
 
     It keeps the notes' per-step histories (``train_res_recon_error``,
     ``train_res_perplexity``) in every checkpoint, writes per-code usage counts to
-    ``codebook_usage.jsonl`` each log interval (:class:`~jaxbasics.tasks.vqvae.evaluate.
-    UsageInterval`), and at the end draws ``curves.png``, ``reconstructions.png`` and
-    ``codebook.png``.
+    ``codebook_usage.jsonl`` each log interval
+    (:class:`~jaxbasics.tasks.vqvae.evaluate.UsageInterval`), and at the end draws
+    ``curves.png``, ``reconstructions.png`` and ``codebook.png``.
     """
 
     histories = ("train_res_recon_error", "train_res_perplexity")
