@@ -8,6 +8,7 @@ each reads only its own rows of every global batch (:mod:`jaxbasics.data.pipelin
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -92,3 +93,43 @@ def placed(abstract: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
     return jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
     )
+
+
+def eval_batches(
+    source: Any,
+    batch_size: int,
+    keys: Sequence[str],
+    sharding: Any = None,
+    max_batches: int = 0,
+) -> Iterator[tuple[dict[str, np.ndarray], tuple]]:
+    """One evaluation pass over ``source``: this process's share of each padded batch
+    (:func:`jaxbasics.data.pipeline.eval_dataset`), and its ``keys`` ready for the eval step
+    (global arrays under ``sharding``; the host arrays as they are without one).
+
+    Args:
+      source: the split to evaluate.
+      batch_size: the global batch size.
+      keys: the batch entries the eval step takes, in its order (``"mask"`` marks padding).
+      sharding: the run's batch sharding; None on one device.
+      max_batches: stop after this many batches; 0 reads the whole split.
+
+    >>> from jaxbasics.data.shapes import shapes
+    >>> split = shapes("test", num_examples=5)
+    >>> [int(mask.sum()) for _, (mask,) in eval_batches(split, 2, ["mask"])]
+    [2, 2, 1]
+    """
+    from jaxbasics.data.pipeline import eval_dataset
+
+    batches = eval_dataset(
+        source,
+        batch_size=batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    for i, batch in enumerate(batches):
+        if max_batches and i >= max_batches:
+            return
+        inputs = tuple(batch[k] for k in keys)
+        if sharding is not None:
+            inputs = tuple(global_batch(x, sharding) for x in inputs)
+        yield batch, inputs

@@ -34,7 +34,6 @@ import optax
 from flax import nnx
 
 from jaxbasics import plots
-from jaxbasics.data.pipeline import eval_dataset
 from jaxbasics.prior import PixelCNNPrior, TransformerPrior, bits_per_code, cross_entropy, sample
 from jaxbasics.prior import drop_labels as drop
 from jaxbasics.tasks.prior.config import PriorConfig
@@ -43,7 +42,7 @@ from jaxbasics.tasks.vqvae.apply import model_fns
 from jaxbasics.train.files import save_figure
 from jaxbasics.train.optim import make_optimizer
 from jaxbasics.train.saved import data_stats
-from jaxbasics.train.sharding import global_batch, placed
+from jaxbasics.train.sharding import eval_batches, placed
 from jaxbasics.train.state import all_finite, init_key, per_compile_key, split_init, step_key
 from jaxbasics.train.task import TaskData, register
 
@@ -287,21 +286,15 @@ class PriorTask:
 
     def evaluate(self, state: PriorState, max_batches: int, sharding: Any) -> PriorEvaluation:
         """Held-out bits per code, given the label and with none, against the two floors."""
-        batches = eval_dataset(
-            self.data.test,
-            batch_size=self.config.batch_size,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
         eval_step = self.structure.eval_step
-        sums: list[Any] = []
-        for i, batch in enumerate(batches):
-            if max_batches and i >= max_batches:
-                break
-            inputs = (batch["codes"], batch["label"], batch["mask"])
-            if sharding is not None:
-                inputs = tuple(global_batch(x, sharding) for x in inputs)
-            sums.append(eval_step(state, inputs))
+        batches = eval_batches(
+            self.data.test,
+            self.config.batch_size,
+            ("codes", "label", "mask"),
+            sharding,
+            max_batches,
+        )
+        sums = [eval_step(state, inputs) for _, inputs in batches]
         total = {k: float(sum(s[k] for s in jax.device_get(sums))) for k in sums[0]}
         maps = total["maps"]
         record = {"bits_per_code": total.get("bits", total["bits_unconditional"]) / maps}

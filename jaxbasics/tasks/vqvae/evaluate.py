@@ -18,10 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbasics import plots
-from jaxbasics.data.pipeline import eval_dataset
 from jaxbasics.train.files import save_figure
 from jaxbasics.train.host import retain_host_memory
-from jaxbasics.train.sharding import global_batch, host_local
+from jaxbasics.train.sharding import eval_batches, host_local
 from jaxbasics.vqvae.codebook import usage_entropy
 from jaxbasics.vqvae.quantizer import perplexity
 
@@ -111,18 +110,8 @@ def evaluate(
     """
     retain_host_memory()
     sums, first = [], None
-    batches = eval_dataset(
-        source,
-        batch_size=batch_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    for i, batch in enumerate(batches):
-        if max_batches and i >= max_batches:
-            break
-        images, mask = batch["image"], batch["mask"]
-        if sharding is not None:
-            images, mask = global_batch(images, sharding), global_batch(mask, sharding)
+    batches = eval_batches(source, batch_size, ("image", "mask"), sharding, max_batches)
+    for batch, (images, mask) in batches:
         s, recon = eval_step(state, images, mask)
         sums.append(s)
         if first is None:  # the real images only, not the rows padding the last batch
