@@ -318,12 +318,11 @@ def read_run(
         )
 
     def target(at: int, meta: Any) -> Any:
-        check_written_with(config, meta, workdir, at)
         return None if abstract is None else abstract(config, meta)
 
     restored = read(
         workdir,
-        target,
+        written_with(config, target, workdir),
         step=step,
         keep=config.keep_checkpoints,
         items=items,
