@@ -17,6 +17,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxbasics.data.pipeline import eval_dataset
+
 
 class Shardings(NamedTuple):
     """The mesh and the two shardings a run uses.
@@ -118,8 +120,6 @@ def eval_batches(
     >>> [int(mask.sum()) for _, (mask,) in eval_batches(split, 2, ["mask"])]
     [2, 2, 1]
     """
-    from jaxbasics.data.pipeline import eval_dataset
-
     batches = eval_dataset(
         source,
         batch_size=batch_size,
