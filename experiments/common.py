@@ -19,7 +19,13 @@ from jaxbasics.tasks.vqvae.trained import Loaded, load
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` as the scripts show it: the docstring as written, each flag's default."""
+    """``--help`` as the scripts show it: the docstring as written, each flag's default (unless
+    it is None or the help already names it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, images: bool) -> None:

@@ -18,6 +18,7 @@ import os
 import sys
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from common import HelpFormatter, fail
 from jaxbasics.data.base import read_batch
@@ -40,20 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.num is not None and args.num < 1:
         p.error(f"--num must be at least 1, got {args.num}.")
     try:
-        source = get_source(
-            args.dataset,
-            args.split,
-            data_dir=args.data_dir,
-            num_examples=args.num,
-            seed=args.seed,
-            image_size=args.image_size,
-        )
+        kw = dict(data_dir=args.data_dir, seed=args.seed, image_size=args.image_size)
+        source = get_source(args.dataset, args.split, **kw)
+        if args.num is not None and args.num > len(source):
+            raise ValueError(
+                f"--num {args.num} is more than the {len(source)} images of the {args.dataset} "
+                f"{args.split} split; give at most {len(source)} (or leave --num out: all)."
+            )
+        if args.num is not None:
+            source = get_source(args.dataset, args.split, num_examples=args.num, **kw)
         names = [f"{i:06d}.png" for i in range(len(source))]
         out = check_out(args.out, [args.data_dir] if args.data_dir else [], names)
-        for start in range(0, len(source), CHUNK):
-            images = read_batch(source, np.arange(start, min(start + CHUNK, len(source))))
-            for i, image in enumerate(images["image"], start):
-                save_png(out / names[i], image)
+        with tqdm(total=len(names), unit="image", disable=len(names) < 2 * CHUNK) as bar:
+            for start in range(0, len(source), CHUNK):
+                images = read_batch(source, np.arange(start, min(start + CHUNK, len(source))))
+                for i, image in enumerate(images["image"], start):
+                    save_png(out / names[i], image)
+                bar.update(len(images["image"]))
     except (OSError, ValueError) as e:
         return fail(e)
     print(json.dumps({"images": len(names), "dataset": args.dataset, "out": args.out}))

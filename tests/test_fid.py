@@ -186,3 +186,6 @@ def test_write_images_puts_real_images_where_fid_reads_them(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
     with pytest.raises(ValueError, match="holds 5 images, fewer than --num 6"):
         fid_script.load_images(str(tmp_path / "real"), 6)
+    assert write_images.main(["--num", "10001", "--out", str(tmp_path / "more")]) == 1
+    assert "more than the 10000 images of the shapes test split" in capsys.readouterr().err
+    assert not (tmp_path / "more").exists()

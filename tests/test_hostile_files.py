@@ -178,6 +178,7 @@ def test_encode_and_export_never_write_over_what_they_were_given(workdir, tmp_pa
     code, _, _ = _main(export_script, capsys, workdir, tmp_path / "model.msgpack")
     assert code == 0
     config = (workdir / "config.json").read_bytes()
+    os.symlink("nowhere", tmp_path / "dangling.msgpack")
     before = _tree(tmp_path)
     for script, args in [
         (encode_script, [tmp_path / "in.png", "--model", workdir, "--out", tmp_path / "in.png"]),
@@ -195,6 +196,15 @@ def test_encode_and_export_never_write_over_what_they_were_given(workdir, tmp_pa
         (export_script, [workdir, workdir / "config.json"]),
         (export_script, [workdir, workdir / "checkpoints" / "model.msgpack"]),
         (export_script, [workdir, workdir]),
+        (export_script, [workdir, tmp_path / "dangling.msgpack"]),  # a link leading nowhere
+        (
+            encode_script,
+            [tmp_path / "in.png", "--model", workdir, "--out", tmp_path / "dangling.msgpack"],
+        ),
+        (
+            encode_script,
+            [tmp_path / "in.png", "--model", workdir, "--out", tmp_path / "in.png" / "c.npz"],
+        ),
     ]:
         code, _, err = _main(script, capsys, *args)
         assert code == 1 and len(err.strip().splitlines()) == 1 and "--out" in err, err
@@ -303,6 +313,8 @@ def test_a_link_inside_out_cannot_lead_onto_an_input(tmp_path):
         check_out(tmp_path / "link.png", [tmp_path / "in.png"])
     with pytest.raises(ValueError, match="both a file and a folder"):
         check_out(tmp_path / "o2", [], ["x.png", "x.png/y.png"])
+    with pytest.raises(ValueError, match="in.png is a file, so nothing can be written inside"):
+        check_out(tmp_path / "in.png" / "sub", [], ["x.png"])
 
 
 def test_reconstruct_outputs_never_meet_its_grids_or_errors_file(tmp_path):

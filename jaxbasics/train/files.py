@@ -202,9 +202,15 @@ def check_out(
             raise ValueError(
                 f"--out {out} is one of the inputs: it would be written over. Choose a new file."
             )
+        if os.path.islink(out):  # even one leading nowhere: it is someone's link
+            raise ValueError(
+                f"--out {out} is a link, which would be replaced or written through. Choose a "
+                "new file."
+            )
     else:
         written = _check_folder(out, target, given, names)
     _check_no_workdir(out, {target, *(w.parent for w in written)})
+    _check_folders_above(out, written)
     existing = [w for w in written if os.path.lexists(w)]
     if existing:
         more = f" (and {len(existing) - 1} more this run would write)" if len(existing) > 1 else ""
@@ -224,7 +230,8 @@ def _check_folder(out: str | Path, target: Path, given: set[Path], names: Sequen
     if held is not None:
         raise ValueError(
             f"--out {out} holds the input {held}: the files written there could overwrite "
-            "it. Choose a new folder (a subfolder of the inputs is fine)."
+            "it. Choose a new folder"
+            + ("." if _is_workdir(target) else " (a subfolder of the inputs is fine).")
         )
     for name in names:
         if (problem := name_problem(name)) is not None:
@@ -263,6 +270,17 @@ def _check_paths(
             )
 
 
+def _check_folders_above(out: str | Path, written: Iterable[Path]) -> None:
+    """Refuse a file to be written below a file (``x.png/codes.npz``, ``x.png`` a file)."""
+    for path in written:
+        above = next((p for p in path.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise ValueError(
+                f"--out {out}: {shorten(str(above), 200)} is a file, so nothing can be written "
+                "inside it. Choose another folder."
+            )
+
+
 def _check_no_workdir(out: str | Path, folders: Iterable[Path]) -> None:
     """Refuse writing into any of ``folders`` if it, or a folder above it, is a training run."""
     seen: set[Path] = set()
@@ -271,8 +289,13 @@ def _check_no_workdir(out: str | Path, folders: Iterable[Path]) -> None:
             if p in seen:
                 break
             seen.add(p)
-            if (p / "config.json").is_file() and (p / "checkpoints").is_dir():
+            if _is_workdir(p):
                 raise ValueError(
                     f"--out {out} is inside the training workdir {p}, which belongs to the run "
                     "(writing there could break it). Choose a folder outside it."
                 )
+
+
+def _is_workdir(folder: Path) -> bool:
+    """Whether ``folder`` is a training run's workdir (it holds a run's files)."""
+    return (folder / "config.json").is_file() and (folder / "checkpoints").is_dir()
