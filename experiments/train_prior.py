@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 
+import early_stop  # noqa: F401  (first: a stop while the libraries load ends it at once)
 from jaxbasics.tasks.prior.config import PRESETS
 from jaxbasics.train import cli
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
+from conftest import ROOT, start, train_cmd
 
 CHILD = """
 import os, signal, sys, time
@@ -62,3 +62,15 @@ def test_two_signals_the_handler_sees_once_count_as_two():
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGINT and "stopped cleanly" not in out
     assert "Second stop signal" in err and "Stopping after this step" not in err
+
+
+def test_a_signal_while_the_libraries_load_is_one_line_and_writes_nothing(tmp_path, xla_cache):
+    """train_vqvae.py imports experiments/early_stop.py first; JAX alone takes over a second to
+    import, so a signal 0.4 s in comes while the libraries load."""
+    proc = start(train_cmd(tmp_path / "w", xla_cache))
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert out.strip() == "Stopped before the run started; nothing was written."
+    assert not (tmp_path / "w").exists()

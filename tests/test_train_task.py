@@ -21,6 +21,7 @@ from jaxbasics.train.config import RunConfig
 from jaxbasics.train.optim import make_optimizer
 from jaxbasics.train.resume import ConfigMismatchError
 from jaxbasics.train.sharding import placed
+from jaxbasics.train.signals import StopFlag
 from jaxbasics.train.state import all_finite, init_key, per_compile_key, split_init, step_key
 
 
@@ -252,6 +253,16 @@ def test_a_stop_while_a_new_run_starts_leaves_no_workdir(tmp_path, caplog):
     assert result.interrupted == signal.SIGINT and result.step == 0
     assert not (tmp_path / "run").exists()  # no config.json, data_stats.json, checkpoints/
     assert "before the first step; nothing was changed" in caplog.text
+
+
+def test_a_stop_the_caller_caught_before_the_run_began_is_the_runs(tmp_path):
+    """The CLI holds a StopFlag from before it reads the saved run: a signal then reaches the
+    run's own StopFlag, which stops before writing anything."""
+    with StopFlag() as outer:
+        os.kill(os.getpid(), signal.SIGINT)
+        result = run(LineTask(CONFIG), tmp_path / "run")
+    assert outer.signum == result.interrupted == signal.SIGINT and result.step == 0
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_stop_once_its_files_are_written_stops_after_one_step_with_a_checkpoint(tmp_path):

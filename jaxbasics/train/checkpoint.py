@@ -154,15 +154,14 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict, data_iter: Any) -> None:
-        """Start writing checkpoint ``step``; returns once ``state`` is copied off the device.
-
-        The previous save, if still writing, is finished first (Orbax serialises saves).
+        """Start writing checkpoint ``step``; returns once ``state`` is copied off the device
+        (the previous save, if still writing, is finished first: Orbax serialises saves).
 
         Raises:
           CheckpointWriteError: this save or the previous one failed; the message names the
             step and the cause, and no temporary directory is left.
         """
-        self._finish_writing()
+        self.wait()
         args = self._ocp.args
         with self._write_of(step):
             self.manager.save(
@@ -176,7 +175,8 @@ class Checkpointer:
             )
             self._writing = step
 
-    def _finish_writing(self) -> None:  # the previous save's writing, if any
+    def wait(self) -> None:
+        """Return once the last save, if any, is complete on disk (or raise as :meth:`save`)."""
         if self._writing is not None:
             with self._write_of(self._writing):
                 self.manager.wait_until_finished()
@@ -389,7 +389,7 @@ class Checkpointer:
           CheckpointWriteError: the last save failed (as for :meth:`save`).
         """
         try:
-            self._finish_writing()
+            self.wait()
         finally:
             try:
                 self.manager.close()

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ from jaxbasics.train.config import Presets, RunConfig, warmup_within_run
 from jaxbasics.train.loop import FitResult, NonFiniteError, fit
 from jaxbasics.train.resume import ConfigMismatchError
 from jaxbasics.train.saved import saved_config
+from jaxbasics.train.signals import StopFlag
 from jaxbasics.train.workdir import WorkdirInUseError, hold
 
 log = logging.getLogger("jaxbasics")
@@ -294,8 +296,9 @@ def main(script: Script, argv: list[str] | None = None) -> int:
         log.error("error: --workdir %s is a file; give a folder (created if needed).", workdir)
         return 1
     try:
-        # Held from the first read of the saved run to the end (fit's own hold nests in it).
-        with hold(workdir):
+        # Held from the first read of the saved run to the end (fit's own hold nests in it);
+        # a stop signal from here on is the run's (fit's StopFlag takes it over).
+        with StopFlag(), hold(workdir):
             config = request.resolved()
             if request.args.compilation_cache:  # only for a run that goes ahead
                 jax.config.update("jax_compilation_cache_dir", request.args.compilation_cache)
@@ -319,7 +322,13 @@ def main(script: Script, argv: list[str] | None = None) -> int:
 
 
 def _finish(script: Script, workdir: Path, result: FitResult) -> int:
-    """The exit code of a finished or stopped run; a finished one prints its summary line."""
+    """The exit code of a finished or stopped run; a finished one prints its summary line.
+
+    The run is over and saved: from here a stop signal gets Python's own handling (after a
+    stop, the default action at once: no traceback from the interpreter's exit)."""
+    stopped = bool(result.interrupted)
+    signal.signal(signal.SIGINT, signal.SIG_DFL if stopped else signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if result.interrupted:
         return 128 + result.interrupted
     if jax.process_index() == 0:

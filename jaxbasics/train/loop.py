@@ -354,6 +354,7 @@ def run(task: Any, workdir: str | Path) -> FitResult:
                 signum = _train(run, stop, bar)
                 bar.close()
                 if signum:
+                    run.ckpt.wait()  # "saved" only once it is: a second signal may come next
                     log.warning(
                         "Stopped by signal %d at step %d; checkpoint saved. Rerun the same command "
                         "to resume.",

@@ -37,9 +37,10 @@ class StopFlag:
     (the main thread busy in XLA or Orbax) count as two: the C-level handler writes each one
     into a wakeup pipe (``signal.set_wakeup_fd``), which the handler reads. Two ``kill()``
     calls within microseconds of each other reach it as one, whatever it does: the kernel keeps
-    one pending SIGINT at a time. The handler never raises: a signal while the run starts up
-    is read by :func:`jaxbasics.train.loop.run` once its checks and restore are done, before
-    it writes anything (it then leaves the workdir as it was).
+    one pending SIGINT at a time. A StopFlag entered while another is active (the CLI's, around
+    the run's) starts with the signal the outer one caught. The handler never raises: a signal
+    while the run starts up is read by :func:`jaxbasics.train.loop.run` once its checks and
+    restore are done, before it writes anything (it then leaves the workdir as it was).
     """
 
     def __init__(self) -> None:
@@ -52,6 +53,9 @@ class StopFlag:
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            outer = getattr(self._previous[signal.SIGINT], "__self__", None)
+            if isinstance(outer, StopFlag):  # entered inside another: its signal is ours too
+                self.signum = outer.signum
             self._pipe = os.pipe()
             for fd in self._pipe:
                 os.set_blocking(fd, False)
@@ -74,7 +78,11 @@ class StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         delivered = max(1, self._delivered())
         if self.signum or delivered > 1:  # a second signal: say so, then the default action
-            os.write(2, b"\nSecond stop signal: stopping now; the last saved checkpoint is kept.\n")
+            os.write(
+                2,
+                b"\nSecond stop signal: stopping now. Rerun the same command to resume from the "
+                b"last finished checkpoint.\n",
+            )
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
