@@ -325,6 +325,9 @@ def test_a_resume_with_another_codes_file_is_refused(workdir, tmp_path):
         fit(config.replace(codes=str(moved), num_training_updates=6), tmp_path / "prior").step == 6
     )
     assert fit(config.replace(num_training_updates=8), tmp_path / "prior").step == 8  # a.npz gone
+    (tmp_path / "prior" / "prior_codes.npz").unlink()  # the cache gone too: data_stats.json holds
+    with pytest.raises(ValueError, match=r"--codes .*b.npz holds other code maps .*entropy_bits"):
+        fit(config.replace(codes=str(b), num_training_updates=10), tmp_path / "prior")
 
 
 def test_labels_out_of_range_in_the_cache_are_named(prior_workdir, workdir, tmp_path):
@@ -335,6 +338,26 @@ def test_labels_out_of_range_in_the_cache_are_named(prior_workdir, workdir, tmp_
     np.savez_compressed(copy / "prior_codes.npz", **arrays)
     with pytest.raises(ValueError, match=r"holds labels outside \[0, 10\)"):
         fit(prior_config(workdir, num_training_updates=20), copy)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda a: a.update(train_labels=a["train_labels"] + 0.5), "train_labels holds float64"),
+        (lambda a: a.update(test_codes=a["test_codes"] + 0.5), "test_codes holds float64"),
+        (lambda a: a.update(num_codes=np.array(32)), "prior_codes.npz holds other code maps"),
+        (lambda a: a.update(train_codes=a["train_codes"][:, :4, :4]), "height: 8 then, 4 now"),
+    ],
+)
+def test_an_edited_cache_is_named_in_one_line(prior_workdir, workdir, tmp_path, edit, message):
+    copy = shutil.copytree(prior_workdir, tmp_path / "prior")
+    with np.load(copy / "prior_codes.npz") as z:
+        arrays = dict(z)
+    edit(arrays)
+    np.savez_compressed(copy / "prior_codes.npz", **arrays)
+    with pytest.raises(ValueError, match=message) as e:
+        fit(prior_config(workdir, num_training_updates=20), copy)
+    assert "\n" not in str(e.value)
 
 
 def test_codes_files_train_prior_cannot_use_are_one_line_naming_no_missing_flag(workdir, tmp_path):

@@ -128,8 +128,12 @@ def read_cache(path: Path) -> CodeData:
     """
     try:
         with np.load(path, allow_pickle=False) as z:
-            train = CodeSource(z["train_codes"].astype(np.int32), z["train_labels"])
-            test = CodeSource(z["test_codes"].astype(np.int32), z["test_labels"])
+            arrays = {k: z[k] for k in ("train_codes", "train_labels", "test_codes", "test_labels")}
+            bad = next((k for k, v in arrays.items() if v.dtype.kind not in "iu"), None)
+            if bad is not None:
+                raise ValueError(f"{bad} holds {arrays[bad].dtype} values, not integers")
+            train = CodeSource(arrays["train_codes"].astype(np.int32), arrays["train_labels"])
+            test = CodeSource(arrays["test_codes"].astype(np.int32), arrays["test_labels"])
             data = CodeData(
                 train,
                 test,
@@ -153,6 +157,31 @@ def read_cache(path: Path) -> CodeData:
                 f"{path} holds labels outside [0, {classes}), or not one per map; delete it."
             )
     return data
+
+
+def check_same_stats(
+    saved: dict[str, Any] | None, data: CodeData, source: str, workdir: Path
+) -> None:
+    """Refuse code maps whose statistics differ from what the run saved of the maps it started
+    on (``saved``: its ``data_stats.json``): another ``--codes`` after the cache was deleted, or
+    an edited cache. ``source`` names where ``data`` came from.
+
+    >>> src = CodeSource(np.array([[[0, 1]], [[1, 1]]], np.int32), np.zeros(2, np.int32))
+    >>> data = CodeData(src, src, 4, (), "ab")
+    >>> check_same_stats(data.stats() | {"num_codes": 8}, data, "--codes c.npz", Path("runs/p"))
+    Traceback (most recent call last):
+    ...
+    ValueError: --codes c.npz holds other code maps than runs/p was trained on (num_codes: 8
+    then, 4 now); resume with the codes it started from, or start a new --workdir.
+    """
+    now = data.stats()
+    differ = [k for k in sorted((saved or {}).keys() & now.keys()) if saved[k] != now[k]]
+    if differ:
+        what = ", ".join(f"{k}: {saved[k]} then, {now[k]} now" for k in differ[:2])
+        raise ValueError(
+            f"{source} holds other code maps than {workdir} was trained on ({what}); resume with "
+            "the codes it started from, or start a new --workdir."
+        )
 
 
 def same_maps(a: CodeData, b: CodeData) -> bool:

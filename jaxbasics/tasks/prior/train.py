@@ -37,7 +37,14 @@ from jaxbasics import plots
 from jaxbasics.prior import PixelCNNPrior, TransformerPrior, bits_per_code, cross_entropy, sample
 from jaxbasics.prior import drop_labels as drop
 from jaxbasics.tasks.prior.config import PriorConfig
-from jaxbasics.tasks.prior.data import CACHE, code_data, read_cache, same_maps, vqvae_of
+from jaxbasics.tasks.prior.data import (
+    CACHE,
+    check_same_stats,
+    code_data,
+    read_cache,
+    same_maps,
+    vqvae_of,
+)
 from jaxbasics.tasks.vqvae.apply import model_fns
 from jaxbasics.train.files import save_figure
 from jaxbasics.train.optim import make_optimizer
@@ -246,8 +253,10 @@ class PriorTask:
 
     def load_data(self, workdir: Path) -> TaskData:
         cache = read_cache(workdir / CACHE) if (workdir / CACHE).exists() else None
-        then = (data_stats(workdir) or {}).get("codebook_sha256")
-        trained_on = [f for f in (cache and cache.codebook_sha256, then) if f]
+        saved = data_stats(workdir)
+        trained_on = [
+            f for f in (cache and cache.codebook_sha256, (saved or {}).get("codebook_sha256")) if f
+        ]
         self.loaded, fingerprint = vqvae_of(self.config.model, workdir, trained_on)
         self.data = cache or code_data(self.config, self.loaded, fingerprint)
         codes = self.config.codes
@@ -257,6 +266,8 @@ class PriorTask:
                     f"--codes {codes} holds other code maps than {workdir} was trained on (its "
                     f"{CACHE}); resume with the file it started from, or start a new --workdir."
                 )
+        source = f"--codes {codes}" if codes else f"the codes of --model {self.config.model}"
+        check_same_stats(saved, self.data, str(workdir / CACHE) if cache else source, workdir)
         self.stats = self.data.stats()
         if len(self.data.train) < self.config.batch_size:
             raise ValueError(
