@@ -32,7 +32,7 @@ from flax import nnx
 
 from jaxbasics.data.images import MAX_PIXELS
 from jaxbasics.tasks.vqvae.config import VQVAEConfig
-from jaxbasics.tasks.vqvae.export_file import MODEL_FIELDS
+from jaxbasics.tasks.vqvae.export_file import model_differences
 from jaxbasics.train.files import name_problem, shorten, write_atomic
 
 
@@ -249,17 +249,10 @@ def check_codes_fit(
     Raises:
       ValueError: naming what differs and what to do.
     """
-    diff = [
-        f"{k}: codes {getattr(codes.config, k)!r}, model {getattr(config, k)!r}"
-        for k in MODEL_FIELDS
-        if getattr(codes.config, k) != getattr(config, k)
-    ]
+    diff = model_differences(codes.config, config, ("codes", "model"))
     if diff:
         raise ValueError(
-            f"{where} was encoded by a model of other sizes than this one:\n  "
-            + "\n  ".join(diff)
-            + "\n"
-            + fix
+            f"{where} was encoded by a model of other sizes than this one ({diff}). {fix}"
         )
     if codes.codebook_sha256 != codebook_fingerprint(model):
         raise ValueError(

@@ -54,6 +54,21 @@ MODEL_FIELDS = (
 )
 
 
+def model_differences(a: Any, b: Any, names: tuple[str, str]) -> str:
+    """The :data:`MODEL_FIELDS` in which configs ``a`` and ``b`` differ, on one line, each
+    value labelled by ``names``; empty if they agree.
+
+    >>> from jaxbasics.tasks.vqvae.config import VQVAEConfig
+    >>> model_differences(VQVAEConfig(), VQVAEConfig(embedding_dim=8), ("codes", "model"))
+    'embedding_dim: codes 64, model 8'
+    """
+    return "; ".join(
+        f"{k}: {names[0]} {getattr(a, k)!r}, {names[1]} {getattr(b, k)!r}"
+        for k in MODEL_FIELDS
+        if getattr(a, k) != getattr(b, k)
+    )
+
+
 class IncompatibleModelError(ValueError):
     """A checkpoint or export does not fit the model it is loaded into."""
 

@@ -31,10 +31,10 @@ from flax import nnx
 
 from jaxbasics.tasks.vqvae.config import VQVAEConfig
 from jaxbasics.tasks.vqvae.export_file import (
-    MODEL_FIELDS,
     IncompatibleModelError,
     Weights,
     first_non_finite,
+    model_differences,
     read_export,
     save_model,
 )
@@ -61,24 +61,14 @@ class Loaded(NamedTuple):
     step: int
 
 
-def _model_diff(saved: VQVAEConfig, expected: VQVAEConfig) -> list[str]:
-    return [
-        f"{k}: saved {getattr(saved, k)!r}, expected {getattr(expected, k)!r}"
-        for k in MODEL_FIELDS
-        if getattr(saved, k) != getattr(expected, k)
-    ]
-
-
 def _check_expected(saved: VQVAEConfig, expect: VQVAEConfig | None, where: Path) -> None:
     if expect is None:
         return
-    diff = _model_diff(saved, expect)
+    diff = model_differences(saved, expect, ("saved", "expected"))
     if diff:
         raise IncompatibleModelError(
-            f"{where} holds a model of other sizes than expected; differing fields:\n  "
-            + "\n  ".join(diff)
-            + "\nLoad it without `expect` to get its own config, or use a model trained with "
-            "these sizes."
+            f"{where} holds a model of other sizes than expected ({diff}). Load it without "
+            "`expect` to get its own config, or use a model trained with these sizes."
         )
 
 
@@ -91,8 +81,8 @@ def load(path: str | Path, step: int | None = None, *, expect: VQVAEConfig | Non
       step: for a workdir, the checkpoint to load; None = the newest readable one, as
         training resumes (a warning names the newer ones skipped, and why).
       expect: if given, a config the model must match in every field that shapes the
-        parameters (:data:`MODEL_FIELDS`); otherwise :class:`IncompatibleModelError` names the
-        differing fields.
+        parameters (:data:`~jaxbasics.tasks.vqvae.export_file.MODEL_FIELDS`); otherwise
+        :class:`IncompatibleModelError` names the differing fields.
 
     Returns:
       A :class:`Loaded` ``(model, config, data_variance, step)``.
