@@ -53,7 +53,7 @@ def indices(
     name: str, values: Any, high: int, *, shape: tuple[int | None, ...] | None = None
 ) -> Any:
     """``values`` as an int32 array, if they are integers in [0, ``high``) (and of ``shape``,
-    where ``None`` takes any size); otherwise a ValueError naming ``name``. Traced values
+    where ``None`` takes any size but 0); otherwise a ValueError naming ``name``. Traced values
     (under ``jit``) are checked for their dtype and shape only.
 
     >>> indices("labels", np.array([1, 2]), 3, shape=(2,)).dtype
@@ -65,18 +65,19 @@ def indices(
     >>> indices("codes", 5, 8, shape=(None, 2, 2))
     Traceback (most recent call last):
     ...
-    ValueError: codes must have shape (N, 2, 2), got ().
+    ValueError: codes must have shape (N, 2, 2) with N >= 1, got ().
     """
     traced = isinstance(values, jax.core.Tracer)
     array = values if traced or isinstance(values, jax.Array) else np.asarray(values)
     if shape is not None and (
         len(array.shape) != len(shape)
-        or any(want not in (None, got) for want, got in zip(shape, array.shape, strict=True))
+        or any(want != got for want, got in zip(shape, array.shape, strict=True) if want)
+        or 0 in [got for want, got in zip(shape, array.shape, strict=True) if want is None]
     ):
         wanted = ", ".join("N" if s is None else str(s) for s in shape)
-        if len(shape) == 1:
-            wanted += ","
-        raise ValueError(f"{name} must have shape ({wanted}), got {tuple(array.shape)}.")
+        wanted += "," if len(shape) == 1 else ""
+        some = " with N >= 1" if None in shape else ""
+        raise ValueError(f"{name} must have shape ({wanted}){some}, got {tuple(array.shape)}.")
     kind = np.dtype(array.dtype).kind
     if kind not in "iu":
         raise ValueError(

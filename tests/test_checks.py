@@ -67,6 +67,17 @@ def test_sample_refuses_what_it_cannot_use(prior, kwargs, message):
         sample(prior, 3, jax.random.key(0), **kwargs)
 
 
+def test_sample_bounds_n_and_takes_zero_d_arrays_as_numbers(prior):
+    with pytest.raises(
+        ValueError,
+        match=r"n \(the number of code maps\) must be an integer in \[1, 65536\], got 10{12}",
+    ):
+        sample(prior, 10**12, jax.random.key(0))
+    a = sample(prior, 2, jax.random.key(0), temperature=jnp.float32(0.5))
+    b = sample(prior, jnp.array(2), jax.random.key(0), temperature=np.float64(0.5))
+    np.testing.assert_array_equal(a, b)
+
+
 def test_a_refused_count_leaves_no_broken_sampler_behind(prior):
     """sample(prior, 4.0, key) used to cache a sampler built for 4.0 under the key 4: every
     later sample(prior, 4, key) failed in the same process."""
@@ -93,11 +104,15 @@ def test_the_priors_take_codes_in_range_only(prior, pixelcnn, code):
 def test_the_priors_name_codes_of_another_shape_or_an_unconditional_prior_given_labels(
     prior, pixelcnn
 ):
-    with pytest.raises(ValueError, match=r"codes must have shape \(N, 4, 4\), got \(1, 16\)"):
+    with pytest.raises(ValueError, match=r"codes must have shape \(N, 4, 4\) .*got \(1, 16\)"):
         prior(np.zeros((1, H * W), np.int32))
     for model in (prior, pixelcnn):  # not an IndexError from reading the batch size first
-        with pytest.raises(ValueError, match=r"codes must have shape \(N, 4, 4\), got \(\)"):
+        with pytest.raises(
+            ValueError, match=r"codes must have shape \(N, 4, 4\) with N >= 1, got \(\)"
+        ):
             model(np.int32(3))
+        with pytest.raises(ValueError, match=r"with N >= 1, got \(0, 4, 4\)"):  # not a modulo by 0
+            nll_bits(model, np.zeros((0, H, W), np.int32))
     with pytest.raises(ValueError, match="unconditional"):
         pixelcnn(np.zeros((1, H, W), np.int32), np.array([0]))
     with pytest.raises(ValueError, match=r"labels must be integers in \[0, 3\), got 3"):

@@ -92,10 +92,17 @@ def guide(logits: jax.Array, guidance: jax.Array | float) -> jax.Array:
 # Bounds that keep logits / temperature and cond + guidance * (cond - uncond) finite in float32.
 MIN_TEMPERATURE = 1e-6
 MAX_GUIDANCE = 1e3
+# The most code maps one call samples: they (and the transformer's cache) are held at once;
+# for more, call again with another key.
+MAX_N = 2**16
 
 
 def _real(name: str, value: Any) -> float:
-    """``value`` as a float, refusing a bool (``True`` would pass for 1.0)."""
+    """``value`` (a real number, or a 0-d array of one) as a float, refusing a bool (``True``
+    would pass for 1.0)."""
+    if isinstance(value, np.ndarray | jax.Array) and not isinstance(value, jax.core.Tracer):
+        if value.shape == () and np.dtype(value.dtype).kind in "fiu":
+            value = value.item()
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
     return float(value)
@@ -112,7 +119,7 @@ class _Options(NamedTuple):
 def _checked(prior: Prior, n: Any, labels: Any, temperature: Any, top_k: Any, guidance: Any):
     """The sampling options as the sampler takes them (Python ints and floats, int32 labels),
     or a one-line ValueError naming the argument, the value and what it takes."""
-    n = checks.count("n (the number of code maps)", n)
+    n = checks.count("n (the number of code maps)", n, high=MAX_N)
     temperature, guidance = _real("temperature", temperature), _real("guidance", guidance)
     if not MIN_TEMPERATURE <= temperature <= 1 / MIN_TEMPERATURE:  # also refuses nan
         raise ValueError(
@@ -186,7 +193,8 @@ def sample(
 
     Args:
       prior: a :class:`TransformerPrior` or :class:`PixelCNNPrior`.
-      n: number of maps.
+      n: number of maps, at most :data:`MAX_N` (65,536) per call: for more, call again with
+        another key.
       key: PRNG key; the same key gives the same maps.
       labels: (n,) int labels in [0, num_classes), or None (the null label).
       temperature: > 0; below 1 sharpens, above 1 flattens the distribution.
