@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import sample
-from conftest import PRIOR_STEPS, prior_config
+import train_vqvae
+from conftest import PRIOR_STEPS, cli_flags, main_in_process, prior_config
 from jaxbasics.prior import sample as sample_codes
 from jaxbasics.tasks.prior.config import PriorConfig
 from jaxbasics.tasks.prior.trained import load_prior
@@ -279,7 +280,7 @@ def test_a_codes_file_of_another_model_is_refused(workdir, tmp_path):
     assert not (tmp_path / "prior").exists()
 
 
-def test_a_workdir_of_the_other_kind_is_named_not_called_damaged(prior_workdir, workdir):
+def test_a_workdir_of_the_other_kind_is_named_not_called_damaged(prior_workdir, workdir, capsys):
     """train_vqvae.py --workdir on a prior's run (or the reverse) says which run it holds,
     instead of calling its config.json damaged and suggesting to delete it."""
 
@@ -287,6 +288,13 @@ def test_a_workdir_of_the_other_kind_is_named_not_called_damaged(prior_workdir, 
         load_config(prior_workdir, VQVAEConfig)
     with pytest.raises(ConfigMismatchError, match="holds a VQ-VAE run, not a prior's"):
         load_config(workdir, PriorConfig)
+    code, _, err = main_in_process(
+        train_vqvae, [*cli_flags(), "--workdir", str(prior_workdir)], capsys
+    )
+    assert code == 1 and err.strip().splitlines() == [
+        f"error: {prior_workdir} holds a prior run, not a VQ-VAE's; name a VQ-VAE's run (or a "
+        "new folder, to start one)."
+    ]  # and no hint about --preset, which has nothing to do with it
 
 
 def test_the_prior_docs_snippet_runs(prior_workdir, workdir):

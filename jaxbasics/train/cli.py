@@ -32,7 +32,7 @@ from jaxbasics.data.base import DatasetNotFoundError
 from jaxbasics.train.checkpoint import IncompatibleCheckpointError
 from jaxbasics.train.config import Presets, RunConfig, warmup_within_run
 from jaxbasics.train.loop import FitResult, NonFiniteError, fit
-from jaxbasics.train.resume import ConfigMismatchError
+from jaxbasics.train.resume import ConfigMismatchError, KindMismatchError
 from jaxbasics.train.saved import saved_config
 from jaxbasics.train.signals import StopFlag
 from jaxbasics.train.workdir import WorkdirInUseError, hold
@@ -306,7 +306,11 @@ def main(script: Script, argv: list[str] | None = None) -> int:
             result = fit(config, workdir)
     except _REFUSED as e:
         log.error("error: %s", e)
-        if isinstance(e, ConfigMismatchError) and request.preset_given:
+        if (
+            isinstance(e, ConfigMismatchError)
+            and not isinstance(e, KindMismatchError)
+            and request.preset_given
+        ):
             named = (
                 ("--preset and --faithful set", "them")
                 if script.faithful

@@ -24,6 +24,10 @@ class ConfigMismatchError(ValueError):
     """The workdir holds a run whose config is incompatible with the requested one."""
 
 
+class KindMismatchError(ConfigMismatchError):
+    """The workdir holds another kind of run (a prior's where a VQ-VAE's was asked for)."""
+
+
 class ConfigFileError(ValueError):
     """A run's saved config cannot be read (damaged JSON, a wrong type, an invalid value)."""
 
@@ -123,7 +127,7 @@ def kind_mismatch(
     runs/prior holds a prior run, not a VQ-VAE's; name a VQ-VAE's run.
     """
     new = " (or a new folder, to start one)" if starts else ""
-    return ConfigMismatchError(
+    return KindMismatchError(
         f"{workdir} holds a {other.KIND} run, not a {cls.KIND}'s; name a {cls.KIND}'s run{new}."
     )
 
