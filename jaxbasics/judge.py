@@ -1,0 +1,194 @@
+"""A held-out judge of "does this image show its class": a small classifier and its accuracy.
+
+Generated images are judged by a classifier trained on the dataset's *real* training images
+only, and never used to train or tune a generator (it stays held out). Its accuracy on three
+sets tells how well a class-conditional generator works:
+
+* real test images: the judge's own skill (the scale of the other two);
+* the VQ-VAE's reconstructions of them: the tokenizer's ceiling, since samples are decoded by
+  the same decoder and can hardly show more than reconstructions do;
+* class-conditional samples: the share recognised as the class they were asked for.
+
+This is the classification accuracy of generated samples (e.g. the "Inception accuracy" of
+class-conditional GANs); training a classifier on samples and testing it on real images is
+its converse, the Classification Accuracy Score of Ravuri & Vinyals (2019).
+
+:class:`Judge` is a small all-convolutional network (any image size: it pools globally);
+:func:`train_judge` fits it with Adam and cross-entropy, ``torch.nn.CrossEntropyLoss``;
+:func:`predict` and :func:`accuracy` apply it in batches.
+
+>>> images = np.zeros((4, 8, 8, 3), np.uint8); images[2:] = 255
+>>> judge = train_judge(images, np.array([0, 0, 1, 1]), 2, steps=30, batch_size=4, width=4)
+>>> accuracy(judge, images, np.array([0, 0, 1, 1]))
+1.0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxbasics.data.transforms import to_model_input
+
+__all__ = ["Judge", "accuracy", "per_class_accuracy", "predict", "train_judge"]
+
+# Images per forward when predicting: bounds the memory of a large set.
+PREDICT_BATCH = 500
+
+
+class Judge(nnx.Module):
+    """Five 3x3 conv-BatchNorm-GELU layers at three widths (two strided), then the mean and
+    the max over positions (a small shape anywhere counts) and a linear head.
+
+    Args:
+      num_classes: C, the logits' width.
+      width: channels of the first layer (then 2x and 4x).
+      rngs: NNX random streams.
+
+    >>> judge = Judge(10, width=8, rngs=nnx.Rngs(0))
+    >>> judge.eval(); judge(jnp.zeros((2, 32, 32, 3))).shape
+    (2, 10)
+    """
+
+    def __init__(self, num_classes: int, *, width: int = 16, rngs: nnx.Rngs):
+        self.num_classes, self.width = num_classes, width
+        chans = [3, width, 2 * width, 2 * width, 4 * width, 4 * width]
+        strides = [1, 2, 1, 2, 1]
+        self.convs = nnx.List(
+            nnx.Conv(a, b, (3, 3), strides=s, use_bias=False, rngs=rngs)
+            for a, b, s in zip(chans[:-1], chans[1:], strides, strict=True)
+        )
+        self.norms = nnx.List(nnx.BatchNorm(b, momentum=0.9, rngs=rngs) for b in chans[1:])
+        self.head = nnx.Linear(8 * width, num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, 3) images in [-0.5, 0.5] -> (B, C) logits."""
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = jax.nn.gelu(norm(conv(x)))
+        return self.head(jnp.concatenate([x.mean(axis=(1, 2)), x.max(axis=(1, 2))], axis=-1))
+
+
+def _checked(images: Any, labels: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or not len(images):
+        raise ValueError(
+            f"images must be (N, H, W, 3) uint8 pixels with N >= 1, got {images.shape} "
+            f"{images.dtype}."
+        )
+    if labels.shape != (len(images),) or labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"labels must be {len(images)} integers, got {labels.shape} {labels.dtype}."
+        )
+    if len(labels) and not (0 <= labels.min() and labels.max() < num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0]
+        raise ValueError(f"labels must be in [0, {num_classes}), got {bad}.")
+    return images, labels.astype(np.int32)
+
+
+def train_judge(
+    images: Any,
+    labels: Any,
+    num_classes: int,
+    *,
+    steps: int = 2000,
+    batch_size: int = 64,
+    learning_rate: float = 2e-3,
+    width: int = 16,
+    seed: int = 0,
+    progress: bool = False,
+) -> Judge:
+    """Fit a :class:`Judge` to real images: Adam, cosine-decayed rate, random horizontal flips.
+
+    Args:
+      images: (N, H, W, 3) uint8 training images (real ones only: the judge stays held out).
+      labels: (N,) int labels in [0, num_classes).
+      num_classes: C.
+      steps: training steps; each draws ``batch_size`` images (with replacement).
+      batch_size: images per step.
+      learning_rate: Adam's peak rate.
+      width: the judge's first width.
+      seed: the initialisation's and the batches' seed: the same seed, the same judge.
+      progress: show a tqdm bar.
+
+    Returns:
+      The trained judge.
+
+    Raises:
+      ValueError: images or labels of the wrong shape, dtype or range (one line).
+    """
+    images, labels = _checked(images, labels, num_classes)
+    judge = Judge(num_classes, width=width, rngs=nnx.Rngs(seed))
+    tx = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
+    optimizer = nnx.Optimizer(judge, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def step(judge: Judge, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array) -> None:
+        def loss_fn(judge: Judge) -> jax.Array:
+            return optax.softmax_cross_entropy_with_integer_labels(judge(x), y).mean()
+
+        optimizer.update(judge, nnx.grad(loss_fn)(judge))
+
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    judge.train()
+    for _ in tqdm(range(steps), desc="train judge", unit="step", disable=not progress):
+        idx = rng.integers(0, len(images), batch_size)
+        x = images[idx]
+        flip = rng.random(batch_size) < 0.5
+        x[flip] = x[flip, :, ::-1]
+        step(judge, optimizer, to_model_input(x), labels[idx])
+    judge.eval()
+    return judge
+
+
+@nnx.jit
+def _logits(judge: Judge, x: jax.Array) -> jax.Array:
+    return judge(x)
+
+
+def predict(judge: Judge, images: Any) -> np.ndarray:
+    """(N,) int predicted classes of (N, H, W, 3) uint8 images, in batches.
+
+    >>> judge = Judge(3, width=4, rngs=nnx.Rngs(0))
+    >>> predict(judge, np.zeros((5, 8, 8, 3), np.uint8)).shape
+    (5,)
+    """
+    images = np.asarray(images)
+    judge.eval()
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(
+            f"images must be (N, H, W, 3) uint8 pixels, got {images.shape} {images.dtype}."
+        )
+    out = []
+    for start in range(0, len(images), PREDICT_BATCH):
+        chunk = images[start : start + PREDICT_BATCH]
+        out.append(np.asarray(_logits(judge, to_model_input(chunk))).argmax(-1))
+    return np.concatenate(out) if out else np.zeros((0,), np.int64)
+
+
+def accuracy(judge: Judge, images: Any, labels: Any) -> float:
+    """The share of ``images`` the judge classifies as their ``labels``.
+
+    Raises:
+      ValueError: images or labels of the wrong shape, dtype or range, or no images.
+    """
+    images, labels = _checked(images, labels, judge.num_classes)
+    return float(np.mean(predict(judge, images) == labels))
+
+
+def per_class_accuracy(judge: Judge, images: Any, labels: Any) -> dict[int, float]:
+    """:func:`accuracy` for each class present in ``labels``.
+
+    >>> judge = Judge(3, width=4, rngs=nnx.Rngs(0))
+    >>> sorted(per_class_accuracy(judge, np.zeros((4, 8, 8, 3), np.uint8), [0, 0, 2, 2]))
+    [0, 2]
+    """
+    images, labels = _checked(images, labels, judge.num_classes)
+    right = predict(judge, images) == labels
+    return {int(c): float(right[labels == c].mean()) for c in np.unique(labels)}

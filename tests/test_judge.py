@@ -1,0 +1,54 @@
+"""The held-out judge: it learns separable classes, counts right answers, refuses bad input."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxbasics import judge as J
+
+
+def _two_colours(n=64, seed=0):
+    """Class 0: dark images, class 1: bright ones, with noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    base = np.where(labels[:, None, None, None] == 1, 200, 50)
+    noise = rng.integers(-30, 30, (n, 8, 8, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8), labels
+
+
+def test_a_judge_learns_separable_classes_and_is_deterministic():
+    images, labels = _two_colours()
+    a = J.train_judge(images, labels, 2, steps=40, batch_size=16, width=4, seed=3)
+    b = J.train_judge(images, labels, 2, steps=40, batch_size=16, width=4, seed=3)
+    test, test_labels = _two_colours(seed=1)
+    assert J.accuracy(a, test, test_labels) == 1.0
+    np.testing.assert_array_equal(J.predict(a, test), J.predict(b, test))
+
+
+def test_accuracy_and_per_class_accuracy_count_right_answers():
+    judge = J.Judge(3, width=4, rngs=nnx.Rngs(0))
+    images = np.random.default_rng(0).integers(0, 255, (9, 8, 8, 3)).astype(np.uint8)
+    predicted = J.predict(judge, images)
+    labels = predicted.copy()
+    labels[:3] = (labels[:3] + 1) % 3  # three wrong
+    assert J.accuracy(judge, images, labels) == pytest.approx(6 / 9)
+    per = J.per_class_accuracy(judge, images, labels)
+    for c, share in per.items():
+        right = (predicted == labels)[labels == c]
+        assert share == pytest.approx(right.mean())
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "message"),
+    [
+        (np.zeros((2, 8, 8, 3), np.float32), [0, 1], "uint8"),
+        (np.zeros((2, 8, 8), np.uint8), [0, 1], r"\(N, H, W, 3\)"),
+        (np.zeros((2, 8, 8, 3), np.uint8), [0, 5], r"labels must be in \[0, 3\), got 5"),
+        (np.zeros((2, 8, 8, 3), np.uint8), [0.5, 1.0], "integers"),
+        (np.zeros((0, 8, 8, 3), np.uint8), [], "N >= 1"),
+    ],
+)
+def test_bad_images_or_labels_are_one_line(images, labels, message):
+    judge = J.Judge(3, width=4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=message):
+        J.accuracy(judge, images, np.asarray(labels))
