@@ -5,7 +5,8 @@
       --num 64 --class cat --guidance 2 --seed 1 --out cats/
 
 Writes ``OUT/grid.png`` (all samples, 8 a row), ``OUT/samples/sample_000.png``... (one PNG
-per sample) and ``OUT/codes.npz``, the sampled code maps in encode.py's format:
+per sample), ``OUT/labels.json`` (each sample's class, for judge.py) and ``OUT/codes.npz``,
+the sampled code maps in encode.py's format:
 ``decode.py OUT/codes.npz --model MODEL --out DIR`` gives the same PNGs, bit for bit. The
 same seed (and options) gives the same samples. Prints one JSON summary line.
 
@@ -14,7 +15,8 @@ Sampling options: ``--temperature`` divides the logits (below 1: safer, less var
 was trained with; ``--all-classes`` cycles through all of them (sample i has class i mod C: a
 class-balanced set, as FID against a balanced test split wants); ``--guidance G`` (with either)
 pushes the class's logits away from the unconditional ones: ``cond + G * (cond - uncond)``
-(classifier-free guidance; 0 = none).
+(classifier-free guidance; 0 = none). A masked prior (``train_prior.py --prior maskgit``)
+fills each map in ``--steps`` parallel steps (default 10); the others draw one code per step.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from common import HelpFormatter, fail
 from jaxbasics import plots
 from jaxbasics.data.transforms import to_pixels
 from jaxbasics.prior import sample
+from jaxbasics.prior.maskgit import DEFAULT_STEPS
 from jaxbasics.tasks.prior.data import vqvae_of
 from jaxbasics.tasks.prior.trained import load_prior
 from jaxbasics.tasks.vqvae.apply import CODE_BUDGET, model_fns, run_batched
 from jaxbasics.tasks.vqvae.codes import write_codes
-from jaxbasics.train.files import check_out, save_figure, save_png
+from jaxbasics.train.files import check_out, save_figure, save_png, write_atomic
 from jaxbasics.train.workdir import WorkdirInUseError, hold
 
 # The most samples one run draws: all are sampled at once, ~140 kB of memory each.
@@ -64,6 +67,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0, help="> 0; 1 samples the prior")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest codes")
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance, >= 0")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="a masked prior's parallel decoding steps (default 10); autoregressive priors "
+        "draw one code per step and take no --steps",
+    )
     p.add_argument("--seed", type=int, default=0, help="the samples' PRNG seed")
     p.add_argument("--step", type=int, default=None, help="the prior's checkpoint step")
     return p.parse_args(argv)
@@ -113,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                 "names it), does not exist here; pass --model with its workdir or export."
             )
         labels = class_labels(args, loaded_prior)
+        if args.steps is not None and loaded_prior.config.prior != "maskgit":
+            raise ValueError(
+                f"--steps is for a masked prior (train_prior.py --prior maskgit); {args.prior} "
+                f"is a {loaded_prior.config.prior}, which draws one code per step: leave "
+                "--steps out."
+            )
         names = [f"sample_{i:03d}" for i in range(args.num)]
         check_targets(out, [args.prior, model_path], names)  # before --out is made
         loaded, _ = vqvae_of(model_path, args.prior, [loaded_prior.codes["codebook_sha256"]])
@@ -128,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 def check_targets(out: Path, inputs: list, names: list[str]) -> None:
     """Refuse an ``out`` that would overwrite a file this run did not make, or that holds
     samples this run would not replace (its codes.npz and grid would not match them)."""
-    files = ["codes.npz", "grid.png", *(f"samples/{n}.png" for n in names)]
+    files = ["codes.npz", "grid.png", "labels.json", *(f"samples/{n}.png" for n in names)]
     check_out(out, inputs, files)
     stale = sorted(
         {p.name for p in (out / "samples").glob("sample_*.png")} - {f"{n}.png" for n in names}
@@ -152,6 +168,7 @@ def generate(args, out: Path, loaded_prior, loaded, labels, names: list[str]) ->
         temperature=args.temperature,
         top_k=args.top_k,
         guidance=args.guidance,
+        steps=args.steps,
     )
     maps = list(np.asarray(codes))
     write_codes(out / "codes.npz", names, maps, loaded.model, loaded.config)
@@ -160,12 +177,17 @@ def generate(args, out: Path, loaded_prior, loaded, labels, names: list[str]) ->
     images = run_batched(fns.decode, maps, budget=CODE_BUDGET, progress=args.num > 32)
     for name, image in zip(names, images, strict=True):
         save_png(out / "samples" / f"{name}.png", to_pixels(image))
+    class_names = loaded_prior.codes["class_names"]
+    classes = [None] * args.num if labels is None else [class_names[c] for c in labels]
+    record = {"class_names": class_names, "names": names, "classes": classes}
+    write_atomic(out / "labels.json", json.dumps(record))
     rows = [np.stack(images[i : i + 8]) for i in range(0, len(images), 8)]
     save_figure(plots.image_grid(rows), out / "grid.png")
     summary = {"images": args.num, "out": str(out), "prior_step": loaded_prior.step}
     which = "all" if args.all_classes else args.class_name
     summary |= {"class": which, "guidance": args.guidance, "seed": args.seed}
-    summary |= {"temperature": args.temperature, "top_k": args.top_k}
+    steps = args.steps or (DEFAULT_STEPS if loaded_prior.config.prior == "maskgit" else None)
+    summary |= {"temperature": args.temperature, "top_k": args.top_k, "steps": steps}
     print(json.dumps(summary))
     return 0
 

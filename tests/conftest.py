@@ -238,3 +238,12 @@ def prior_workdir(workdir, tmp_path_factory):
     prior = tmp_path_factory.mktemp("prior_run")
     fit(prior_config(workdir), prior)
     return prior
+
+
+@pytest.fixture(scope="session")
+def maskgit_workdir(workdir, tmp_path_factory):
+    """The workdir of a finished tiny class-conditional masked prior (MaskGIT) over the codes
+    of :func:`workdir`'s model, shared read-only."""
+    prior = tmp_path_factory.mktemp("maskgit_run")
+    fit(prior_config(workdir, prior="maskgit"), prior)
+    return prior

@@ -15,10 +15,13 @@ Two floors tell whether a prior has learned anything, in bits per code
   frequencies, ``-sum_k p_k log2 p_k`` (``log2`` of the quantiser's perplexity). This is the
   floor a prior must beat by learning structure: which codes follow which, where.
 
-The priors: :class:`PixelCNNPrior`, the gated PixelCNN of the VQ-VAE paper, and
-:class:`TransformerPrior`, a causal transformer with a key/value cache. Both take
-``(codes (B, h, w), labels (B,) | None)`` and return (B, h, w, K) logits; class-conditional
-ones are trained with :func:`drop_labels` for classifier-free guidance in :func:`sample`.
+The priors: :class:`PixelCNNPrior`, the gated PixelCNN of the VQ-VAE paper,
+:class:`TransformerPrior`, a causal transformer with a key/value cache, and
+:class:`MaskGITPrior`, a bidirectional transformer that fills in hidden codes in a few
+parallel steps (not autoregressive: it has no exact likelihood). All take
+``(codes (B, h, w), labels (B,) | None)`` and return (B, h, w, K) logits, and have
+``loss(codes, labels, key)``; class-conditional ones are trained with :func:`drop_labels`
+for classifier-free guidance in :func:`sample`.
 
 >>> import jax.numpy as jnp
 >>> from jaxbasics.prior import bits_per_code
@@ -28,11 +31,13 @@ ones are trained with :func:`drop_labels` for classifier-free guidance in :func:
 """
 
 from jaxbasics.prior.common import bits_per_code, cross_entropy, drop_labels
+from jaxbasics.prior.maskgit import MaskGITPrior
 from jaxbasics.prior.pixelcnn import PixelCNNPrior
 from jaxbasics.prior.sampling import nll_bits, sample
 from jaxbasics.prior.transformer import TransformerPrior
 
 __all__ = [
+    "MaskGITPrior",
     "PixelCNNPrior",
     "TransformerPrior",
     "bits_per_code",

@@ -76,6 +76,30 @@ def _nats(logits: jax.Array, codes: jax.Array) -> jax.Array:
     return nll.reshape(nll.shape[0], -1).mean(axis=1)
 
 
+class Autoregressive:
+    """What the autoregressive priors share: every code is scored given the codes before it,
+    so their loss is the exact negative log-likelihood (a masked prior's is not)."""
+
+    def loss(
+        self,
+        codes: jax.Array,
+        labels: jax.Array | None,
+        key: jax.Array | None = None,
+        *,
+        per_example: bool = False,
+    ) -> jax.Array:
+        """The training loss: :func:`cross_entropy` of all codes in nats (``key`` unused).
+
+        Args:
+          codes: (B, h, w) int codes in [0, K).
+          labels: (B,) int labels, or None (the null label).
+          key: unused (a masked prior draws its masks with it).
+          per_example: (B,) values instead of their mean.
+        """
+        nats = _nats(self(codes, labels), codes)  # type: ignore[operator]
+        return nats if per_example else nats.mean()
+
+
 def cross_entropy(logits: jax.Array, codes: jax.Array) -> jax.Array:
     """Mean negative log-likelihood of ``codes`` in nats: ``F.cross_entropy(logits, codes)``.
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxbasics import checks
-from jaxbasics.prior.common import label_ids
+from jaxbasics.prior.common import Autoregressive, label_ids
 
 
 def shift_down(x: jax.Array) -> jax.Array:
@@ -109,7 +109,7 @@ class GatedLayer(nnx.Module):
         return gate(v_pre, bias[:, 0]), h_new if self.first else h + h_new
 
 
-class PixelCNNPrior(nnx.Module):
+class PixelCNNPrior(Autoregressive, nnx.Module):
     """Gated PixelCNN prior p(codes | label) = prod_i p(code_i | label, codes < i).
 
     Args:

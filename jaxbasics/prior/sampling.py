@@ -25,11 +25,12 @@ import numpy as np
 from flax import nnx
 
 from jaxbasics import checks
-from jaxbasics.prior.common import bits_per_code, label_ids
+from jaxbasics.prior.common import Autoregressive, bits_per_code, label_ids
+from jaxbasics.prior.maskgit import CONFIDENCE_NOISE, DEFAULT_STEPS, MaskGITPrior, decode_step
 from jaxbasics.prior.pixelcnn import PixelCNNPrior
 from jaxbasics.prior.transformer import TransformerPrior
 
-Prior = PixelCNNPrior | TransformerPrior
+Prior = PixelCNNPrior | TransformerPrior | MaskGITPrior
 
 
 def top_k_logits(logits: jax.Array, k: int) -> jax.Array:
@@ -108,18 +109,46 @@ def _real(name: str, value: Any) -> float:
     return float(value)
 
 
+# The most parallel decoding steps of a masked prior: one per code of a 64x64 map.
+MAX_STEPS = 4096
+
+
 class _Options(NamedTuple):
     n: int
     labels: jax.Array | None
     temperature: float
     top_k: int | None
     guidance: float
+    steps: int | None
+    noise: float
 
 
-def _checked(prior: Prior, n: Any, labels: Any, temperature: Any, top_k: Any, guidance: Any):
+def _checked(
+    prior: Prior,
+    n: Any,
+    labels: Any,
+    temperature: Any,
+    top_k: Any,
+    guidance: Any,
+    steps: Any = None,
+    noise: Any = None,
+):
     """The sampling options as the sampler takes them (Python ints and floats, int32 labels),
     or a one-line ValueError naming the argument, the value and what it takes."""
     n = checks.count("n (the number of code maps)", n, high=MAX_N)
+    if isinstance(prior, MaskGITPrior):
+        steps = DEFAULT_STEPS if steps is None else checks.count("steps", steps, high=MAX_STEPS)
+        noise = CONFIDENCE_NOISE if noise is None else _real("confidence_noise", noise)
+        if not 0 <= noise <= MAX_GUIDANCE:  # also refuses nan
+            raise ValueError(f"confidence_noise must be in [0, {MAX_GUIDANCE:g}], got {noise}.")
+    else:
+        for name, value in (("steps", steps), ("confidence_noise", noise)):
+            if value is not None:
+                raise ValueError(
+                    f"{name} is for a masked prior (MaskGIT), got {name}={value!r} for a "
+                    f"{type(prior).__name__}, which draws one code per step; leave it out."
+                )
+        noise = 0.0
     temperature, guidance = _real("temperature", temperature), _real("guidance", guidance)
     if not MIN_TEMPERATURE <= temperature <= 1 / MIN_TEMPERATURE:  # also refuses nan
         raise ValueError(
@@ -139,29 +168,45 @@ def _checked(prior: Prior, n: Any, labels: Any, temperature: Any, top_k: Any, gu
         raise ValueError("guidance needs labels: it pushes conditional logits away from the null.")
     if labels is not None:
         labels = label_ids(labels, n, prior.num_classes)
-    return _Options(n, labels, temperature, top_k, guidance)
+    return _Options(n, labels, temperature, top_k, guidance, steps, noise)
 
 
 @functools.lru_cache(maxsize=32)
-def _sampler(graphdef: nnx.GraphDef, n: int, top_k: int | None, conditional: bool, guided: bool):
-    """The jitted sampling loop for one model graph and these static options."""
+def _sampler(
+    graphdef: nnx.GraphDef,
+    n: int,
+    top_k: int | None,
+    conditional: bool,
+    guided: bool,
+    steps: int | None,
+):
+    """The jitted sampling loop for one model graph and these static options (``steps``:
+    a masked prior's parallel decoding; None: one code per step)."""
+
+    def final(logits: jax.Array, temperature: jax.Array, guidance: jax.Array) -> jax.Array:
+        """Guidance, then temperature, then top-k, on (batch, ..., K) logits."""
+        if guided:
+            logits = guide(logits, guidance)
+        logits = logits / temperature
+        return logits if top_k is None else top_k_logits(logits, top_k)
 
     @jax.jit
-    def run(state, key, labels, temperature, guidance):
+    def run(state, key, labels, temperature, guidance, noise):
         prior = nnx.merge(graphdef, state)
-        num = prior.height * prior.width
         if guided:  # one forward for both: conditional rows, then null-label rows
             labels = jnp.concatenate([labels, jnp.full((n,), prior.num_classes, jnp.int32)])
+        if steps is not None:
+            if labels is None:
+                labels = jnp.full((n,), prior.num_classes, jnp.int32)
+            final_logits = functools.partial(final, temperature=temperature, guidance=guidance)
+            return _parallel(prior, n, key, labels, final_logits, noise)
+        num = prior.height * prior.width
         batch = 2 * n if guided else n
 
         def step(i, carry):
             cache, prev, codes = carry
             logits, cache = prior.decode_step(cache, prev, i, labels)
-            if guided:
-                logits = guide(logits, guidance)
-            logits = logits / temperature
-            if top_k is not None:
-                logits = top_k_logits(logits, top_k)
+            logits = final(logits, temperature, guidance)
             code = multinomial(jax.random.fold_in(key, i), logits)
             prev = jnp.concatenate([code, code]) if guided else code
             return cache, prev, codes.at[:, i].set(code)
@@ -169,6 +214,20 @@ def _sampler(graphdef: nnx.GraphDef, n: int, top_k: int | None, conditional: boo
         prev, codes = jnp.zeros((batch,), jnp.int32), jnp.zeros((n, num), jnp.int32)
         _, _, codes = jax.lax.fori_loop(0, num, step, (prior.init_cache(batch), prev, codes))
         return codes.reshape(n, prior.height, prior.width)
+
+    def _parallel(prior: MaskGITPrior, n: int, key, labels: jax.Array, final, noise):
+        """MaskGIT decoding: all codes hidden, then ``steps`` parallel steps fill them in."""
+        num = prior.height * prior.width
+
+        def step(t, tokens):
+            both = jnp.concatenate([tokens, tokens]) if guided else tokens
+            logits = final(prior.logits(both, labels))
+            key_t = jax.random.fold_in(key, t)
+            return decode_step(t, tokens, logits, key_t, steps, multinomial, noise)
+
+        tokens = jnp.full((n, num), prior.num_codes, jnp.int32)
+        tokens = jax.lax.fori_loop(0, steps, step, tokens)
+        return tokens.reshape(n, prior.height, prior.width)
 
     return run
 
@@ -182,17 +241,22 @@ def sample(
     temperature: float = 1.0,
     top_k: int | None = None,
     guidance: float = 0.0,
+    steps: int | None = None,
+    confidence_noise: float | None = None,
 ) -> jax.Array:
-    """Draw ``n`` code maps from ``prior``, one code at a time in raster order, compiled.
+    """Draw ``n`` code maps from ``prior`` in one compiled loop.
 
-    Each code is drawn from ``softmax(logits / temperature)`` restricted to the ``top_k``
+    An autoregressive prior draws one code at a time in raster order; a
+    :class:`~jaxbasics.prior.maskgit.MaskGITPrior` fills all of them in ``steps`` parallel
+    steps (:func:`jaxbasics.prior.maskgit.decode_step`). Each code is drawn from
+    ``softmax(logits / temperature)`` restricted to the ``top_k``
     largest logits, as ``torch.multinomial(F.softmax(logits / temperature, -1), 1)`` after
     ``torch.topk`` would (:func:`multinomial`).
     With ``guidance > 0`` the logits are ``cond + guidance * (cond - uncond)`` (Ho &
     Salimans 2022), the unconditional ones from the null label in the same forward.
 
     Args:
-      prior: a :class:`TransformerPrior` or :class:`PixelCNNPrior`.
+      prior: a :class:`TransformerPrior`, :class:`PixelCNNPrior` or :class:`MaskGITPrior`.
       n: number of maps, at most :data:`MAX_N` (65,536) per call: for more, call again with
         another key.
       key: PRNG key; the same key gives the same maps.
@@ -200,6 +264,11 @@ def sample(
       temperature: > 0; below 1 sharpens, above 1 flattens the distribution.
       top_k: keep only the k most likely codes at each step (1: greedy); None keeps all.
       guidance: classifier-free guidance scale w >= 0; needs labels.
+      steps: a masked prior's number of parallel decoding steps (default
+        :data:`~jaxbasics.prior.DEFAULT_STEPS`); not taken by the others.
+      confidence_noise: a masked prior's Gumbel noise on the confidence at the first step,
+        annealed to 0 (default :data:`~jaxbasics.prior.CONFIDENCE_NOISE`; 0 keeps the
+        likeliest draws: with ``top_k=1``, fully greedy).
 
     Returns:
       (n, h, w) int32 codes.
@@ -207,17 +276,19 @@ def sample(
     Raises:
       ValueError: ``n`` not a positive integer, a non-positive temperature, a top_k that is
         no integer in [1, K], a negative guidance, guidance without labels, or labels that
-        are not n integers in [0, num_classes) (one line naming the argument and the value).
+        are not n integers in [0, num_classes), or steps given to an autoregressive prior
+        (one line naming the argument and the value).
 
     >>> prior = TransformerPrior(16, 4, 4, num_classes=3, dim=8, depth=1, heads=2, rngs=nnx.Rngs(0))
     >>> codes = sample(prior, 3, jax.random.key(0))
     >>> codes.shape, codes.dtype, bool((codes == sample(prior, 3, jax.random.key(0))).all())
     ((3, 4, 4), dtype('int32'), True)
     """
-    o = _checked(prior, n, labels, temperature, top_k, guidance)
+    o = _checked(prior, n, labels, temperature, top_k, guidance, steps, confidence_noise)
     graphdef, state = nnx.split(prior)
-    run = _sampler(graphdef, o.n, o.top_k, o.labels is not None, o.guidance > 0)
-    return run(state, key, o.labels, jnp.float32(o.temperature), jnp.float32(o.guidance))
+    run = _sampler(graphdef, o.n, o.top_k, o.labels is not None, o.guidance > 0, o.steps)
+    floats = (jnp.float32(x) for x in (o.temperature, o.guidance, o.noise))
+    return run(state, key, o.labels, *floats)
 
 
 def nll_bits(
@@ -240,10 +311,15 @@ def nll_bits(
 
     Raises:
       ValueError: codes or labels out of range, or of another shape or dtype (the prior's
-        own check).
+        own check), or a masked prior (it has no exact likelihood).
 
     >>> prior = PixelCNNPrior(16, 4, 4, num_classes=3, channels=8, num_layers=2, rngs=nnx.Rngs(0))
     >>> nll_bits(prior, jnp.zeros((3, 4, 4), jnp.int32), per_example=True).shape
     (3,)
     """
+    if not isinstance(prior, Autoregressive):
+        raise ValueError(
+            f"a {type(prior).__name__} has no exact likelihood (it scores hidden codes given "
+            "visible ones); nll_bits takes a TransformerPrior or a PixelCNNPrior."
+        )
     return bits_per_code(prior(codes, labels), codes, per_example=per_example)

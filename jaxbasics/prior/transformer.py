@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxbasics import checks
-from jaxbasics.prior.common import label_ids
+from jaxbasics.prior.common import Autoregressive, label_ids
 
 
 class KVCache(NamedTuple):
@@ -67,9 +67,29 @@ def causal_attention(
     >>> causal_attention(x, x, jnp.arange(3.0)[None, None, :, None] * x, jnp.arange(3))[0, 0, :, 0]
     Array([0. , 0.5, 1. ], dtype=float32)
     """
-    scores = q @ jnp.swapaxes(k, -1, -2) / jnp.sqrt(q.shape[-1]).astype(q.dtype)  # (B, H, T, N)
     visible = jnp.arange(k.shape[2])[None, :] <= query_positions[:, None]  # (T, N)
-    scores = jnp.where(visible, scores, -jnp.inf)
+    return attention(q, k, v, visible)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array | None = None):
+    """Softmax attention ``softmax(q k^T / sqrt(dh)) v``: ``F.scaled_dot_product_attention``.
+
+    Args:
+      q: (B, heads, T, dh) queries.
+      k: (B, heads, N, dh) keys.
+      v: (B, heads, N, dh) values.
+      visible: (T, N) bool, which keys each query sees; None: all (bidirectional).
+
+    Returns:
+      (B, heads, T, dh).
+
+    >>> x = jnp.ones((1, 1, 2, 4))
+    >>> attention(x, x, jnp.arange(2.0)[None, None, :, None] * x)[0, 0, :, 0]
+    Array([0.5, 0.5], dtype=float32)
+    """
+    scores = q @ jnp.swapaxes(k, -1, -2) / jnp.sqrt(q.shape[-1]).astype(q.dtype)  # (B, H, T, N)
+    if visible is not None:
+        scores = jnp.where(visible, scores, -jnp.inf)
     return jax.nn.softmax(scores, axis=-1) @ v
 
 
@@ -105,20 +125,36 @@ class Block(nnx.Module):
         Returns:
           ``(y, cache)``: (B, T, dim) outputs and the cache with these tokens' keys and values.
         """
-        b, t, dim = x.shape
-        qkv = self.qkv(self.ln_1(x)).reshape(b, t, 3, self.heads, -1).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv  # each (B, heads, T, dh)
+        q, k, v = self._qkv(x)  # each (B, heads, T, dh)
         at = (0, 0, positions[0], 0)  # XLA writes the update in place
         cache = KVCache(
             jax.lax.dynamic_update_slice(cache.keys, k, at),
             jax.lax.dynamic_update_slice(cache.values, v, at),
         )
-        attn = causal_attention(q, cache.keys, cache.values, positions)
+        return self._rest(x, causal_attention(q, cache.keys, cache.values, positions)), cache
+
+    def bidirectional(self, x: jax.Array) -> jax.Array:
+        """The same block with every token seeing every other (no cache): a masked prior's.
+
+        >>> block = Block(8, 2, 4, rngs=nnx.Rngs(0))
+        >>> block.bidirectional(jnp.ones((1, 5, 8))).shape
+        (1, 5, 8)
+        """
+        return self._rest(x, attention(*self._qkv(x)))
+
+    def _qkv(self, x: jax.Array) -> jax.Array:
+        """(B, T, dim) -> (3, B, heads, T, dh): queries, keys and values."""
+        b, t, _ = x.shape
+        return self.qkv(self.ln_1(x)).reshape(b, t, 3, self.heads, -1).transpose(2, 0, 3, 1, 4)
+
+    def _rest(self, x: jax.Array, attn: jax.Array) -> jax.Array:
+        """The residual attention output, then the residual MLP."""
+        b, t, dim = x.shape
         x = x + self.proj(attn.transpose(0, 2, 1, 3).reshape(b, t, dim))
-        return x + self.fc_2(jax.nn.gelu(self.fc_1(self.ln_2(x)), approximate=False)), cache
+        return x + self.fc_2(jax.nn.gelu(self.fc_1(self.ln_2(x)), approximate=False))
 
 
-class TransformerPrior(nnx.Module):
+class TransformerPrior(Autoregressive, nnx.Module):
     """Autoregressive prior p(codes | label) = prod_i p(code_i | label, codes < i).
 
     Args:

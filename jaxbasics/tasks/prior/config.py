@@ -50,9 +50,10 @@ class PriorConfig(RunConfig):
     codes: str | None = None
     """Instead, model these code maps: a codes.npz written by encode.py with --model's VQ-VAE
     (all maps of one size; no class labels). Its last tenth is the held-out split."""
-    prior: Literal["transformer", "pixelcnn"] = "transformer"
-    """transformer (causal, over raster-ordered codes, a key/value cache when sampling) or
-    pixelcnn (the VQ-VAE paper's gated PixelCNN)."""
+    prior: Literal["transformer", "pixelcnn", "maskgit"] = "transformer"
+    """transformer (causal, over raster-ordered codes, a key/value cache when sampling),
+    pixelcnn (the VQ-VAE paper's gated PixelCNN) or maskgit (bidirectional, trained to fill in
+    hidden codes; samples in a few parallel steps, sample.py --steps)."""
     conditional: bool = True
     """Condition on the images' class labels when the data has them (shapes, cifar10, an
     ImageFolder); each is replaced by 'no class' with probability --label-dropout, so one
@@ -60,13 +61,13 @@ class PriorConfig(RunConfig):
     label_dropout: float = 0.1
     """Probability of training a step's label as 'no class' (conditional priors only)."""
 
-    # --- transformer sizes
+    # --- transformer and maskgit sizes
     dim: int = 256
-    """transformer: width of the token embeddings and of every block."""
+    """transformer, maskgit: width of the token embeddings and of every block."""
     depth: int = 6
-    """transformer: number of blocks."""
+    """transformer, maskgit: number of blocks."""
     heads: int = 8
-    """transformer: attention heads per block (dim must be a multiple)."""
+    """transformer, maskgit: attention heads per block (dim must be a multiple)."""
 
     # --- PixelCNN sizes
     channels: int = 128

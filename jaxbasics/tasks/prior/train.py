@@ -1,17 +1,19 @@
 """Training a prior over a VQ-VAE's codes: its state, steps and Task (stage two, shared loop).
 
 A prior run models the code maps of a trained VQ-VAE (:mod:`jaxbasics.tasks.prior.data`)
-with a :class:`~jaxbasics.prior.TransformerPrior` or :class:`~jaxbasics.prior.PixelCNNPrior`,
-trained by cross-entropy with Adam. With class labels, each step replaces a tenth of them
-(``label_dropout``) by the "no class" label, so the one model samples with and without a
-class, and with classifier-free guidance. A step's key is ``fold_in(base, step)``
-(:func:`~jaxbasics.train.state.step_key`).
+with a :class:`~jaxbasics.prior.TransformerPrior`, :class:`~jaxbasics.prior.PixelCNNPrior` or
+:class:`~jaxbasics.prior.MaskGITPrior`, trained by its ``loss`` (cross-entropy of every code,
+or of the hidden codes under a random mask, drawn from the step's key) with Adam. With
+class labels, each step replaces a tenth of them (``label_dropout``) by the "no class"
+label, so the one model samples with and without a class, and with classifier-free
+guidance. A step's key is ``fold_in(base, step)`` (:func:`~jaxbasics.train.state.step_key`).
 
 What it writes besides the loop's files:
 
 * ``metrics.jsonl``: ``loss`` (nats per code), ``bits_per_code`` and ``images_per_s`` (code
   maps per second) of the interval's last step;
-* ``eval.jsonl``: the held-out ``bits_per_code`` (given the label, when there are labels),
+* ``eval.jsonl``: the held-out ``bits_per_code`` (given the label, when there are labels;
+  a masked prior's: per hidden code, under fixed random masks of the schedule),
   ``bits_per_code_unconditional`` (the "no class" label), and the two floors: ``uniform_bits``
   (log2 K) and ``entropy_bits`` (the entropy of the training codes' frequencies);
 * ``samples.png`` at every evaluation (one row per class, or two rows without classes),
@@ -34,7 +36,7 @@ import optax
 from flax import nnx
 
 from jaxbasics import plots
-from jaxbasics.prior import PixelCNNPrior, TransformerPrior, bits_per_code, cross_entropy, sample
+from jaxbasics.prior import MaskGITPrior, PixelCNNPrior, TransformerPrior, sample
 from jaxbasics.prior import drop_labels as drop
 from jaxbasics.tasks.prior.config import PriorConfig
 from jaxbasics.tasks.prior.data import (
@@ -117,7 +119,8 @@ def make_prior(config: PriorConfig, shape: PriorShape, rngs: nnx.Rngs) -> Any:
             kernel_size=config.kernel_size,
             **common,
         )
-    return TransformerPrior(
+    model = MaskGITPrior if config.prior == "maskgit" else TransformerPrior
+    return model(
         shape.num_codes,
         shape.height,
         shape.width,
@@ -166,14 +169,15 @@ def structure(config: PriorConfig, shape: PriorShape) -> Structure:
 
     def train_step(state: PriorState, inputs: Any) -> tuple[PriorState, PriorMetrics]:
         codes, labels = inputs
+        key = step_key(state.rng, state.step)
+        mask = jax.random.fold_in(key, 1)
         if classes:
-            key = step_key(state.rng, state.step)
             labels = drop(labels, key, num_classes=classes, rate=config.label_dropout)
         else:
             labels = None
 
-        def loss_fn(params: Any) -> jax.Array:
-            return cross_entropy(nnx.merge(graphdef, params)(codes, labels), codes)
+        def loss_fn(params: Any) -> jax.Array:  # a masked prior draws its masks with `mask`
+            return nnx.merge(graphdef, params).loss(codes, labels, mask)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -190,11 +194,14 @@ def structure(config: PriorConfig, shape: PriorShape) -> Structure:
         model = nnx.merge(graphdef, state.params)
         w = mask.astype(jnp.float32)
         sums = {"maps": jnp.sum(w)}
-        uncond = bits_per_code(model(codes, None), codes, per_example=True)
-        sums["bits_unconditional"] = jnp.sum(uncond * w)
+        key = jax.random.key(config.seed)  # a masked prior's masks: the same at every eval
+
+        def bits(labels: jax.Array | None) -> jax.Array:
+            return model.loss(codes, labels, key, per_example=True) / math.log(2.0)
+
+        sums["bits_unconditional"] = jnp.sum(bits(None) * w)
         if classes:
-            cond = bits_per_code(model(codes, labels), codes, per_example=True)
-            sums["bits"] = jnp.sum(cond * w)
+            sums["bits"] = jnp.sum(bits(labels) * w)
         return sums
 
     abstract = jax.eval_shape(init, init_key(config.seed))
@@ -316,8 +323,9 @@ class PriorTask:
         return PriorEvaluation(record)
 
     def describe(self, metrics: dict[str, Any]) -> str:
+        per = "hidden code" if self.config.prior == "maskgit" else "code"
         return (
-            f"held-out {metrics['bits_per_code']:.3f} bits per code (uniform "
+            f"held-out {metrics['bits_per_code']:.3f} bits per {per} (uniform "
             f"{metrics['uniform_bits']:.2f}, code frequencies {metrics['entropy_bits']:.2f})"
         )
 
