@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--prior",
         action="store_true",
-        help="sampling speed of the cifar10 transformer prior preset (code maps per second)",
+        help="sampling speed of the cifar10 prior preset's sizes (code maps per second)",
     )
     prior = p.add_argument_group("--prior sizes (--small: 16 codes, dim 16, depth 1, 2 heads)")
     prior.add_argument("--num-codes", type=int, default=512, help="K (default 512)")
@@ -77,6 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     prior.add_argument("--prior-heads", type=int, default=CIFAR10_PRIOR.heads)
     prior.add_argument("--temperature", type=float, default=1.0)
     prior.add_argument("--top-k", type=int, default=None, help="default: all codes")
+    kinds = ["transformer", "maskgit"]  # one code per step, or --mask-steps parallel steps
+    prior.add_argument("--prior-kind", default="transformer", choices=kinds)
+    prior.add_argument("--mask-steps", type=int, default=10, help="maskgit: decoding steps")
     p.add_argument("--conv-form", default="auto", choices=["auto", "xla", "im2col"])
     p.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--torch-device", default="cpu", help="cpu or cuda")

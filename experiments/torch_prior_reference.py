@@ -48,6 +48,16 @@ class Block(nn.Module):
         attn = F.scaled_dot_product_attention(
             q, keys[:, :, :end], values[:, :, :end], attn_mask=visible
         )
+        return self._rest(x, attn)
+
+    def bidirectional(self, x):
+        """Every token sees every other, no cache: the masked prior's block."""
+        b, t, _ = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        return self._rest(x, F.scaled_dot_product_attention(q, k, v))
+
+    def _rest(self, x, attn):
+        b, t, dim = x.shape
         x = x + self.proj(attn.transpose(1, 2).reshape(b, t, dim))
         return x + self.fc_2(F.gelu(self.fc_1(self.ln_2(x))))
 
@@ -111,12 +121,18 @@ class TransformerPrior(nn.Module):
 
 
 def from_flax(prior) -> TransformerPrior:
-    """A PyTorch copy of a Flax ``jaxbasics.prior.TransformerPrior``, weights included.
+    """A PyTorch copy of a Flax ``jaxbasics.prior.TransformerPrior``, weights included."""
+    sizes = ("num_codes", "height", "width", "num_classes", "dim", "depth", "heads", "mlp_ratio")
+    model = TransformerPrior(*(getattr(prior, name) for name in sizes))
+    copy_blocks(model, prior, ("code_embed", "class_embed", "row_embed", "col_embed"))
+    return model.eval()
+
+
+def copy_blocks(model, prior, embeddings) -> None:
+    """Copy a Flax prior's ``embeddings``, blocks, ``ln_f`` and ``head`` into ``model``.
 
     Linear kernels are (in, out) in Flax and ``weight`` (out, in) in PyTorch: transposed.
     """
-    sizes = ("num_codes", "height", "width", "num_classes", "dim", "depth", "heads", "mlp_ratio")
-    model = TransformerPrior(*(getattr(prior, name) for name in sizes))
 
     def tensor(variable):
         return torch.from_numpy(np.array(variable[...]))
@@ -126,13 +142,12 @@ def from_flax(prior) -> TransformerPrior:
     for tb, fb in zip(model.blocks, prior.blocks, strict=True):
         pairs += [(getattr(tb, n), getattr(fb, n)) for n in names]
     with torch.no_grad():
-        for name in ("code_embed", "class_embed", "row_embed", "col_embed"):
+        for name in embeddings:
             getattr(model, name).weight.copy_(tensor(getattr(prior, name).embedding))
         for t, f in pairs:
             weight = tensor(f.scale) if isinstance(t, nn.LayerNorm) else tensor(f.kernel).T
             t.weight.copy_(weight)
             t.bias.copy_(tensor(f.bias))
-    return model.eval()
 
 
 @torch.inference_mode()

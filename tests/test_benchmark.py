@@ -168,3 +168,22 @@ def test_torch_prior_decode_with_tensor_positions_gives_the_eager_logits():
             eager = model.decode_step(caches[0], prev, i, labels)
             fixed = model.decode_step(caches[1], prev, torch.tensor(i), labels)
             torch.testing.assert_close(fixed, eager)
+
+
+def test_the_masked_prior_benchmark_checks_greedy_parity_and_times_both_sides():
+    torch = pytest.importorskip("torch")
+    args = benchmark.parse_args(
+        [
+            "--prior",
+            "--small",
+            "--prior-kind",
+            "maskgit",
+            "--mask-steps",
+            "4",
+            "--torch-threads",
+            "1",
+        ]
+    )
+    line = prior.prior_line(args, 2, torch, rounds=1, k=1, warmup=1, notes=[])
+    assert line["codes_match"] is True and line["prior_kind"] == "maskgit"
+    assert line["mask_steps"] == 4 and line["jax_images_per_s"] > 0 and line["ratio"] > 0

@@ -1,5 +1,8 @@
-"""Sampling the cifar10 transformer prior preset: JAX's compiled loop against its PyTorch twin,
-eager and under ``torch.compile``, after a greedy check that every side draws the same codes."""
+"""Sampling a prior of the cifar10 preset's sizes: JAX's compiled loop against its PyTorch twin,
+eager and under ``torch.compile``, after a greedy check that every side draws the same codes.
+
+``--prior-kind transformer`` (the preset's autoregressive prior, one code per step) or
+``maskgit`` (the masked prior at the same sizes, ``--mask-steps`` parallel steps)."""
 
 from __future__ import annotations
 
@@ -42,17 +45,23 @@ def prior_sides(
     arguments of a call override the sampling options (``top_k=1``: greedy).
 
     >>> args = argparse.Namespace(prior_dim=16, prior_depth=1, prior_heads=2, num_codes=16,
-    ...                           temperature=1.0, top_k=None)
+    ...                           temperature=1.0, top_k=None, prior_kind="maskgit", mask_steps=4)
     >>> sides, info = prior_sides(args, 2, None, [])
     >>> sorted(sides), sides["jax"]().shape, sorted(info)
     (['jax'], (2, 8, 8), ['compile_s'])
     """
-    config = PRESETS("cifar10", dim=args.prior_dim, depth=args.prior_depth, heads=args.prior_heads)
+    kind = args.prior_kind
+    masked = kind == "maskgit"
+    config = PRESETS(
+        "cifar10", prior=kind, dim=args.prior_dim, depth=args.prior_depth, heads=args.prior_heads
+    )
     prior = make_prior(
         config, PriorShape(args.num_codes, *PRIOR_CODE_MAP, PRIOR_CLASSES), nnx.Rngs(0)
     )
     labels = np.arange(batch) % PRIOR_CLASSES
     options = dict(temperature=args.temperature, top_k=args.top_k)
+    if masked:
+        options["steps"] = args.mask_steps
     jax_labels, key = jnp.asarray(labels), jax.random.key(0)
 
     def jax_side(**kw: Any) -> np.ndarray:
@@ -60,22 +69,28 @@ def prior_sides(
 
     sides: dict[str, Callable[..., Any]] = {"jax": jax_side}
     if torch is not None:
+        import torch_maskgit_reference as tmr
         import torch_prior_reference as tpr
 
+        twin = tmr if masked else tpr
         device = args.torch_device
-        model = tpr.from_flax(prior).to(device)
+        model = twin.from_flax(prior).to(device)
         torch_labels = torch.from_numpy(labels).to(device)
 
         def torch_side(decode_step: Callable | None) -> Callable[..., np.ndarray]:
             def run(**kw: Any) -> np.ndarray:
                 generator = torch.Generator(device).manual_seed(0)
-                kw = {**options, **kw, "labels": torch_labels, "decode_step": decode_step}
-                return tpr.sample(model, batch, generator, **kw).cpu().numpy()
+                kw = {**options, **kw, "labels": torch_labels}
+                if not masked:
+                    kw["decode_step"] = decode_step
+                return twin.sample(model, batch, generator, **kw).cpu().numpy()
 
             return run
 
         sides["torch"] = torch_side(None)
-        if args.torch_compile:
+        if args.torch_compile and masked:
+            notes.append("torch.compile: not timed for the masked prior (eager twin only)")
+        elif args.torch_compile:
             # Cold, as JAX's compile: inductor's on-disk caches would time a lookup instead.
             torch._inductor.config.force_disable_caches = True
             sides["torch_compile"] = torch_side(torch.compile(model.decode_step, dynamic=False))
@@ -108,7 +123,9 @@ def prior_line(args, batch, torch, rounds, k, warmup, notes) -> dict[str, Any]:
     sides, info = prior_sides(args, batch, torch, notes)
     # Full float32 matmuls: a GPU's TF32 default would flip near-tied argmaxes of one side.
     with jax.default_matmul_precision("highest"):
-        greedy = {name: side(top_k=1) for name, side in sides.items()}
+        # A masked prior's confidence noise is random: greedy is top_k=1 without it.
+        exact = {"confidence_noise": 0.0} if args.prior_kind == "maskgit" else {}
+        greedy = {name: side(top_k=1, **exact) for name, side in sides.items()}
     for name, codes in greedy.items():
         if not np.array_equal(codes, greedy["jax"]):
             differ = int((codes != greedy["jax"]).sum())
@@ -134,6 +151,8 @@ def prior_line(args, batch, torch, rounds, k, warmup, notes) -> dict[str, Any]:
         num_codes=args.num_codes,
         code_map=list(PRIOR_CODE_MAP),
         num_classes=PRIOR_CLASSES,
+        prior_kind=args.prior_kind,
+        mask_steps=args.mask_steps if args.prior_kind == "maskgit" else None,
         dim=args.prior_dim,
         depth=args.prior_depth,
         heads=args.prior_heads,
