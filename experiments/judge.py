@@ -38,10 +38,20 @@ from jaxbasics.data.sources import DATASETS, get_source, read_batch
 from jaxbasics.data.transforms import to_model_input, to_pixels
 from jaxbasics.tasks.vqvae import load
 from jaxbasics.tasks.vqvae.apply import model_fns
-from jaxbasics.train.files import write_atomic
+from jaxbasics.train.files import check_out, write_atomic
+from jaxbasics.train.workdir import WorkdirInUseError, hold
 
 # Meta and weights files inside --judge.
 META, WEIGHTS = "judge.json", "weights.msgpack"
+# How a new judge is trained when --steps, --num-train and --seed are not given.
+TRAINING = {"steps": 6000, "train_images": None, "seed": 0}
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,15 +61,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--judge", default=None, help="the judge's folder (default runs/judge-DATASET)")
     p.add_argument("--samples", nargs="*", default=[], help="sample folders to judge")
     p.add_argument("--model", default=None, help="a VQ-VAE: also judge its reconstructions")
-    p.add_argument("--num-test", type=int, default=1000, help="real test images judged")
-    p.add_argument("--steps", type=int, default=6000, help="the judge's training steps")
-    p.add_argument("--num-train", type=int, default=None, help="train images (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="the judge's seed")
+    p.add_argument("--num-test", type=positive, default=1000, help="real test images judged")
+    training = p.add_argument_group(
+        "training a new judge (a saved judge is used as it is; a value given here that "
+        "contradicts it is refused)"
+    )
+    training.add_argument("--steps", type=positive, default=None, help="default 6000")
+    training.add_argument("--num-train", type=positive, default=None, help="default: all")
+    training.add_argument("--seed", type=int, default=None, help="default 0")
     return p.parse_args(argv)
-
-
-def source(args: argparse.Namespace, split: str, num: int | None = None):
-    return get_source(args.dataset, split, data_dir=args.data_dir, num_examples=num)
 
 
 def class_names(args: argparse.Namespace, src) -> list[str]:
@@ -69,83 +79,148 @@ def class_names(args: argparse.Namespace, src) -> list[str]:
     return list(CIFAR10_CLASSES if args.dataset == "cifar10" else src.classes)
 
 
-def get_judge(args: argparse.Namespace, names: list[str]) -> tuple[J.Judge, dict]:
-    """The judge in ``--judge``, or a new one trained on the train split and saved there."""
-    folder = Path(args.judge or f"runs/judge-{args.dataset}")
-    want = {"dataset": args.dataset, "data_dir": args.data_dir, "classes": names}
-    if (folder / META).exists():
+def asked(args: argparse.Namespace) -> dict:
+    """The training settings given on the command line."""
+    given = {"steps": args.steps, "train_images": args.num_train, "seed": args.seed}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def read_judge(folder: Path, want: dict, args: argparse.Namespace) -> tuple[J.Judge, dict]:
+    """The saved judge in ``folder``, refused in one line if damaged or of other data or
+    training settings than asked for."""
+    try:
         meta = json.loads((folder / META).read_text())
-        if {k: meta.get(k) for k in want} != want:
-            raise ValueError(
-                f"{folder} holds a judge of other data ({meta.get('dataset')}, "
-                f"{meta.get('data_dir')}); pass another --judge for this one."
-            )
-        judge = J.Judge(len(names), width=meta["width"], rngs=nnx.Rngs(0))
-        state = nnx.state(judge)
-        saved = (folder / WEIGHTS).read_bytes()
-        state.replace_by_pure_dict(flax.serialization.from_bytes(state.to_pure_dict(), saved))
-        nnx.update(judge, state)
-        judge.eval()
-        return judge, meta
-    train = source(args, "train", args.num_train)
-    batch = read_batch(train, np.arange(len(train)))
-    judge = J.train_judge(
-        batch["image"],
-        batch["label"],
-        len(names),
-        steps=args.steps,
-        seed=args.seed,
-        progress=True,
-    )
-    meta = want | {
-        "width": judge.width,
-        "steps": args.steps,
-        "seed": args.seed,
-        "train_images": len(train),
-    }
-    write_atomic(folder / WEIGHTS, flax.serialization.to_bytes(nnx.state(judge).to_pure_dict()))
-    write_atomic(folder / META, json.dumps(meta, indent=1))
+        width, num_classes = int(meta["width"]), len(meta["classes"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"{folder / META} is damaged; delete {folder} and judge.py trains the judge again."
+        ) from None
+    other = [k for k in want if meta.get(k) != want[k]]
+    other += [k for k, v in asked(args).items() if meta.get(k) != v]
+    if other:
+        saved = ", ".join(f"{k}={meta.get(k)!r}" for k in other)
+        raise ValueError(
+            f"{folder} holds a judge of other {'/'.join(other)} ({saved}); pass another "
+            "--judge, or leave out the training flags to use this one."
+        )
+    judge = J.Judge(num_classes, width=width, rngs=nnx.Rngs(0))
+    state = nnx.state(judge)
+    try:
+        saved = flax.serialization.from_bytes(state.to_pure_dict(), (folder / WEIGHTS).read_bytes())
+        state.replace_by_pure_dict(saved)
+    except Exception as e:  # any damage to the file: one line, and how to get a new one
+        raise ValueError(
+            f"{folder / WEIGHTS} is unreadable ({type(e).__name__}); delete {folder} and "
+            "judge.py trains the judge again."
+        ) from None
+    nnx.update(judge, state)
+    judge.eval()
     return judge, meta
 
 
-def sample_folder(path: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The images of a sample folder and the class each was sampled for."""
-    if (path / "labels.json").exists():
-        record = json.loads((path / "labels.json").read_text())
-        files = [path / "samples" / f"{n}.png" for n in record["names"]]
-        labels = [names.index(c) for c in record["classes"]]
-        return np.stack([read_image(f) for f in files]), np.array(labels)
-    images, labels = [], []
-    for c, name in enumerate(names):
-        if (path / name).is_dir():
-            found = find_images([str(path / name)])
-            images += [read_image(f.path) for f in found]
-            labels += [c] * len(found)
-    if not images:
-        raise FileNotFoundError(
-            f"{path} has no labels.json (from sample.py --class or --all-classes) and no "
-            f"subfolder named after a class ({names[0]}, ...); nothing to judge."
+def get_judge(args: argparse.Namespace, names: list[str]) -> tuple[J.Judge, dict]:
+    """The judge in ``--judge``, or a new one trained on the train split and saved there
+    (one judge.py at a time per folder: the second waits for nothing, it stops)."""
+    folder = Path(args.judge or f"runs/judge-{args.dataset}")
+    want = {"dataset": args.dataset, "data_dir": args.data_dir, "classes": names}
+    if not (folder / META).exists():  # written last: a folder without it holds no judge
+        check_out(folder, [], [META, WEIGHTS])
+    with hold(folder, "--judge", "judge.py"):
+        if (folder / META).exists():
+            return read_judge(folder, want, args)
+        settings = TRAINING | asked(args)
+        train = get_source(
+            args.dataset, "train", data_dir=args.data_dir, num_examples=settings["train_images"]
         )
+        batch = read_batch(train, np.arange(len(train)))
+        judge = J.train_judge(
+            batch["image"],
+            batch["label"],
+            len(names),
+            steps=settings["steps"],
+            seed=settings["seed"],
+            progress=True,
+        )
+        meta = want | settings | {"width": judge.width, "train_images": len(train)}
+        write_atomic(folder / WEIGHTS, flax.serialization.to_bytes(nnx.state(judge).to_pure_dict()))
+        write_atomic(folder / META, json.dumps(meta, indent=1))
+        return judge, meta
+
+
+def _labelled(path: Path, names: list[str]) -> tuple[list[Path], list[int]]:
+    """The files and classes a sample.py ``labels.json`` names, checked."""
+    try:
+        record = json.loads((path / "labels.json").read_text())
+        files, classes = list(record["names"]), list(record["classes"])
+        if not files or len(files) != len(classes) or not all(isinstance(f, str) for f in files):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"{path / 'labels.json'} is not sample.py's (equal lists of names and classes); "
+            "sample again into a new --out."
+        ) from None
+    bad = next((f for f in files if Path(f).name != f or f in ("", ".", "..")), None)
+    if bad is not None:
+        raise ValueError(f"{path / 'labels.json'} names {bad!r}, not a sample in {path}.")
+    unknown = [c for c in classes if c not in names]
+    if unknown:
+        what = "were sampled without a class" if unknown[0] is None else "name other classes"
+        raise ValueError(
+            f"{path}'s samples {what} ({unknown[0]!r}); the judge knows {names[:3]}...: "
+            "sample with --class NAME or --all-classes."
+        )
+    return [path / "samples" / f"{f}.png" for f in files], [names.index(c) for c in classes]
+
+
+def sample_folder(path: Path, names: list[str], size: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The images of a sample folder (all of ``size``, the real images') and the class each
+    was sampled for."""
+    if (path / "labels.json").exists():
+        files, labels = _labelled(path, names)
+    elif path.is_dir():
+        subfolders = sorted(p.name for p in path.iterdir() if p.is_dir())
+        stray = [f for f in subfolders if f not in names]
+        if stray or not subfolders:
+            raise FileNotFoundError(
+                f"{path} has no labels.json (from sample.py --class or --all-classes) and "
+                + (
+                    f"its subfolder {stray[0]!r} is no class the judge knows ({names[0]}, ...)."
+                    if stray
+                    else f"no subfolder named after a class ({names[0]}, ...)."
+                )
+            )
+        found = [
+            (Path(f.path), names.index(c)) for c in subfolders for f in find_images([str(path / c)])
+        ]
+        files, labels = [f for f, _ in found], [c for _, c in found]
+    else:
+        raise FileNotFoundError(f"--samples {path} does not exist or is not a folder.")
+    images = [read_image(f) for f in files]
+    wrong = next((f for f, x in zip(files, images, strict=True) if x.shape != size), None)
+    if wrong is not None or not images:
+        got = "no images" if wrong is None else f"{wrong}, of another size"
+        raise ValueError(f"{path} holds {got}; the judge takes {size[1]}x{size[0]} images.")
     return np.stack(images), np.array(labels)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        test = source(args, "test")
+        test = get_source(args.dataset, "test", data_dir=args.data_dir)
         names = class_names(args, test)
-        judge, _ = get_judge(args, names)
         real = read_batch(test, np.arange(min(args.num_test, len(test))))
-        report = {"real": J.accuracy(judge, real["image"], real["label"])}
+        size = real["image"].shape[1:]
+        samples = {f: sample_folder(Path(f), names, size) for f in args.samples}  # checked first
+        judge, meta = get_judge(args, names)
+        report = {"judge": {k: meta[k] for k in TRAINING}}
+        report["real"] = J.accuracy(judge, real["image"], real["label"])
         if args.model:
             fns = model_fns(load(args.model).model)
-            recon = to_pixels(
-                np.asarray(fns.decode(np.asarray(fns.encode(to_model_input(real["image"])))))
-            )
+            codes = np.asarray(fns.encode(to_model_input(real["image"])))
+            recon = to_pixels(np.asarray(fns.decode(codes)))
             report["reconstructions"] = J.accuracy(judge, recon, real["label"])
             report["reconstructions_per_class"] = per_class(judge, recon, real["label"], names)
-        for folder in args.samples:
-            images, labels = sample_folder(Path(folder), names)
+        for folder, (images, labels) in samples.items():
             report[folder] = {
                 "accuracy": J.accuracy(judge, images, labels),
                 "num": len(images),
@@ -153,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         print(json.dumps(report))
         return 0
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, WorkdirInUseError) as e:
         return fail(e)
 
 

@@ -17,14 +17,15 @@ its converse, the Classification Accuracy Score of Ravuri & Vinyals (2019).
 :func:`train_judge` fits it with Adam and cross-entropy, ``torch.nn.CrossEntropyLoss``;
 :func:`predict` and :func:`accuracy` apply it in batches.
 
->>> images = np.zeros((4, 8, 8, 3), np.uint8); images[2:] = 255
->>> judge = train_judge(images, np.array([0, 0, 1, 1]), 2, steps=30, batch_size=4, width=4)
->>> accuracy(judge, images, np.array([0, 0, 1, 1]))
-1.0
+>>> judge = Judge(10, width=4, rngs=nnx.Rngs(0))  # train_judge(images, labels, 10) fits one
+>>> images, labels = np.zeros((5, 32, 32, 3), np.uint8), np.arange(5)
+>>> predict(judge, images).shape, 0.0 <= accuracy(judge, images, labels) <= 1.0
+((5,), True)
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -33,6 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxbasics import checks
 from jaxbasics.data.transforms import to_model_input
 
 __all__ = ["Judge", "accuracy", "per_class_accuracy", "predict", "train_judge"]
@@ -75,9 +77,9 @@ class Judge(nnx.Module):
 
 def _checked(images: Any, labels: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     images, labels = np.asarray(images), np.asarray(labels)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or not len(images):
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or not images.size:
         raise ValueError(
-            f"images must be (N, H, W, 3) uint8 pixels with N >= 1, got {images.shape} "
+            f"images must be (N, H, W, 3) uint8 pixels with N, H, W >= 1, got {images.shape} "
             f"{images.dtype}."
         )
     if labels.shape != (len(images),) or labels.dtype.kind not in "iu":
@@ -119,9 +121,14 @@ def train_judge(
       The trained judge.
 
     Raises:
-      ValueError: images or labels of the wrong shape, dtype or range (one line).
+      ValueError: images or labels of the wrong shape, dtype or range; steps, batch_size or
+        width not a positive integer; a learning rate not finite and > 0 (one line each).
     """
     images, labels = _checked(images, labels, num_classes)
+    steps, batch_size = checks.count("steps", steps), checks.count("batch_size", batch_size)
+    width = checks.count("width", width)
+    if not (isinstance(learning_rate, int | float) and 0 < learning_rate < math.inf):
+        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}.")
     judge = Judge(num_classes, width=width, rngs=nnx.Rngs(seed))
     tx = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
     optimizer = nnx.Optimizer(judge, tx, wrt=nnx.Param)

@@ -45,10 +45,28 @@ def test_accuracy_and_per_class_accuracy_count_right_answers():
         (np.zeros((2, 8, 8), np.uint8), [0, 1], r"\(N, H, W, 3\)"),
         (np.zeros((2, 8, 8, 3), np.uint8), [0, 5], r"labels must be in \[0, 3\), got 5"),
         (np.zeros((2, 8, 8, 3), np.uint8), [0.5, 1.0], "integers"),
-        (np.zeros((0, 8, 8, 3), np.uint8), [], "N >= 1"),
+        (np.zeros((0, 8, 8, 3), np.uint8), [], "N, H, W >= 1"),
+        (np.zeros((2, 0, 0, 3), np.uint8), [0, 1], "N, H, W >= 1"),
     ],
 )
 def test_bad_images_or_labels_are_one_line(images, labels, message):
     judge = J.Judge(3, width=4, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=message):
         J.accuracy(judge, images, np.asarray(labels))
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (dict(steps=2.5), "steps must be an integer"),
+        (dict(steps=True), "steps must be an integer"),
+        (dict(steps=0), "steps must be an integer >= 1"),
+        (dict(width=0), "width must be"),
+        (dict(batch_size=0), "batch_size must be"),
+        (dict(learning_rate=float("nan")), "learning_rate must be a finite number"),
+    ],
+)
+def test_bad_training_options_are_one_line(option, message):
+    images, labels = _two_colours(8)
+    with pytest.raises(ValueError, match=message):
+        J.train_judge(images, labels, 2, **option)

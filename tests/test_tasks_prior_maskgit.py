@@ -1,10 +1,12 @@
 """The masked prior on the shared loop: its run, a bitwise resume, sample.py --steps, judge.py."""
 
 import json
+import shutil
 import signal
 
 import jax
 import numpy as np
+import pytest
 
 import decode
 import judge
@@ -84,8 +86,37 @@ def test_steps_for_an_autoregressive_prior_is_one_line(prior_workdir, workdir, t
     assert not (tmp_path / "s").exists()
 
 
+JUDGE_FLAGS = ["--steps", "200", "--num-train", "5000", "--num-test", "20"]
+
+
+@pytest.fixture(scope="module")
+def tiny_judge(tmp_path_factory):
+    """A judge folder trained for a few steps on 5,000 shapes images (it judges badly; the
+    tests check the bookkeeping, not its skill)."""
+    folder = tmp_path_factory.mktemp("judge")
+    assert judge.main(["--judge", str(folder), *JUDGE_FLAGS]) == 0
+    return folder
+
+
+def test_judge_refuses_unconditional_samples_and_a_damaged_judge_in_one_line(
+    tiny_judge, maskgit_workdir, workdir, tmp_path, capsys
+):
+    out = tmp_path / "s"
+    flags = ["--prior", str(maskgit_workdir), "--model", str(workdir), "--num", "2"]
+    assert sample.main(flags + ["--out", str(out)]) == 0
+    capsys.readouterr()
+    assert judge.main(["--judge", str(tiny_judge), *JUDGE_FLAGS, "--samples", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sampled without a class" in err
+    damaged = shutil.copytree(tiny_judge, tmp_path / "judge")
+    (damaged / "weights.msgpack").write_bytes(b"\x93garbage")
+    assert judge.main(["--judge", str(damaged), *JUDGE_FLAGS]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unreadable" in err and "delete" in err
+
+
 def test_judge_scores_sample_folders_by_the_class_they_were_drawn_for(
-    maskgit_workdir, workdir, tmp_path, capsys
+    tiny_judge, maskgit_workdir, workdir, tmp_path, capsys
 ):
     out = tmp_path / "s"
     flags = ["--prior", str(maskgit_workdir), "--model", str(workdir), "--num", "10"]
@@ -96,15 +127,41 @@ def test_judge_scores_sample_folders_by_the_class_they_were_drawn_for(
         ex = test[i]
         save_png(tmp_path / "real" / SHAPES_CLASSES[ex["label"]] / f"{i}.png", ex["image"])
     capsys.readouterr()
-    flags = ["--judge", str(tmp_path / "judge"), "--steps", "200", "--num-train", "5000"]
-    flags += ["--num-test", "20", "--samples", str(out), str(tmp_path / "real")]
+    flags = ["--judge", str(tiny_judge), *JUDGE_FLAGS]
+    flags += ["--samples", str(out), str(tmp_path / "real")]
     assert judge.main(flags) == 0
     report = json.loads(capsys.readouterr().out)
     assert report[str(out)]["num"] == 10 and 0 <= report[str(out)]["accuracy"] <= 1
     # The same 20 real images, read from PNGs: the same verdicts as from memory.
     assert report[str(tmp_path / "real")]["accuracy"] == report["real"]
-    meta = json.loads((tmp_path / "judge" / "judge.json").read_text())
+    meta = json.loads((tiny_judge / "judge.json").read_text())
     assert meta["dataset"] == "shapes" and meta["steps"] == 200
-    # A second run loads the saved judge: the same numbers.
-    assert judge.main(flags) == 0
+    # Retrained from nothing with the same seed: the same judge, the same verdicts.
+    again = tmp_path / "again"
+    assert judge.main(["--judge", str(again), *flags[2:]]) == 0
     assert json.loads(capsys.readouterr().out) == report
+
+
+def test_judge_refuses_other_training_flags_a_workdir_and_odd_folders_before_training(
+    tiny_judge, maskgit_workdir, tmp_path, capsys
+):
+    def one_line(argv, *expected):
+        capsys.readouterr()
+        assert judge.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        for text in expected:
+            assert text in err, err
+
+    one_line(["--judge", str(tiny_judge), "--steps", "300"], "other steps", "steps=200")
+    # A training workdir is the run's: nothing is written there, before any training.
+    one_line(["--judge", str(maskgit_workdir), *JUDGE_FLAGS], "training workdir")
+    assert not (maskgit_workdir / "judge.json").exists()
+    mixed = tmp_path / "mixed"
+    save_png(mixed / "ring" / "a.png", np.zeros((32, 32, 3), np.uint8))
+    save_png(mixed / "ring" / "b.png", np.zeros((48, 48, 3), np.uint8))
+    new = str(tmp_path / "new")  # checked before a judge would be trained there
+    one_line(["--judge", new, *JUDGE_FLAGS, "--samples", str(mixed)], "b.png, of another size")
+    save_png(tmp_path / "typo" / "Ring" / "a.png", np.zeros((32, 32, 3), np.uint8))
+    one_line(["--judge", new, *JUDGE_FLAGS, "--samples", str(tmp_path / "typo")], "'Ring'")
+    assert not (tmp_path / "new").exists()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxbasics import checks
@@ -133,12 +134,21 @@ class MaskGITPrior(nnx.Module):
           mask: (B, h, w) bool, True where a code is hidden; None hides nothing.
 
         Raises:
-          ValueError: codes or labels out of range, or of another shape or dtype.
+          ValueError: codes or labels out of range, or of another shape or dtype; a mask that
+            is not bool of the codes' shape.
         """
         codes = checks.indices(
             "codes", codes, self.num_codes, shape=(None, self.height, self.width)
         )
         b = codes.shape[0]
+        if mask is not None:
+            shape = np.shape(mask)  # works on tracers too, as .dtype does
+            dtype = mask.dtype if hasattr(mask, "dtype") else np.asarray(mask).dtype
+            if shape != codes.shape or dtype != jnp.bool_:
+                raise ValueError(
+                    f"mask must be a bool array of the codes' shape {codes.shape}, got "
+                    f"{shape} {dtype}."
+                )
         tokens = codes if mask is None else jnp.where(mask, self.num_codes, codes)
         logits = self.logits(tokens.reshape(b, -1), label_ids(labels, b, self.num_classes))
         return logits.reshape(b, self.height, self.width, self.num_codes)
