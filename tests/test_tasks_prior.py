@@ -400,3 +400,14 @@ def test_sample_help_shows_the_defaults(capsys):
         sample.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "how many images (default: 64)" in text and "workdir (default: runs/prior-" in text
+
+
+def test_train_maps_encodes_more_of_the_generated_data_than_the_vqvae_saw(workdir, tmp_path):
+    """The tiny VQ-VAE trained on shapes' first images; the prior can encode 40 of them."""
+    result = fit(prior_config(workdir, train_maps=40, num_training_updates=1), tmp_path)
+    assert result.step == 1
+    assert len(np.load(tmp_path / "prior_codes.npz")["train_codes"]) == 40
+    with pytest.raises(ValueError, match="leave --train-maps out"):
+        prior_config(workdir, train_maps=40, codes="c.npz").validate()
+    with pytest.raises(ValueError, match="train_maps must be >= 1"):
+        prior_config(workdir, train_maps=0).validate()

@@ -60,6 +60,9 @@ class PriorConfig(RunConfig):
     model samples with and without a class, and with classifier-free guidance."""
     label_dropout: float = 0.1
     """Probability of training a step's label as 'no class' (conditional priors only)."""
+    train_maps: int | None = None
+    """Encode this many of --model's dataset's training images for the prior (default: the
+    VQ-VAE run's own train split). The embedded shapes data is generated: up to 50,000."""
 
     # --- transformer and maskgit sizes
     dim: int = 256
@@ -92,6 +95,13 @@ class PriorConfig(RunConfig):
             fits = -(-self.dim // self.heads) * self.heads
             raise ValueError(
                 f"dim ({self.dim}) must be a multiple of heads ({self.heads}), e.g. --dim {fits}."
+            )
+        if self.train_maps is not None and self.train_maps < 1:
+            raise ValueError(f"train_maps must be >= 1, got {self.train_maps}.")
+        if self.codes is not None and self.train_maps is not None:
+            raise ValueError(
+                "train_maps picks how many of --model's images are encoded; with --codes the "
+                "maps are the file's: leave --train-maps out."
             )
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}.")

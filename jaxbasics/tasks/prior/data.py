@@ -243,7 +243,7 @@ def code_data(config: PriorConfig, loaded: Loaded, fingerprint: str) -> CodeData
     """
     if config.codes is not None:
         return _from_codes_file(Path(config.codes), loaded, fingerprint)
-    return _encode_dataset(loaded, fingerprint, config.progress)
+    return _encode_dataset(loaded, fingerprint, config.progress, config.train_maps)
 
 
 def _from_codes_file(path: Path, loaded: Loaded, fingerprint: str) -> CodeData:
@@ -267,9 +267,13 @@ def _from_codes_file(path: Path, loaded: Loaded, fingerprint: str) -> CodeData:
     return CodeData(train, test, loaded.config.num_embeddings, (), fingerprint)
 
 
-def _encode_dataset(loaded: Loaded, fingerprint: str, progress: bool) -> CodeData:
-    """Encode the VQ-VAE run's train and test images (its own dataset and sizes)."""
-    data = sources(loaded.config)
+def _encode_dataset(
+    loaded: Loaded, fingerprint: str, progress: bool, train_maps: int | None
+) -> CodeData:
+    """Encode the VQ-VAE run's train and test images (its own dataset and sizes; the first
+    ``train_maps`` training images of its dataset when given)."""
+    vq = loaded.config
+    data = sources(vq if train_maps is None else vq.replace(num_train_examples=train_maps))
     encode = model_fns(loaded.model).encode
     train = _encode_split(encode, data.train, "train", progress)
     test = _encode_split(encode, data.test, "test", progress)
