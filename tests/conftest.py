@@ -7,6 +7,7 @@ subprocess shares one persistent XLA compilation cache (:func:`xla_cache`).
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
@@ -21,7 +23,7 @@ from jaxbasics.tasks.prior.config import PriorConfig  # noqa: E402
 from jaxbasics.tasks.vqvae.config import VQVAEConfig  # noqa: E402
 from jaxbasics.tasks.vqvae.presets import preset  # noqa: E402
 from jaxbasics.tasks.vqvae.train import VQVAETask, init_state, structure, to_model  # noqa: E402
-from jaxbasics.train import cli, fit, read_run  # noqa: E402
+from jaxbasics.train import cli, fit, loop, read_run  # noqa: E402
 from jaxbasics.train.sharding import placed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,3 +249,18 @@ def maskgit_workdir(workdir, tmp_path_factory):
     prior = tmp_path_factory.mktemp("maskgit_run")
     fit(prior_config(workdir, prior="maskgit"), prior)
     return prior
+
+
+def interrupt_after(monkeypatch, calls: int) -> None:
+    """Make fit() stop as if Ctrl-C had been pressed during the step of the ``calls``-th
+    ``global_batch`` call (one per array a step places: a VQ-VAE step places one, a prior's
+    two, codes and labels; the k-means init places its own)."""
+    count = []
+
+    def batch_then_signal(local, sharding):
+        count.append(1)
+        if len(count) == calls:
+            signal.raise_signal(signal.SIGINT)  # fit's handler: stop after this step
+        return jax.make_array_from_process_local_data(sharding, local)
+
+    monkeypatch.setattr(loop, "global_batch", batch_then_signal)

@@ -13,7 +13,7 @@ import pytest
 
 import sample
 import train_vqvae
-from conftest import PRIOR_STEPS, cli_flags, main_in_process, prior_config
+from conftest import PRIOR_STEPS, cli_flags, interrupt_after, main_in_process, prior_config
 from jaxbasics.prior import sample as sample_codes
 from jaxbasics.tasks.prior.config import PriorConfig
 from jaxbasics.tasks.prior.trained import load_prior
@@ -23,7 +23,7 @@ from jaxbasics.tasks.vqvae.config import VQVAEConfig
 from jaxbasics.tasks.vqvae.export_file import Weights, save_model
 from jaxbasics.tasks.vqvae.train import init_state, to_model
 from jaxbasics.tasks.vqvae.trained import load
-from jaxbasics.train import fit, loop
+from jaxbasics.train import fit
 from jaxbasics.train.metrics import read_jsonl
 from jaxbasics.train.resume import ConfigMismatchError, load_config
 
@@ -51,16 +51,8 @@ def test_a_prior_run_learns_the_codes_and_writes_its_files(prior_workdir):
 def test_a_stopped_prior_resumes_bitwise(prior_workdir, workdir, tmp_path, monkeypatch):
     """Stopped by a signal after step 5, then rerun: the same parameters as the shared
     uninterrupted run, and the same metrics records."""
-    calls = []
-
-    def batch_then_signal(local, sharding):
-        calls.append(1)
-        if len(calls) == 5 * 2:  # codes and labels: two arrays per step
-            signal.raise_signal(signal.SIGINT)
-        return jax.make_array_from_process_local_data(sharding, local)
-
     with monkeypatch.context() as m:
-        m.setattr(loop, "global_batch", batch_then_signal)
+        interrupt_after(m, 5 * 2)  # codes and labels: two arrays per step
         stopped = fit(prior_config(workdir), tmp_path)
     assert stopped.interrupted == signal.SIGINT and stopped.step == 5
     assert fit(prior_config(workdir), tmp_path).step == PRIOR_STEPS

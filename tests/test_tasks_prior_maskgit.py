@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import signal
 
 import jax
 import numpy as np
@@ -11,11 +10,11 @@ import pytest
 import decode
 import judge
 import sample
-from conftest import PRIOR_STEPS, prior_config
+from conftest import PRIOR_STEPS, interrupt_after, prior_config
 from jaxbasics.data.shapes import SHAPES_CLASSES
 from jaxbasics.data.sources import get_source
 from jaxbasics.tasks.prior.trained import load_prior
-from jaxbasics.train import fit, loop
+from jaxbasics.train import fit
 from jaxbasics.train.files import save_png
 from jaxbasics.train.metrics import read_jsonl
 
@@ -33,17 +32,9 @@ def test_a_masked_prior_learns_hidden_codes_on_the_shared_loop(maskgit_workdir):
 def test_a_stopped_masked_prior_resumes_bitwise(maskgit_workdir, workdir, tmp_path, monkeypatch):
     """Its masks come from the step's key: stopped after step 5 and rerun, the same weights
     and the same metrics as the uninterrupted run."""
-    calls = []
-
-    def batch_then_signal(local, sharding):
-        calls.append(1)
-        if len(calls) == 5 * 2:
-            signal.raise_signal(signal.SIGINT)
-        return jax.make_array_from_process_local_data(sharding, local)
-
     config = prior_config(workdir, prior="maskgit")
     with monkeypatch.context() as m:
-        m.setattr(loop, "global_batch", batch_then_signal)
+        interrupt_after(m, 5 * 2)  # codes and labels: two arrays per step
         assert fit(config, tmp_path).step == 5
     assert fit(config, tmp_path).step == PRIOR_STEPS
     a, b = (jax.tree.leaves(load_prior(w).prior) for w in (maskgit_workdir, tmp_path))

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import small_config
+from conftest import interrupt_after, small_config
 from jaxbasics.tasks.vqvae.config import VQVAEConfig
 from jaxbasics.tasks.vqvae.data import sources
 from jaxbasics.tasks.vqvae.evaluate import evaluate
@@ -131,23 +131,10 @@ def test_incompatible_config_is_refused_with_field_names(tmp_path):
 COSINE = SMALL.replace(lr_schedule="cosine", warmup_steps=3)
 
 
-def _interrupt_after(monkeypatch, steps):
-    """Make fit() stop after ``steps`` steps, as if Ctrl-C had been pressed during the last."""
-    calls = []
-
-    def batch_then_signal(local, sharding):
-        calls.append(1)  # one call per training step (the k-means init places its own)
-        if len(calls) == steps:
-            signal.raise_signal(signal.SIGINT)  # fit's handler: stop after this step
-        return jax.make_array_from_process_local_data(sharding, local)
-
-    monkeypatch.setattr(loop, "global_batch", batch_then_signal)
-
-
 def test_cosine_schedule_resumes_exactly_and_refuses_a_new_length(tmp_path, monkeypatch):
     straight = fit(COSINE, tmp_path / "a")
     with monkeypatch.context() as m:
-        _interrupt_after(m, 5)
+        interrupt_after(m, 5)
         stopped = fit(COSINE, tmp_path / "b")
     assert stopped.interrupted == signal.SIGINT and stopped.step == 5
     resumed = fit(COSINE, tmp_path / "b")
@@ -325,7 +312,7 @@ def test_usage_logs_are_exact_across_a_stop(tmp_path, monkeypatch):
     histograms and counts logged equal the uninterrupted run's."""
     fit(SMALL, tmp_path / "a")
     with monkeypatch.context() as m:
-        _interrupt_after(m, 3)
+        interrupt_after(m, 3)
         assert fit(SMALL, tmp_path / "b").step == 3
     fit(SMALL, tmp_path / "b")
     usage = [read_jsonl(tmp_path / run / "codebook_usage.jsonl") for run in "ab"]
