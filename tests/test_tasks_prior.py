@@ -65,6 +65,21 @@ def test_a_stopped_prior_resumes_bitwise(prior_workdir, workdir, tmp_path, monke
     assert bits(tmp_path) == bits(prior_workdir)
 
 
+def test_a_prior_run_written_before_train_maps_existed_still_samples(
+    prior_workdir, workdir, tmp_path
+):
+    """A run whose config.json predates the --train-maps field (a field added since takes its
+    LEGACY_VALUES value: the run's own train split) loads as the same run and samples."""
+    old = tmp_path / "old"
+    shutil.copytree(prior_workdir, old)
+    saved = json.loads((old / "config.json").read_text())
+    del saved["train_maps"]
+    (old / "config.json").write_text(json.dumps(saved))
+    assert load_config(old, PriorConfig) == load_config(prior_workdir, PriorConfig)
+    flags = ["--model", str(workdir), "--num", "2", "--out", str(tmp_path / "s")]
+    assert sample.main(["--prior", str(old), *flags]) == 0
+
+
 def test_a_prior_falls_back_past_a_damaged_newest_checkpoint(
     prior_workdir, workdir, tmp_path, caplog
 ):

@@ -1,5 +1,6 @@
 """One run per workdir, a run's config from its own files, damaged files named in one line."""
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -25,6 +26,7 @@ from conftest import (
     train_cmd,
     wait_for,
 )
+from jaxbasics.tasks.prior.config import PriorConfig
 from jaxbasics.tasks.vqvae.config import VQVAEConfig
 from jaxbasics.train import config as config_module
 from jaxbasics.train.files import write_atomic
@@ -281,6 +283,28 @@ def test_a_config_json_lacking_a_field_is_refused_unless_older_versions_lacked_i
     assert load_config(tmp_path, VQVAEConfig) == VQVAEConfig(
         learning_rate=0.002, dataset="shapes", **VQVAEConfig.LEGACY_VALUES
     )
+
+
+# The fields of the first config.json each kind of run wrote, frozen here. A field added
+# since needs a LEGACY_VALUES entry (what those runs did), or their workdirs can no longer
+# be read (a prior run from before --train-maps once could not be sampled).
+RUN_FIELDS = """batch_size checkpoint_every data_seed eval_batches eval_every keep_checkpoints
+learning_rate log_every num_training_updates progress seed""".split()
+FIRST_FIELDS = {
+    VQVAEConfig: RUN_FIELDS
+    + """commitment_cost data_dir dataset dead_code_threshold decay embedding_dim
+    kmeans_init_steps num_embeddings num_eval_examples num_hiddens num_residual_hiddens
+    num_residual_layers num_train_examples""".split(),
+    PriorConfig: RUN_FIELDS
+    + """channels codes conditional depth dim heads kernel_size label_dropout model
+    num_layers prior""".split(),
+}
+
+
+@pytest.mark.parametrize("cls", FIRST_FIELDS, ids=lambda c: c.__name__)
+def test_every_field_added_since_the_first_runs_has_a_legacy_value(cls):
+    added = {f.name for f in dataclasses.fields(cls)} - set(FIRST_FIELDS[cls])
+    assert added <= set(cls.LEGACY_VALUES), f"give {added - set(cls.LEGACY_VALUES)} one"
 
 
 def test_a_config_json_that_is_a_folder_is_named_in_one_line(tmp_path):

@@ -33,6 +33,8 @@ class PriorConfig(RunConfig):
     # The codes' sources may move: the cached codes' codebook fingerprint is what must match.
     RESUMABLE: ClassVar[frozenset[str]] = RunConfig.RESUMABLE | {"model", "codes"}
     RUN_ONLY: ClassVar[frozenset[str]] = RunConfig.RUN_ONLY | {"model", "codes"}
+    # Fields added since the first prior runs were written, and what those runs did.
+    LEGACY_VALUES: ClassVar[dict[str, Any]] = {**RunConfig.LEGACY_VALUES, "train_maps": None}
     POSITIVE: ClassVar[tuple[str, ...]] = (
         *RunConfig.POSITIVE,
         "dim",
