@@ -25,9 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-import flax.serialization
 import numpy as np
-from flax import nnx
 
 from common import HelpFormatter, fail
 from jaxbasics import judge as J
@@ -38,11 +36,9 @@ from jaxbasics.data.sources import DATASETS, get_source, read_batch
 from jaxbasics.data.transforms import to_model_input, to_pixels
 from jaxbasics.tasks.vqvae import load
 from jaxbasics.tasks.vqvae.apply import model_fns
-from jaxbasics.train.files import check_out, write_atomic
+from jaxbasics.train.files import check_out
 from jaxbasics.train.workdir import WorkdirInUseError, hold
 
-# Meta and weights files inside --judge.
-META, WEIGHTS = "judge.json", "weights.msgpack"
 # How a new judge is trained when --steps, --num-train and --seed are not given.
 TRAINING = {"steps": 6000, "train_images": None, "seed": 0}
 
@@ -88,13 +84,7 @@ def asked(args: argparse.Namespace) -> dict:
 def read_judge(folder: Path, want: dict, args: argparse.Namespace) -> tuple[J.Judge, dict]:
     """The saved judge in ``folder``, refused in one line if damaged or of other data or
     training settings than asked for."""
-    try:
-        meta = json.loads((folder / META).read_text())
-        width, num_classes = int(meta["width"]), len(meta["classes"])
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(
-            f"{folder / META} is damaged; delete {folder} and judge.py trains the judge again."
-        ) from None
+    judge, meta = J.load_judge(folder)
     other = [k for k in want if meta.get(k) != want[k]]
     other += [k for k, v in asked(args).items() if meta.get(k) != v]
     if other:
@@ -103,18 +93,6 @@ def read_judge(folder: Path, want: dict, args: argparse.Namespace) -> tuple[J.Ju
             f"{folder} holds a judge of other {'/'.join(other)} ({saved}); pass another "
             "--judge, or leave out the training flags to use this one."
         )
-    judge = J.Judge(num_classes, width=width, rngs=nnx.Rngs(0))
-    state = nnx.state(judge)
-    try:
-        saved = flax.serialization.from_bytes(state.to_pure_dict(), (folder / WEIGHTS).read_bytes())
-        state.replace_by_pure_dict(saved)
-    except Exception as e:  # any damage to the file: one line, and how to get a new one
-        raise ValueError(
-            f"{folder / WEIGHTS} is unreadable ({type(e).__name__}); delete {folder} and "
-            "judge.py trains the judge again."
-        ) from None
-    nnx.update(judge, state)
-    judge.eval()
     return judge, meta
 
 
@@ -123,10 +101,10 @@ def get_judge(args: argparse.Namespace, names: list[str]) -> tuple[J.Judge, dict
     (one judge.py at a time per folder: the second waits for nothing, it stops)."""
     folder = Path(args.judge or f"runs/judge-{args.dataset}")
     want = {"dataset": args.dataset, "data_dir": args.data_dir, "classes": names}
-    if not (folder / META).exists():  # written last: a folder without it holds no judge
-        check_out(folder, [], [META, WEIGHTS])
+    if not (folder / J.META).exists():  # written last: a folder without it holds no judge
+        check_out(folder, [], [J.META, J.WEIGHTS])
     with hold(folder, "--judge", "judge.py"):
-        if (folder / META).exists():
+        if (folder / J.META).exists():
             return read_judge(folder, want, args)
         settings = TRAINING | asked(args)
         train = get_source(
@@ -141,10 +119,9 @@ def get_judge(args: argparse.Namespace, names: list[str]) -> tuple[J.Judge, dict
             seed=settings["seed"],
             progress=True,
         )
-        meta = want | settings | {"width": judge.width, "train_images": len(train)}
-        write_atomic(folder / WEIGHTS, flax.serialization.to_bytes(nnx.state(judge).to_pure_dict()))
-        write_atomic(folder / META, json.dumps(meta, indent=1))
-        return judge, meta
+        meta = want | settings | {"train_images": len(train)}
+        J.save_judge(folder, judge, meta)
+        return judge, meta | {"width": judge.width}
 
 
 def _labelled(path: Path, names: list[str]) -> tuple[list[Path], list[int]]:

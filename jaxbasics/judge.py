@@ -15,7 +15,8 @@ its converse, the Classification Accuracy Score of Ravuri & Vinyals (2019).
 
 :class:`Judge` is a small all-convolutional network (any image size: it pools globally);
 :func:`train_judge` fits it with Adam and cross-entropy, ``torch.nn.CrossEntropyLoss``;
-:func:`predict` and :func:`accuracy` apply it in batches.
+:func:`predict` and :func:`accuracy` apply it in batches; :func:`save_judge` and
+:func:`load_judge` keep one in a folder (``experiments/judge.py``'s ``--judge``).
 
 >>> judge = Judge(10, width=4, rngs=nnx.Rngs(0))  # train_judge(images, labels, 10) fits one
 >>> images, labels = np.zeros((5, 32, 32, 3), np.uint8), np.arange(5)
@@ -25,9 +26,12 @@ its converse, the Classification Accuracy Score of Ravuri & Vinyals (2019).
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,8 +40,21 @@ from flax import nnx
 
 from jaxbasics import checks
 from jaxbasics.data.transforms import to_model_input
+from jaxbasics.train.files import write_atomic
 
-__all__ = ["Judge", "accuracy", "per_class_accuracy", "predict", "train_judge"]
+__all__ = [
+    "Judge",
+    "accuracy",
+    "load_judge",
+    "per_class_accuracy",
+    "predict",
+    "save_judge",
+    "train_judge",
+]
+
+# A judge's folder: its settings (written last: a folder without them holds no judge) and
+# its weights.
+META, WEIGHTS = "judge.json", "weights.msgpack"
 
 # Images per forward when predicting: bounds the memory of a large set.
 PREDICT_BATCH = 500
@@ -199,3 +216,56 @@ def per_class_accuracy(judge: Judge, images: Any, labels: Any) -> dict[int, floa
     images, labels = _checked(images, labels, judge.num_classes)
     right = predict(judge, images) == labels
     return {int(c): float(right[labels == c].mean()) for c in np.unique(labels)}
+
+
+def save_judge(folder: str | Path, judge: Judge, meta: dict[str, Any]) -> None:
+    """Keep ``judge`` in ``folder``: its weights, then ``meta`` (JSON; e.g. the dataset and
+    the class names) with its width added. Each file is written atomically, the settings
+    last, so an interrupted save leaves a folder :func:`load_judge` calls empty, not a
+    half-written judge.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> save_judge(folder, Judge(3, width=4, rngs=nnx.Rngs(0)), {"classes": ["a", "b", "c"]})
+    >>> judge, meta = load_judge(folder)
+    >>> judge.num_classes, judge.width, meta["classes"]
+    (3, 4, ['a', 'b', 'c'])
+    """
+    folder = Path(folder)
+    write_atomic(folder / WEIGHTS, flax.serialization.to_bytes(nnx.state(judge).to_pure_dict()))
+    write_atomic(folder / META, json.dumps(meta | {"width": judge.width}, indent=1))
+
+
+def load_judge(folder: str | Path) -> tuple[Judge, dict[str, Any]]:
+    """The judge :func:`save_judge` kept in ``folder``, in eval mode, and its settings.
+
+    Raises:
+      FileNotFoundError: ``folder`` holds no judge.
+      ValueError: its files are damaged (one line, saying to delete the folder).
+    """
+    folder = Path(folder)
+    if not (folder / META).is_file():
+        raise FileNotFoundError(
+            f"{folder} holds no judge ({META}); make one with experiments/judge.py --judge "
+            f"{folder}."
+        )
+    try:
+        meta = json.loads((folder / META).read_text())
+        width, num_classes = int(meta["width"]), len(meta["classes"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"{folder / META} is damaged; delete {folder} and judge.py trains the judge again."
+        ) from None
+    judge = Judge(num_classes, width=width, rngs=nnx.Rngs(0))
+    state = nnx.state(judge)
+    try:
+        saved = flax.serialization.from_bytes(state.to_pure_dict(), (folder / WEIGHTS).read_bytes())
+        state.replace_by_pure_dict(saved)
+    except Exception as e:  # any damage to the file: one line, and how to get a new one
+        raise ValueError(
+            f"{folder / WEIGHTS} is unreadable ({type(e).__name__}); delete {folder} and "
+            "judge.py trains the judge again."
+        ) from None
+    nnx.update(judge, state)
+    judge.eval()
+    return judge, meta

@@ -251,6 +251,20 @@ def maskgit_workdir(workdir, tmp_path_factory):
     return prior
 
 
+# judge.py flags for a tiny judge: it judges badly; the tests check bookkeeping, not skill.
+JUDGE_FLAGS = ["--steps", "200", "--num-train", "5000", "--num-test", "20"]
+
+
+@pytest.fixture(scope="session")
+def tiny_judge(tmp_path_factory):
+    """A judge folder trained for a few steps on 5,000 shapes images, shared read-only."""
+    import judge
+
+    folder = tmp_path_factory.mktemp("judge")
+    assert judge.main(["--judge", str(folder), *JUDGE_FLAGS]) == 0
+    return folder
+
+
 def interrupt_after(monkeypatch, calls: int) -> None:
     """Make fit() stop as if Ctrl-C had been pressed during the step of the ``calls``-th
     ``global_batch`` call (one per array a step places: a VQ-VAE step places one, a prior's

@@ -2,7 +2,11 @@
 train_vqvae.py (jaxbasics.train.cli)."""
 
 import dataclasses
+import json
+import shutil
 import sys
+
+import pytest
 
 import train_prior
 from conftest import EXPERIMENTS, main_in_process, run
@@ -71,3 +75,22 @@ def test_a_missing_model_is_one_line(tmp_path, capsys):
     assert code == 1 and not out
     assert "/nonexistent" in one_line_error(err)
     assert not w.exists()
+
+
+def test_a_judge_of_other_classes_or_none_at_all_is_one_line(tiny_judge, workdir, tmp_path, capsys):
+    other = shutil.copytree(tiny_judge, tmp_path / "other")
+    meta = json.loads((other / "judge.json").read_text())
+    (other / "judge.json").write_text(json.dumps(meta | {"classes": list("abcdefghij")}))
+    base = ["--model", str(workdir), "--prior", "maskgit", "--dim", "16", "--depth", "1"]
+    base += ["--heads", "2", "--batch-size", "8", "--num-training-updates", "2"]
+    base += ["--progress", "false"]
+    for judge_dir, expected in [
+        (other, "knows the classes ['a', 'b', 'c']..., not these codes'"),
+        (tmp_path / "none", "holds no judge (judge.json)"),
+    ]:
+        argv = [*base, "--judge", str(judge_dir), "--workdir", str(tmp_path / "w")]
+        code, _, err = main_in_process(train_prior, argv, capsys)
+        assert code == 1 and expected in one_line_error(err)
+        assert not (tmp_path / "w").exists()
+    with pytest.raises(ValueError, match="--judge scores class-conditional samples"):
+        PriorConfig(judge=str(tiny_judge), conditional=False).validate()

@@ -1,19 +1,28 @@
 """The masked prior on the shared loop: its run, a bitwise resume, sample.py --steps, judge.py."""
 
+import dataclasses
 import json
 import shutil
 
 import jax
 import numpy as np
-import pytest
 
 import decode
 import judge
 import sample
-from conftest import PRIOR_STEPS, interrupt_after, prior_config
+from conftest import (
+    JUDGE_FLAGS,
+    PRIOR_STEPS,
+    interrupt_after,
+    prior_config,
+)
+from jaxbasics import judge as J
 from jaxbasics.data.shapes import SHAPES_CLASSES
 from jaxbasics.data.sources import get_source
+from jaxbasics.data.transforms import to_pixels
+from jaxbasics.tasks.prior.samples import SAMPLES_PER_ROW, sample_rows
 from jaxbasics.tasks.prior.trained import load_prior
+from jaxbasics.tasks.vqvae.trained import load
 from jaxbasics.train import fit
 from jaxbasics.train.files import save_png
 from jaxbasics.train.metrics import read_jsonl
@@ -75,18 +84,6 @@ def test_steps_for_an_autoregressive_prior_is_one_line(prior_workdir, workdir, t
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--steps is for a masked prior" in err
     assert not (tmp_path / "s").exists()
-
-
-JUDGE_FLAGS = ["--steps", "200", "--num-train", "5000", "--num-test", "20"]
-
-
-@pytest.fixture(scope="module")
-def tiny_judge(tmp_path_factory):
-    """A judge folder trained for a few steps on 5,000 shapes images (it judges badly; the
-    tests check the bookkeeping, not its skill)."""
-    folder = tmp_path_factory.mktemp("judge")
-    assert judge.main(["--judge", str(folder), *JUDGE_FLAGS]) == 0
-    return folder
 
 
 def test_judge_refuses_unconditional_samples_and_a_damaged_judge_in_one_line(
@@ -156,3 +153,22 @@ def test_judge_refuses_other_training_flags_a_workdir_and_odd_folders_before_tra
     save_png(tmp_path / "typo" / "Ring" / "a.png", np.zeros((32, 32, 3), np.uint8))
     one_line(["--judge", new, *JUDGE_FLAGS, "--samples", str(tmp_path / "typo")], "'Ring'")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_judge_scores_the_pictured_samples_at_every_evaluation(
+    tiny_judge, maskgit_workdir, workdir, tmp_path, capsys
+):
+    """--judge on a resumed run (a judge only scores: it may join later): each evaluation's
+    class_accuracy is the judge's verdict on the very samples of samples.png, recomputed
+    here from the saved prior; an evaluation without a judge has none."""
+    run = shutil.copytree(maskgit_workdir, tmp_path / "run")
+    config = prior_config(workdir, prior="maskgit", judge=str(tiny_judge))
+    assert fit(dataclasses.replace(config, num_training_updates=PRIOR_STEPS + 6), run).step == 18
+    before, after = read_jsonl(run / "eval.jsonl")[-2:]
+    assert "class_accuracy" not in before and after["step"] == PRIOR_STEPS + 6
+    assert after["judged_samples"] == 10 * SAMPLES_PER_ROW
+    rows, _ = sample_rows(load_prior(run).prior, load(workdir).model, SHAPES_CLASSES, 0)
+    judged = J.load_judge(tiny_judge)[0]
+    images = to_pixels(np.concatenate(rows))
+    labels = np.repeat(np.arange(10), SAMPLES_PER_ROW)
+    assert after["class_accuracy"] == J.accuracy(judged, images, labels)

@@ -31,10 +31,15 @@ class PriorConfig(RunConfig):
     KIND: ClassVar[str] = "prior"
 
     # The codes' sources may move: the cached codes' codebook fingerprint is what must match.
-    RESUMABLE: ClassVar[frozenset[str]] = RunConfig.RESUMABLE | {"model", "codes"}
-    RUN_ONLY: ClassVar[frozenset[str]] = RunConfig.RUN_ONLY | {"model", "codes"}
+    # The judge only scores samples: another one may judge a resumed run.
+    RESUMABLE: ClassVar[frozenset[str]] = RunConfig.RESUMABLE | {"model", "codes", "judge"}
+    RUN_ONLY: ClassVar[frozenset[str]] = RunConfig.RUN_ONLY | {"model", "codes", "judge"}
     # Fields added since the first prior runs were written, and what those runs did.
-    LEGACY_VALUES: ClassVar[dict[str, Any]] = {**RunConfig.LEGACY_VALUES, "train_maps": None}
+    LEGACY_VALUES: ClassVar[dict[str, Any]] = {
+        **RunConfig.LEGACY_VALUES,
+        "train_maps": None,
+        "judge": None,
+    }
     POSITIVE: ClassVar[tuple[str, ...]] = (
         *RunConfig.POSITIVE,
         "dim",
@@ -65,6 +70,10 @@ class PriorConfig(RunConfig):
     train_maps: int | None = None
     """Encode this many of --model's dataset's training images for the prior (default: the
     VQ-VAE run's own train split). The embedded shapes data is generated: up to 50,000."""
+    judge: str | None = None
+    """A judge folder from experiments/judge.py, trained on --model's dataset: every
+    evaluation also reports class_accuracy, the share of samples.png's samples (8 per class)
+    it recognises as the class they were drawn for."""
 
     # --- transformer and maskgit sizes
     dim: int = 256
@@ -104,6 +113,11 @@ class PriorConfig(RunConfig):
             raise ValueError(
                 "train_maps picks how many of --model's images are encoded; with --codes the "
                 "maps are the file's: leave --train-maps out."
+            )
+        if self.judge is not None and (self.codes is not None or not self.conditional):
+            raise ValueError(
+                "--judge scores class-conditional samples: it needs a conditional prior on "
+                "--model's labelled images (no --codes, no --conditional false)."
             )
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}.")

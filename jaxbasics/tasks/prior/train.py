@@ -15,7 +15,9 @@ What it writes besides the loop's files:
 * ``eval.jsonl``: the held-out ``bits_per_code`` (given the label, when there are labels;
   a masked prior's: per hidden code, under fixed random masks of the schedule),
   ``bits_per_code_unconditional`` (the "no class" label), and the two floors: ``uniform_bits``
-  (log2 K) and ``entropy_bits`` (the entropy of the training codes' frequencies);
+  (log2 K) and ``entropy_bits`` (the entropy of the training codes' frequencies); with
+  ``--judge``, ``class_accuracy``: the share of the ``samples.png`` samples that a held-out
+  judge recognises as their class (:mod:`jaxbasics.tasks.prior.samples`);
 * ``samples.png`` at every evaluation (one row per class, or two rows without classes),
   decoded by the VQ-VAE; ``curves.png`` at the end; ``prior_codes.npz``, the cached codes.
 
@@ -36,7 +38,8 @@ import optax
 from flax import nnx
 
 from jaxbasics import plots
-from jaxbasics.prior import MaskGITPrior, PixelCNNPrior, TransformerPrior, sample
+from jaxbasics.judge import load_judge
+from jaxbasics.prior import MaskGITPrior, PixelCNNPrior, TransformerPrior
 from jaxbasics.prior import drop_labels as drop
 from jaxbasics.tasks.prior.config import PriorConfig
 from jaxbasics.tasks.prior.data import (
@@ -47,16 +50,13 @@ from jaxbasics.tasks.prior.data import (
     same_maps,
     vqvae_of,
 )
-from jaxbasics.tasks.vqvae.apply import model_fns
+from jaxbasics.tasks.prior.samples import class_accuracy, judge_of, sample_rows
 from jaxbasics.train.files import save_figure
 from jaxbasics.train.optim import make_optimizer
 from jaxbasics.train.saved import data_stats
 from jaxbasics.train.sharding import eval_batches, placed
 from jaxbasics.train.state import all_finite, init_key, per_compile_key, split_init, step_key
 from jaxbasics.train.task import TaskData, register
-
-# Maps per row of samples.png.
-SAMPLES_PER_ROW = 8
 
 
 @flax.struct.dataclass
@@ -211,9 +211,11 @@ def structure(config: PriorConfig, shape: PriorShape) -> Structure:
 
 
 class PriorEvaluation(NamedTuple):
-    """A prior's evaluation: ``metrics`` is the ``eval.jsonl`` record."""
+    """A prior's evaluation: ``metrics`` is the ``eval.jsonl`` record; ``samples``, the
+    judged samples' ``(rows, titles)`` (:func:`sample_rows`), or None without a judge."""
 
     metrics: dict[str, Any]
+    samples: Any = None
 
 
 class _LastStep:
@@ -253,6 +255,7 @@ class PriorTask:
         self.loaded: Any = None  # the VQ-VAE (tasks.vqvae.trained.Loaded), once load_data ran
         self.data: Any = None  # its CodeData
         self.stats: dict[str, Any] = {}
+        self.judge: Any = None  # --judge's judge, once load_data ran
 
     @property
     def structure(self) -> Structure:
@@ -264,6 +267,7 @@ class PriorTask:
         trained_on = [
             f for f in (cache and cache.codebook_sha256, (saved or {}).get("codebook_sha256")) if f
         ]
+        judge = load_judge(self.config.judge) if self.config.judge is not None else None
         self.loaded, fingerprint = vqvae_of(self.config.model, workdir, trained_on)
         self.data = cache or code_data(self.config, self.loaded, fingerprint)
         codes = self.config.codes
@@ -276,6 +280,8 @@ class PriorTask:
         source = f"--codes {codes}" if codes else f"the codes of --model {self.config.model}"
         check_same_stats(saved, self.data, str(workdir / CACHE) if cache else source, workdir)
         self.stats = self.data.stats()
+        if judge is not None:  # read before the codes are encoded; its classes now
+            self.judge = judge_of(judge, self.config.judge, self.stats["class_names"])
         if len(self.data.train) < self.config.batch_size:
             raise ValueError(
                 f"the prior's train split has {len(self.data.train)} code maps, fewer than one "
@@ -320,13 +326,28 @@ class PriorTask:
             record["bits_per_code_unconditional"] = total["bits_unconditional"] / maps
         record |= {k: self.stats[k] for k in ("uniform_bits", "entropy_bits")}
         record["num_maps"] = int(maps)
-        return PriorEvaluation(record)
+        if self.judge is None:
+            return PriorEvaluation(record)
+        samples = self._samples(state)
+        record["class_accuracy"] = class_accuracy(self.judge, samples[0])
+        record["judged_samples"] = sum(len(row) for row in samples[0])
+        return PriorEvaluation(record, samples)
+
+    def _samples(self, state: PriorState) -> tuple[list[np.ndarray], list[str]]:
+        prior = nnx.merge(self.structure.graphdef, state.params)
+        return sample_rows(prior, self.loaded.model, self.stats["class_names"], self.config.seed)
 
     def describe(self, metrics: dict[str, Any]) -> str:
         per = "hidden code" if self.config.prior == "maskgit" else "code"
+        judged = (
+            f"; the judge recognises {metrics['class_accuracy']:.0%} of the samples"
+            if "class_accuracy" in metrics
+            else ""
+        )
         return (
             f"held-out {metrics['bits_per_code']:.3f} bits per {per} (uniform "
             f"{metrics['uniform_bits']:.2f}, code frequencies {metrics['entropy_bits']:.2f})"
+            + judged
         )
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -335,44 +356,15 @@ class PriorTask:
     def figures(
         self, workdir: Path, history: dict[str, Any], evaluation: Any, state: Any, final: bool
     ) -> None:
-        """``samples.png`` after every evaluation; ``curves.png`` at the end too."""
-        prior = nnx.merge(self.structure.graphdef, state.params)
-        rows, titles = sample_rows(
-            prior, self.loaded.model, self.stats["class_names"], self.config.seed
-        )
+        """``samples.png`` after every evaluation (the judged samples, when there is a
+        judge); ``curves.png`` at the end too."""
+        rows, titles = getattr(evaluation, "samples", None) or self._samples(state)
         save_figure(plots.image_grid(rows, titles), workdir / "samples.png")
         if final:
             save_figure(
                 plots.training_curve(history["train_bits_per_code"], "bits per code (train)"),
                 workdir / "curves.png",
             )
-
-
-def sample_rows(
-    prior: Any, vqvae: Any, class_names: Any, seed: int
-) -> tuple[list[np.ndarray], list[str]]:
-    """Rows of decoded samples for a picture: one per class (or two unconditional rows).
-
-    Args:
-      prior: a prior; conditional ones sample one row per class.
-      vqvae: the VQ-VAE whose decoder turns codes into images.
-      class_names: the classes' names (titles).
-      seed: the samples' key: the same seed draws the same rows.
-
-    Returns:
-      ``(rows, titles)``: (SAMPLES_PER_ROW, H, W, 3) image rows in [-0.5, 0.5], titles.
-    """
-    classes = prior.num_classes
-    key = jax.random.key(seed)
-    if classes:
-        labels = np.repeat(np.arange(classes), SAMPLES_PER_ROW)
-        titles = [str(n) for n in class_names][:classes]
-    else:
-        labels, titles = None, []
-    n = len(labels) if labels is not None else 2 * SAMPLES_PER_ROW
-    codes = sample(prior, n, key, labels=labels)
-    images = np.asarray(model_fns(vqvae).decode(np.asarray(codes)))
-    return list(images.reshape(-1, SAMPLES_PER_ROW, *images.shape[1:])), titles
 
 
 register(PriorConfig, PriorTask)
