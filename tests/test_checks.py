@@ -1,6 +1,8 @@
 """The library refuses codes, labels and counts it cannot use, in one line naming the argument,
 the value and the range, as encode refuses images; a refused call leaves nothing behind."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,6 +67,19 @@ def test_under_jit_only_the_dtype_is_checked():
 def test_sample_refuses_what_it_cannot_use(prior, kwargs, message):
     with pytest.raises(ValueError, match=message):
         sample(prior, 3, jax.random.key(0), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "key, shown",
+    [(0, "0"), (None, "None"), (jax.random.split(jax.random.key(0)), "an array of shape (2,)")],
+)
+def test_sample_takes_one_prng_key_new_or_old_style(prior, key, shown):
+    with pytest.raises(
+        ValueError, match=rf"key must be one PRNG key, .*, got {re.escape(shown)}\.$"
+    ):
+        sample(prior, 2, key)
+    new, old = sample(prior, 2, jax.random.key(3)), sample(prior, 2, jax.random.PRNGKey(3))
+    np.testing.assert_array_equal(new, old)  # the same key data, the same maps
 
 
 def test_sample_bounds_n_and_takes_zero_d_arrays_as_numbers(prior):

@@ -123,6 +123,25 @@ class _Options(NamedTuple):
     noise: float
 
 
+def _one_key(key: Any) -> jax.Array:
+    """``key`` if it is one PRNG key (``jax.random.key(s)``, or the older uint32 pair of
+    ``jax.random.PRNGKey(s)``), else a one-line ValueError.
+
+    >>> _one_key(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: key must be one PRNG key, e.g. jax.random.key(0), got 0.
+    """
+    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if typed and key.shape == ():
+        return key
+    raw = np.asarray(key) if isinstance(key, np.ndarray | jax.Array) and not typed else None
+    if raw is not None and raw.ndim == 1 and raw.dtype == np.uint32:  # e.g. (2,) threefry
+        return key
+    shown = f"an array of shape {key.shape}" if hasattr(key, "shape") and key.shape else repr(key)
+    raise ValueError(f"key must be one PRNG key, e.g. jax.random.key(0), got {shown}.")
+
+
 def _checked(
     prior: Prior,
     n: Any,
@@ -274,10 +293,10 @@ def sample(
       (n, h, w) int32 codes.
 
     Raises:
-      ValueError: ``n`` not a positive integer, a non-positive temperature, a top_k that is
-        no integer in [1, K], a negative guidance, guidance without labels, or labels that
-        are not n integers in [0, num_classes), or steps given to an autoregressive prior
-        (one line naming the argument and the value).
+      ValueError: ``key`` not one PRNG key, ``n`` not a positive integer, a non-positive
+        temperature, a top_k that is no integer in [1, K], a negative guidance, guidance
+        without labels, or labels that are not n integers in [0, num_classes), or steps
+        given to an autoregressive prior (one line naming the argument and the value).
 
     >>> prior = TransformerPrior(16, 4, 4, num_classes=3, dim=8, depth=1, heads=2, rngs=nnx.Rngs(0))
     >>> codes = sample(prior, 3, jax.random.key(0))
@@ -285,6 +304,7 @@ def sample(
     ((3, 4, 4), dtype('int32'), True)
     """
     o = _checked(prior, n, labels, temperature, top_k, guidance, steps, confidence_noise)
+    key = _one_key(key)
     graphdef, state = nnx.split(prior)
     run = _sampler(graphdef, o.n, o.top_k, o.labels is not None, o.guidance > 0, o.steps)
     floats = (jnp.float32(x) for x in (o.temperature, o.guidance, o.noise))
