@@ -60,6 +60,21 @@ def test_bad_flags_exit_2_with_the_reason(tmp_path, capsys):
     assert one_line_error(err).endswith("unrecognized arguments: --faithful")
 
 
+def test_another_kind_of_priors_size_flags_are_refused(tmp_path, capsys):
+    """--channels would do nothing to a transformer, --dim nothing to a PixelCNN."""
+    w = tmp_path / "run"
+    for argv, expected in [
+        (["--channels", "8"], "error: --channels sets a pixelcnn prior's size, not a transformer"),
+        (
+            ["--prior", "pixelcnn", "--dim", "64", "--heads", "4"],
+            "error: --dim, --heads set a transformer or maskgit prior's size, not a pixelcnn's",
+        ),
+    ]:
+        code, _, err = main_in_process(train_prior, [*argv, "--workdir", str(w)], capsys)
+        assert code == 2 and expected in one_line_error(err)
+        assert not w.exists()
+
+
 def test_an_existing_prior_run_keeps_its_saved_config(tmp_path):
     saved = PRIOR_PRESETS("quickstart", dim=64, num_training_updates=200)
     (tmp_path / "config.json").write_text(saved.to_json())

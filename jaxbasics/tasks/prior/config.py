@@ -123,6 +123,34 @@ class PriorConfig(RunConfig):
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}.")
         return self
 
+    def check_given(self, given: set[str]) -> None:
+        """Refuse another kind of prior's size flags: ``--channels`` for a transformer, or
+        ``--dim`` for a PixelCNN, would do nothing.
+
+        >>> PriorConfig(prior="pixelcnn").check_given({"channels", "num_layers"})
+        >>> PriorConfig(prior="maskgit").check_given({"dim", "kernel_size"})
+        Traceback (most recent call last):
+        ...
+        ValueError: --kernel-size sets a pixelcnn prior's size, not a maskgit's; leave it out.
+        """
+        theirs = OTHER_SIZES["pixelcnn" if self.prior != "pixelcnn" else "transformer"]
+        given = sorted(theirs & given)
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            whose = "pixelcnn" if self.prior != "pixelcnn" else "transformer or maskgit"
+            many = len(given) > 1
+            raise ValueError(
+                f"{flags} {'set' if many else 'sets'} a {whose} prior's size, not a "
+                f"{self.prior}'s; leave {'them' if many else 'it'} out."
+            )
+
+
+# The size fields of each kind of prior (maskgit's are the transformer's).
+OTHER_SIZES = {
+    "transformer": frozenset({"dim", "depth", "heads"}),
+    "pixelcnn": frozenset({"channels", "num_layers", "kernel_size"}),
+}
+
 
 VALUES: dict[str, dict[str, Any]] = {
     # On the VQ-VAE quickstart's codes (8x8 maps of 1,024 codes, 10,000 + 1,000 shapes images).
