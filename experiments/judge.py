@@ -36,7 +36,7 @@ from jaxbasics.data.sources import DATASETS, get_source, read_batch
 from jaxbasics.data.transforms import to_model_input, to_pixels
 from jaxbasics.tasks.vqvae import load
 from jaxbasics.tasks.vqvae.apply import model_fns
-from jaxbasics.train.files import check_out
+from jaxbasics.train.files import check_out, write_atomic
 from jaxbasics.train.workdir import WorkdirInUseError, hold
 
 # How a new judge is trained when --steps, --num-train and --seed are not given.
@@ -120,7 +120,8 @@ def get_judge(args: argparse.Namespace, names: list[str]) -> tuple[J.Judge, dict
             progress=True,
         )
         meta = want | settings | {"train_images": len(train)}
-        J.save_judge(folder, judge, meta)
+        for name, content in J.judge_files(judge, meta).items():  # the settings last
+            write_atomic(folder / name, content)
         return judge, meta | {"width": judge.width}
 
 

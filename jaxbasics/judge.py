@@ -15,7 +15,7 @@ its converse, the Classification Accuracy Score of Ravuri & Vinyals (2019).
 
 :class:`Judge` is a small all-convolutional network (any image size: it pools globally);
 :func:`train_judge` fits it with Adam and cross-entropy, ``torch.nn.CrossEntropyLoss``;
-:func:`predict` and :func:`accuracy` apply it in batches; :func:`save_judge` and
+:func:`predict` and :func:`accuracy` apply it in batches; :func:`judge_files` and
 :func:`load_judge` keep one in a folder (``experiments/judge.py``'s ``--judge``).
 
 >>> judge = Judge(10, width=4, rngs=nnx.Rngs(0))  # train_judge(images, labels, 10) fits one
@@ -40,15 +40,14 @@ from flax import nnx
 
 from jaxbasics import checks
 from jaxbasics.data.transforms import to_model_input
-from jaxbasics.train.files import write_atomic
 
 __all__ = [
     "Judge",
     "accuracy",
+    "judge_files",
     "load_judge",
     "per_class_accuracy",
     "predict",
-    "save_judge",
     "train_judge",
 ]
 
@@ -218,26 +217,27 @@ def per_class_accuracy(judge: Judge, images: Any, labels: Any) -> dict[int, floa
     return {int(c): float(right[labels == c].mean()) for c in np.unique(labels)}
 
 
-def save_judge(folder: str | Path, judge: Judge, meta: dict[str, Any]) -> None:
-    """Keep ``judge`` in ``folder``: its weights, then ``meta`` (JSON; e.g. the dataset and
-    the class names) with its width added. Each file is written atomically, the settings
-    last, so an interrupted save leaves a folder :func:`load_judge` calls empty, not a
-    half-written judge.
+def judge_files(judge: Judge, meta: dict[str, Any]) -> dict[str, bytes]:
+    """What a judge's folder holds, in the order to write it: ``{WEIGHTS: ..., META: ...}``,
+    the weights (Flax msgpack) and the settings ``meta`` (JSON; e.g. the dataset and the
+    class names) with the judge's width added. Write each atomically, the settings last, so
+    that an interrupted save leaves a folder :func:`load_judge` calls empty.
 
     >>> import tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> save_judge(folder, Judge(3, width=4, rngs=nnx.Rngs(0)), {"classes": ["a", "b", "c"]})
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> judge = Judge(3, width=4, rngs=nnx.Rngs(0))
+    >>> for name, content in judge_files(judge, {"classes": ["a", "b", "c"]}).items():
+    ...     _ = (folder / name).write_bytes(content)
     >>> judge, meta = load_judge(folder)
     >>> judge.num_classes, judge.width, meta["classes"]
     (3, 4, ['a', 'b', 'c'])
     """
-    folder = Path(folder)
-    write_atomic(folder / WEIGHTS, flax.serialization.to_bytes(nnx.state(judge).to_pure_dict()))
-    write_atomic(folder / META, json.dumps(meta | {"width": judge.width}, indent=1))
+    weights = flax.serialization.to_bytes(nnx.state(judge).to_pure_dict())
+    return {WEIGHTS: weights, META: json.dumps(meta | {"width": judge.width}, indent=1).encode()}
 
 
 def load_judge(folder: str | Path) -> tuple[Judge, dict[str, Any]]:
-    """The judge :func:`save_judge` kept in ``folder``, in eval mode, and its settings.
+    """The judge kept in ``folder`` (:func:`judge_files`), in eval mode, and its settings.
 
     Raises:
       FileNotFoundError: ``folder`` holds no judge.
