@@ -236,36 +236,55 @@ def judge_files(judge: Judge, meta: dict[str, Any]) -> dict[str, bytes]:
     return {WEIGHTS: weights, META: json.dumps(meta | {"width": judge.width}, indent=1).encode()}
 
 
+# The widest judge a judge.json may ask for (the default is 16).
+MAX_WIDTH = 1024
+
+
 def load_judge(folder: str | Path) -> tuple[Judge, dict[str, Any]]:
     """The judge kept in ``folder`` (:func:`judge_files`), in eval mode, and its settings.
 
+    >>> load_judge("no/such/folder")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: no/such/folder holds no judge (no judge.json): ...
+
     Raises:
       FileNotFoundError: ``folder`` holds no judge.
-      ValueError: its files are damaged (one line, saying to delete the folder).
+      ValueError: ``folder`` is a file, or its files are damaged or do not match each other
+        (one line, saying to delete the folder).
     """
     folder = Path(folder)
-    if not (folder / META).is_file():
+    if folder.is_file():
+        raise ValueError(f"{folder} is a file; a judge is a folder, as judge.py --judge makes.")
+    if not (folder / META).exists():
         raise FileNotFoundError(
-            f"{folder} holds no judge ({META}); make one with experiments/judge.py --judge "
-            f"{folder}."
+            f"{folder} holds no judge (no {META}): judge.py --judge FOLDER makes one."
         )
+    damaged = f"delete {folder} and judge.py trains the judge again."
     try:
         meta = json.loads((folder / META).read_text())
-        width, num_classes = int(meta["width"]), len(meta["classes"])
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(
-            f"{folder / META} is damaged; delete {folder} and judge.py trains the judge again."
-        ) from None
-    judge = Judge(num_classes, width=width, rngs=nnx.Rngs(0))
+        width, classes = meta["width"], meta["classes"]
+        if not (type(width) is int and 1 <= width <= MAX_WIDTH):
+            raise ValueError
+        if not (isinstance(classes, list) and len(classes) >= 2):
+            raise ValueError
+        if not all(isinstance(c, str) for c in classes):
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        raise ValueError(f"{folder / META} is damaged; {damaged}") from None
+    judge = Judge(len(classes), width=width, rngs=nnx.Rngs(0))
     state = nnx.state(judge)
+    target = state.to_pure_dict()
     try:
-        saved = flax.serialization.from_bytes(state.to_pure_dict(), (folder / WEIGHTS).read_bytes())
-        state.replace_by_pure_dict(saved)
+        saved = flax.serialization.from_bytes(target, (folder / WEIGHTS).read_bytes())
+        same = jax.tree.map(lambda a, b: np.shape(a) == np.shape(b), target, saved)
     except Exception as e:  # any damage to the file: one line, and how to get a new one
         raise ValueError(
-            f"{folder / WEIGHTS} is unreadable ({type(e).__name__}); delete {folder} and "
-            "judge.py trains the judge again."
+            f"{folder / WEIGHTS} is unreadable ({type(e).__name__}); {damaged}"
         ) from None
+    if not all(jax.tree.leaves(same)):
+        raise ValueError(f"{folder / WEIGHTS} holds another judge than {META} describes; {damaged}")
+    state.replace_by_pure_dict(saved)
     nnx.update(judge, state)
     judge.eval()
     return judge, meta

@@ -71,7 +71,13 @@ def test_sample_refuses_what_it_cannot_use(prior, kwargs, message):
 
 @pytest.mark.parametrize(
     "key, shown",
-    [(0, "0"), (None, "None"), (jax.random.split(jax.random.key(0)), "an array of shape (2,)")],
+    [
+        (0, "0"),
+        (None, "None"),
+        (list(range(10**5)), "a list"),
+        (jax.random.split(jax.random.key(0)), "an array of shape (2,)"),
+        (jnp.array([1, 2, 3], jnp.uint32), "an array of shape (3,)"),
+    ],
 )
 def test_sample_takes_one_prng_key_new_or_old_style(prior, key, shown):
     with pytest.raises(

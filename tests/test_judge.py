@@ -1,5 +1,7 @@
 """The held-out judge: it learns separable classes, counts right answers, refuses bad input."""
 
+import json
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -70,3 +72,68 @@ def test_bad_training_options_are_one_line(option, message):
     images, labels = _two_colours(8)
     with pytest.raises(ValueError, match=message):
         J.train_judge(images, labels, 2, **option)
+
+
+def _saved(folder, judge, meta):
+    folder.mkdir()
+    for name, content in J.judge_files(judge, meta).items():
+        (folder / name).write_bytes(content)
+    return folder
+
+
+def test_a_saved_judge_loads_back_with_the_same_verdicts(tmp_path):
+    judge = J.Judge(3, width=4, rngs=nnx.Rngs(1))
+    folder = _saved(tmp_path / "j", judge, {"classes": ["a", "b", "c"], "dataset": "x"})
+    loaded, meta = J.load_judge(folder)
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(J.predict(loaded, images), J.predict(judge, images))
+    assert meta == {"classes": ["a", "b", "c"], "dataset": "x", "width": 4}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"width": 0},
+        {"width": -3},
+        {"width": 10**12},
+        {"width": 4.0},
+        {"width": True},
+        {"classes": []},
+        {"classes": {"a": 1, "b": 2}},
+        {"classes": ["a", 3]},
+    ],
+)
+def test_a_damaged_judge_json_is_one_line(tmp_path, edit):
+    folder = _saved(tmp_path / "j", J.Judge(2, width=4, rngs=nnx.Rngs(0)), {"classes": ["a", "b"]})
+    meta = json.loads((folder / J.META).read_text())
+    (folder / J.META).write_text(json.dumps(meta | edit))
+    with pytest.raises(
+        ValueError, match=r"judge.json is damaged; delete .* trains the judge again"
+    ):
+        J.load_judge(folder)
+    (folder / J.META).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="judge.json is damaged"):
+        J.load_judge(folder)
+
+
+def test_weights_of_another_judge_are_refused_not_loaded(tmp_path):
+    """flax's from_bytes takes arrays of any shape: a 3-class judge's weights under a 10-class
+    judge.json once loaded, and judged with a 3-wide head."""
+    folder = _saved(
+        tmp_path / "j", J.Judge(10, width=4, rngs=nnx.Rngs(0)), {"classes": list("abcdefghij")}
+    )
+    other = J.judge_files(J.Judge(3, width=4, rngs=nnx.Rngs(0)), {"classes": list("abc")})
+    (folder / J.WEIGHTS).write_bytes(other[J.WEIGHTS])
+    with pytest.raises(ValueError, match="weights.msgpack holds another judge than judge.json"):
+        J.load_judge(folder)
+
+
+def test_a_file_or_an_empty_folder_is_no_judge(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="is a file; a judge is a folder"):
+        J.load_judge(tmp_path / "f")
+    with pytest.raises(FileNotFoundError, match=r"holds no judge \(no judge.json\)"):
+        J.load_judge(tmp_path)
+    (tmp_path / "d" / J.META).mkdir(parents=True)  # a folder named judge.json
+    with pytest.raises(ValueError, match="judge.json is damaged"):
+        J.load_judge(tmp_path / "d")

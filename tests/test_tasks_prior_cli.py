@@ -93,19 +93,28 @@ def test_a_missing_model_is_one_line(tmp_path, capsys):
 
 
 def test_a_judge_of_other_classes_or_none_at_all_is_one_line(tiny_judge, workdir, tmp_path, capsys):
+    """Refused before anything is written: a judge of other classes, no judge, a file, and
+    the judge's own folder as the workdir (a judge is an input, not a run folder)."""
     other = shutil.copytree(tiny_judge, tmp_path / "other")
     meta = json.loads((other / "judge.json").read_text())
     (other / "judge.json").write_text(json.dumps(meta | {"classes": list("abcdefghij")}))
+    own = shutil.copytree(tiny_judge, tmp_path / "own")
     base = ["--model", str(workdir), "--prior", "maskgit", "--dim", "16", "--depth", "1"]
     base += ["--heads", "2", "--batch-size", "8", "--num-training-updates", "2"]
     base += ["--progress", "false"]
-    for judge_dir, expected in [
-        (other, "knows the classes ['a', 'b', 'c']..., not these codes'"),
-        (tmp_path / "none", "holds no judge (judge.json)"),
+    w = tmp_path / "w"
+    for judge_dir, run_dir, expected in [
+        (other, w, "knows the classes ['a', 'b', 'c']..., not these codes'"),
+        (tmp_path / "none", w, f"--judge {tmp_path / 'none'} holds no judge (no judge.json)"),
+        (other / "judge.json", w, "judge.json is a file; a judge is a folder"),
+        (own, own, "is --judge's folder; pass another --workdir"),
     ]:
-        argv = [*base, "--judge", str(judge_dir), "--workdir", str(tmp_path / "w")]
+        argv = [*base, "--judge", str(judge_dir), "--workdir", str(run_dir)]
         code, _, err = main_in_process(train_prior, argv, capsys)
         assert code == 1 and expected in one_line_error(err)
-        assert not (tmp_path / "w").exists()
+        assert not w.exists()
+    assert sorted(p.name for p in own.iterdir()) == ["judge.json", "weights.msgpack"]
+    with pytest.raises(ValueError, match="--judge '' names no folder"):
+        PriorConfig(judge="").validate()
     with pytest.raises(ValueError, match="--judge scores class-conditional samples"):
         PriorConfig(judge=str(tiny_judge), conditional=False).validate()

@@ -136,10 +136,17 @@ def _one_key(key: Any) -> jax.Array:
     if typed and key.shape == ():
         return key
     raw = np.asarray(key) if isinstance(key, np.ndarray | jax.Array) and not typed else None
-    if raw is not None and raw.ndim == 1 and raw.dtype == np.uint32:  # e.g. (2,) threefry
+    if raw is not None and raw.shape == _RAW_KEY.shape and raw.dtype == _RAW_KEY.dtype:
         return key
-    shown = f"an array of shape {key.shape}" if hasattr(key, "shape") and key.shape else repr(key)
+    if hasattr(key, "shape") and key.shape:
+        shown = f"an array of shape {key.shape}"
+    else:
+        shown = repr(key) if len(repr(key)) <= 40 else f"a {type(key).__name__}"
     raise ValueError(f"key must be one PRNG key, e.g. jax.random.key(0), got {shown}.")
+
+
+# The data of one key of the default PRNG: what jax.random.PRNGKey(s) gives (uint32 (2,)).
+_RAW_KEY = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
 
 
 def _checked(

@@ -114,6 +114,8 @@ class PriorConfig(RunConfig):
                 "train_maps picks how many of --model's images are encoded; with --codes the "
                 "maps are the file's: leave --train-maps out."
             )
+        if self.judge is not None and not self.judge.strip():
+            raise ValueError("--judge '' names no folder: pass judge.py's folder, or leave it out.")
         if self.judge is not None and (self.codes is not None or not self.conditional):
             raise ValueError(
                 "--judge scores class-conditional samples: it needs a conditional prior on "

@@ -267,7 +267,7 @@ class PriorTask:
         trained_on = [
             f for f in (cache and cache.codebook_sha256, (saved or {}).get("codebook_sha256")) if f
         ]
-        judge = load_judge(self.config.judge) if self.config.judge is not None else None
+        judge = self._judge(workdir) if self.config.judge is not None else None
         self.loaded, fingerprint = vqvae_of(self.config.model, workdir, trained_on)
         self.data = cache or code_data(self.config, self.loaded, fingerprint)
         codes = self.config.codes
@@ -289,6 +289,19 @@ class PriorTask:
             )
         write = None if cache else (lambda w: self.data.save(w / CACHE))
         return TaskData(self.data.train, self.stats, write)
+
+    def _judge(self, workdir: Path) -> tuple[Any, dict]:
+        """``--judge``'s judge and settings, read before anything is encoded or written."""
+        folder = Path(self.config.judge)
+        if folder.resolve() == workdir.resolve():
+            raise ValueError(f"--workdir {workdir} is --judge's folder; pass another --workdir.")
+        try:
+            return load_judge(folder)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"--judge {folder} holds no judge (no judge.json): pass the folder judge.py "
+                "made, or a bare --judge to judge none."
+            ) from None
 
     def abstract_state(self, sharding: Any) -> Any:
         return placed(self.structure.abstract, sharding)
