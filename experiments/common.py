@@ -107,3 +107,17 @@ def load_model(path: str, step: int | None = None) -> Loaded:
         return load(path, step)
     except (OSError, ValueError) as e:  # missing, unreadable or incompatible: one line
         sys.exit(fail(e))
+
+
+def subset(total: int, num: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of ``num`` of ``total`` items drawn by ``seed``; all when ``num`` is None
+    or at least ``total``.
+
+    >>> subset(10, 4, seed=0).tolist() == subset(10, 4, seed=0).tolist()
+    True
+    >>> subset(3, 5, seed=0).tolist()
+    [0, 1, 2]
+    """
+    if num is None or num >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, num, replace=False))

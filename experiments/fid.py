@@ -26,7 +26,7 @@ import zipfile
 
 import numpy as np
 
-from common import HelpFormatter, fail
+from common import HelpFormatter, fail, subset
 from jaxbasics.data.images import find_images, read_image
 from jaxbasics.fid import fids
 
@@ -69,20 +69,6 @@ def _enough(path: str, total: int, num: int | None) -> int:
             f"N. Pass --num {total} (for every set), or more images."
         )
     return total
-
-
-def subset(total: int, num: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of ``num`` of ``total`` items drawn by ``seed``; all when ``num`` is None
-    or at least ``total``.
-
-    >>> subset(10, 4, seed=0).tolist() == subset(10, 4, seed=0).tolist()
-    True
-    >>> subset(3, 5, seed=0).tolist()
-    [0, 1, 2]
-    """
-    if num is None or num >= total:
-        return np.arange(total)
-    return np.sort(np.random.default_rng(seed).choice(total, num, replace=False))
 
 
 def _load_npz(path: str) -> np.ndarray:

@@ -7,7 +7,8 @@ A small classifier (``jaxbasics.judge``) is trained on the dataset's real *train
 once and kept in ``--judge`` (default ``runs/judge-DATASET``; later runs load it). It then
 reports, as one JSON line:
 
-* ``real``: its accuracy on the first ``--num-test`` real test images (its own skill);
+* ``real``: its accuracy on ``--num-test`` real test images, drawn across the split with a
+  fixed seed (the same on every run; a class-sorted folder's first ones are one class);
 * ``reconstructions``: on the VQ-VAE ``--model``'s reconstructions of them (the tokenizer's
   ceiling: samples are decoded by the same decoder);
 * ``samples``: for each ``--samples`` folder, the share of images it classifies as the class
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import HelpFormatter, fail
+from common import HelpFormatter, fail, subset
 from jaxbasics import judge as J
 from jaxbasics.data.cifar10 import CIFAR10_CLASSES
 from jaxbasics.data.images import find_images, read_image
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         test = get_source(args.dataset, "test", data_dir=args.data_dir)
         names = class_names(args, test)
-        real = read_batch(test, np.arange(min(args.num_test, len(test))))
+        real = read_batch(test, subset(len(test), args.num_test, seed=0))
         size = real["image"].shape[1:]
         samples = {f: sample_folder(Path(f), names, size) for f in args.samples}  # checked first
         judge, meta = get_judge(args, names)

@@ -10,6 +10,7 @@ import numpy as np
 import decode
 import judge
 import sample
+from common import subset
 from conftest import (
     JUDGE_FLAGS,
     PRIOR_STEPS,
@@ -110,9 +111,9 @@ def test_judge_scores_sample_folders_by_the_class_they_were_drawn_for(
     flags = ["--prior", str(maskgit_workdir), "--model", str(workdir), "--num", "10"]
     assert sample.main(flags + ["--all-classes", "--out", str(out)]) == 0
     # An image folder with a subfolder per class: real test images, so the judge knows them.
-    test = get_source("shapes", "test", num_examples=20)
-    for i in range(20):
-        ex = test[i]
+    test = get_source("shapes", "test")  # judge.py's 20: drawn across the split by seed 0
+    for i in subset(len(test), 20, seed=0):
+        ex = test[int(i)]
         save_png(tmp_path / "real" / SHAPES_CLASSES[ex["label"]] / f"{i}.png", ex["image"])
     capsys.readouterr()
     flags = ["--judge", str(tiny_judge), *JUDGE_FLAGS]
