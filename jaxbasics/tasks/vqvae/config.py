@@ -35,6 +35,7 @@ from jaxbasics.train.config import RunConfig
 from jaxbasics.vqvae.fsq import check_levels
 from jaxbasics.vqvae.layers import ConvForm
 from jaxbasics.vqvae.model import QuantizerKind
+from jaxbasics.vqvae.perceptual import MIN_SIDE, PerceptualNet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,13 @@ class VQVAEConfig(RunConfig):
         "eval_fraction": 0.1,
         "quantizer": "vq",
         "fsq_levels": "8,8,8",
+        "disc_weight": 0.0,
+        "disc_start": 0,
+        "disc_channels": 32,
+        "disc_learning_rate": 1e-4,
+        "lecam_weight": 0.0,
+        "perceptual_weight": 0.0,
+        "perceptual_net": "alexnet",
     }
     REMOVED_FIELDS: ClassVar[frozenset[str]] = frozenset({"debug_nan_step"})
     POSITIVE: ClassVar[tuple[str, ...]] = (
@@ -71,6 +79,7 @@ class VQVAEConfig(RunConfig):
         "embedding_dim",
         "num_embeddings",
         "image_size",
+        "disc_channels",
     )
 
     # --- data
@@ -137,6 +146,28 @@ class VQVAEConfig(RunConfig):
     """VQ only. Initialise the codebook by k-means on the encoder outputs of the first N batches
     of a fresh run; 0 keeps the random init."""
 
+    # --- VQGAN-style training (jaxbasics.vqvae.adversarial, docs/vqgan.md); off unless set
+    disc_weight: float = 0.0
+    """Weight of a PatchGAN discriminator's hinge loss in the VQ-VAE's loss, times taming's
+    adaptive weight (reconstruction / adversarial gradient norm at the decoder's last layer);
+    0 = no discriminator. The discriminator is for training only: exports hold none."""
+    disc_start: int = 0
+    """Steps before the discriminator starts: until then it neither learns nor steers the
+    VQ-VAE (taming's disc_start)."""
+    disc_channels: int = 32
+    """Width of the discriminator's first convolution (then 2x and 4x). taming's 64 made a
+    CIFAR-10 step 2.3x slower on a CPU, 32 1.4x (docs/vqgan.md)."""
+    disc_learning_rate: float = 1e-4
+    """The discriminator's learning rate: Adam with betas 0.5, 0.9 (taming's), constant."""
+    lecam_weight: float = 0.0
+    """LeCam regularisation of the discriminator (Tseng et al. 2021): keeps its logits near
+    running means of the other kind's; 0 = off."""
+    perceptual_weight: float = 0.0
+    """Weight of the LPIPS perceptual distance between images and reconstructions, added to the
+    reconstruction error; needs the lpips extra (pip install 'jaxbasics[lpips]'). 0 = off."""
+    perceptual_net: PerceptualNet = "alexnet"
+    """The network LPIPS compares features of: alexnet (fast) or vgg16."""
+
     def __post_init__(self) -> None:
         # One spelling of each level set ("8, 5,5,5" is "8,5,5,5"), so that a resume, a
         # codes.npz and an export compare levels, not how they were typed.
@@ -188,6 +219,7 @@ class VQVAEConfig(RunConfig):
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}.")
         self._validate_quantizer()
+        self._validate_adversarial()
         return self
 
     def check_given(self, given: set[str]) -> None:
@@ -205,6 +237,13 @@ class VQVAEConfig(RunConfig):
                 f"--fsq-levels {self.fsq_levels} applies to --quantizer fsq only; add "
                 "--quantizer fsq, or leave --fsq-levels out."
             )
+        for owner, fields in OWNED.items():
+            if getattr(self, owner) == 0 and (idle := sorted(given & set(fields))):
+                flag = "--" + idle[0].replace("_", "-")
+                raise ValueError(
+                    f"{flag} applies only with --{owner.replace('_', '-')} > 0, which is 0 "
+                    f"here; set it, or leave {flag} out."
+                )
 
     def model_kwargs(self) -> dict[str, Any]:
         """The :class:`~jaxbasics.vqvae.model.VQVAE` constructor arguments this config selects.
@@ -237,6 +276,31 @@ class VQVAEConfig(RunConfig):
         """
         return parse_levels(self.fsq_levels)
 
+    @property
+    def adversarial(self) -> bool:
+        """Whether the run trains a discriminator (``disc_weight > 0``)."""
+        return self.disc_weight > 0
+
+    def _validate_adversarial(self) -> None:
+        """The VQGAN settings: weights finite and >= 0, a positive discriminator rate, and
+        images LPIPS can compare."""
+        for name in ("disc_weight", "lecam_weight", "perceptual_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(
+                    f"{name} must be a finite number >= 0 (0 = off), got {getattr(self, name)}."
+                )
+        if not (math.isfinite(self.disc_learning_rate) and self.disc_learning_rate > 0):
+            raise ValueError(
+                f"disc_learning_rate must be a finite number > 0, got {self.disc_learning_rate}."
+            )
+        if self.disc_start < 0:
+            raise ValueError(f"disc_start must be >= 0, got {self.disc_start}.")
+        if self.perceptual_weight > 0 and self.image_size < MIN_SIDE:
+            raise ValueError(
+                f"the perceptual loss (LPIPS) needs images of at least {MIN_SIDE}x{MIN_SIDE}, "
+                f"got --image-size {self.image_size}; raise it or set --perceptual-weight 0."
+            )
+
     def _validate_quantizer(self) -> None:
         """FSQ: levels that work, and no VQ-only setting or code count that it would ignore."""
         if self.quantizer == "vq":
@@ -261,6 +325,13 @@ class VQVAEConfig(RunConfig):
                 f"with --quantizer fsq, {name} follows from --fsq-levels {self.fsq_levels}: "
                 f"{value}, not {getattr(self, name)}; leave {flag} out."
             )
+
+
+# Settings that do something only when another is on (> 0): the owner, and what it owns.
+OWNED: dict[str, tuple[str, ...]] = {
+    "disc_weight": ("disc_start", "disc_channels", "disc_learning_rate", "lecam_weight"),
+    "perceptual_weight": ("perceptual_net",),
+}
 
 
 # The VQ-only settings and the value each has under FSQ, which has no codebook to learn.

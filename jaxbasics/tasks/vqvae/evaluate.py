@@ -136,7 +136,9 @@ def save_figures(
 
 
 class UsageInterval:
-    """Code counts and restarts of one log interval, continuing ``saved`` if given.
+    """Code counts and restarts of one log interval, continuing ``saved`` if given; and the
+    interval's means of a VQGAN-style run's metrics (``metrics.adversarial``: LPIPS, the
+    discriminator's losses and logits, the adaptive weight).
 
     >>> from types import SimpleNamespace as Metrics
     >>> interval = UsageInterval(3)
@@ -145,17 +147,23 @@ class UsageInterval:
     ...                   "train_res_perplexity": [1.9]}, 64.0)["metrics"]["dead_codes"]
     1
     >>> UsageInterval(3, interval.saved()).saved()
-    {'counts': [2, 0, 1], 'restarts': 1}
+    {'counts': [2, 0, 1], 'restarts': 1, 'sums': {}, 'steps': 1}
     """
 
     def __init__(self, num_codes: int, saved: dict[str, Any] | None = None):
         saved = saved or {"counts": np.zeros(num_codes), "restarts": 0}
         self.counts = np.asarray(saved["counts"], np.int64)
         self.restarts = int(saved["restarts"])
+        # Checkpoints of versions before VQGAN-style runs kept no sums.
+        self.sums = {k: float(v) for k, v in saved.get("sums", {}).items()}
+        self.steps = int(saved.get("steps", 0))
 
     def add(self, metrics: Any) -> None:
         self.counts += np.asarray(metrics.code_counts, np.int64)
         self.restarts += int(metrics.restarted_codes)
+        self.steps += 1
+        for name, value in getattr(metrics, "adversarial", {}).items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
 
     def records(self, history: dict[str, Any], images_per_s: float) -> dict[str, dict]:
         used = int(np.sum(self.counts > 0))
@@ -168,8 +176,14 @@ class UsageInterval:
             "dead_codes": len(self.counts) - used,
             "restarted_codes": self.restarts,
         }
+        metrics |= {name: total / max(self.steps, 1) for name, total in self.sums.items()}
         return {"metrics": metrics, "codebook_usage": {"counts": self.counts.tolist()}}
 
     def saved(self) -> dict[str, Any]:
         # The images and their rate are measured anew after a resume.
-        return {"counts": self.counts.tolist(), "restarts": self.restarts}
+        return {
+            "counts": self.counts.tolist(),
+            "restarts": self.restarts,
+            "sums": self.sums,
+            "steps": self.steps,
+        }

@@ -41,6 +41,9 @@ TUNED: dict[str, Any] = dict(
     learning_rate=2e-3, lr_schedule="cosine", warmup_steps=100, dead_code_threshold=0.5
 )
 
+# What the cifar10-sharp preset adds: VQGAN-style training, measured in docs/vqgan.md.
+SHARP: dict[str, Any] = dict(disc_weight=0.5, disc_start=1_000, perceptual_weight=1.0)
+
 VALUES: dict[str, dict[str, Any]] = {
     # Embedded data, small model: a newcomer's first run, about 90 s on 2 CPU cores. Measured
     # in docs/codebook.md: on a CPU batch 16 trains as many images per second as 32 and makes
@@ -69,6 +72,8 @@ VALUES: dict[str, dict[str, Any]] = {
     "cifar10": dict(TUNED),
     # The notes' notebook exactly.
     "notes": dict(FAITHFUL),
+    # cifar10 trained VQGAN-style: against a PatchGAN discriminator and LPIPS (docs/vqgan.md).
+    "cifar10-sharp": dict(TUNED, **SHARP),
 }
 
 
@@ -126,6 +131,6 @@ def preset(name: str, *, faithful: bool = False, **overrides: Any) -> VQVAEConfi
     >>> preset("nope")
     Traceback (most recent call last):
     ...
-    ValueError: unknown preset 'nope'; choose one of ['cifar10', 'notes', 'quickstart'].
+    ValueError: unknown preset 'nope'; choose one of ['cifar10', 'cifar10-sharp', 'notes', ...].
     """
     return PRESETS(name, under=FAITHFUL if faithful else None, **overrides)

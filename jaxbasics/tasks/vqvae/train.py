@@ -35,14 +35,15 @@ from jaxbasics.plots import training_curves
 from jaxbasics.tasks.vqvae.config import VQVAEConfig
 from jaxbasics.tasks.vqvae.data import sources
 from jaxbasics.tasks.vqvae.evaluate import EvalSums, UsageInterval, evaluate, save_figures
+from jaxbasics.tasks.vqvae.gradients import DiscState, gradients_of, init_disc, train_discriminator
 from jaxbasics.train.files import save_figure
 from jaxbasics.train.optim import make_optimizer
 from jaxbasics.train.sharding import global_batch, placed
 from jaxbasics.train.state import all_finite, init_key, per_compile_key, split_init, step_key
 from jaxbasics.train.task import TaskData, register
-from jaxbasics.vqvae import codebook, fsq
+from jaxbasics.vqvae import codebook, fsq, perceptual
 from jaxbasics.vqvae.ema import EMAVariable
-from jaxbasics.vqvae.model import VQVAE, recon_error, vqvae_loss
+from jaxbasics.vqvae.model import VQVAE
 from jaxbasics.vqvae.quantizer import code_counts, perplexity
 
 # The k-means init's fold_in stream: one no training step reaches (steps stay below it).
@@ -71,6 +72,15 @@ class VQVAEState:
     code_usage: jax.Array
     step: jax.Array
     rng: jax.Array
+
+
+@flax.struct.dataclass
+class VQGANState(VQVAEState):
+    """A :class:`VQVAEState` with a discriminator (``disc_weight > 0``): its parameters,
+    optimiser state and LeCam anchors (:class:`~jaxbasics.tasks.vqvae.gradients.DiscState`).
+    An export keeps only ``params`` and ``ema``."""
+
+    disc: DiscState
 
 
 class Structure(NamedTuple):
@@ -111,7 +121,12 @@ def structure(config: VQVAEConfig) -> Structure:
         _, params, ema = nnx.split(model, nnx.Param, EMAVariable)
         usage = jnp.ones((config.num_embeddings,), jnp.float32)
         step = jnp.zeros((), jnp.int32)
-        return VQVAEState(params, ema, tx.init(params), usage, step, state_rng)
+        state = VQVAEState(params, ema, tx.init(params), usage, step, state_rng)
+        if not config.adversarial:
+            return state
+        # The discriminator's own stream: the VQ-VAE starts as it would without one.
+        disc = init_disc(config, jax.random.fold_in(model_key, 1))
+        return VQGANState(**vars(state), disc=disc)
 
     abstract = jax.eval_shape(init, init_key(config.seed))
     return Structure(train_def, eval_def, tx, abstract, init)
@@ -150,8 +165,9 @@ def codebook_of(config: VQVAEConfig, state: VQVAEState) -> jax.Array:
 class TrainMetrics(NamedTuple):
     """What one training step reports (the notes' per-step histories come from these): the
     batch's ``loss``, ``recon_error``, ``vq_loss`` and ``perplexity``; ``code_counts`` (K,), how
-    many latent vectors chose each code; ``restarted_codes``; and ``finite``, whether the loss
-    and every parameter and EMA statistic after the step are finite."""
+    many latent vectors chose each code; ``restarted_codes``; ``finite``, whether the loss
+    and every parameter and EMA statistic after the step are finite; and the ``adversarial``
+    metrics of a VQGAN-style run (:mod:`~jaxbasics.tasks.vqvae.gradients`; else empty)."""
 
     loss: jax.Array
     recon_error: jax.Array
@@ -160,6 +176,7 @@ class TrainMetrics(NamedTuple):
     code_counts: jax.Array
     restarted_codes: jax.Array
     finite: jax.Array
+    adversarial: dict[str, jax.Array]
 
 
 def latents(model: VQVAE, images: jax.Array) -> jax.Array:
@@ -192,21 +209,18 @@ def make_train_step(
     """
     s = structure(config)
     k = config.num_embeddings
+    grads_of = gradients_of(config, s.train_def, data_variance)
 
     def train_step(state: VQVAEState, images: jax.Array) -> tuple[VQVAEState, TrainMetrics]:
-        def loss_fn(params):
-            # copy=True: fresh Variables at this trace level, so the EMA update may write them.
-            model = nnx.merge(s.train_def, params, state.ema, copy=True)
-            out = model(images)
-            rec = recon_error(out.recon, images, data_variance)
-            return vqvae_loss(out, images, data_variance), (out, rec, nnx.state(model, EMAVariable))
-
-        (loss, (out, rec, ema)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        loss, grads, ema, out, rec, extra = grads_of(state, images)
         updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         counts = code_counts(out.indices, k)
         usage = codebook.usage_update(state.code_usage, counts)
         new_state = state.replace(params=params, ema=ema, opt_state=opt_state, step=state.step + 1)
+        if config.adversarial:
+            disc, d_metrics = train_discriminator(config, state.disc, state.step, images, out.recon)
+            new_state, extra = new_state.replace(disc=disc), extra | d_metrics
         restarted = jnp.zeros((), jnp.float32)
         if config.dead_code_threshold > 0:
             # z of this step's forward pass (same params; XLA shares the computation).
@@ -222,8 +236,11 @@ def make_train_step(
             new_state = _set_codes(config, new_state, r.dead, r.codebook, flat.shape[0])
             usage = jnp.where(r.dead, 1.0, usage)
             restarted = jnp.sum(r.dead).astype(jnp.float32)
-        finite = jnp.isfinite(loss) & all_finite(new_state.params, new_state.ema)
-        metrics = TrainMetrics(loss, rec, out.vq_loss, out.perplexity, counts, restarted, finite)
+        trained = (new_state.params, new_state.ema, getattr(new_state, "disc", None))
+        finite = jnp.isfinite(loss) & all_finite(*trained)
+        metrics = TrainMetrics(
+            loss, rec, out.vq_loss, out.perplexity, counts, restarted, finite, extra
+        )
         return new_state.replace(code_usage=usage), metrics
 
     return jax.jit(train_step, donate_argnums=0)
@@ -301,9 +318,15 @@ class VQVAETask:
 
     def __init__(self, config: VQVAEConfig):
         self.config = config
+        if config.perceptual_weight:
+            self.shown = (*self.shown, "lpips")
+        if config.adversarial:
+            self.shown = (*self.shown, "disc_loss")
         self.data: Any = None  # the run's image splits (sources()), once load_data has run
 
     def load_data(self, workdir: Path) -> TaskData:
+        if self.config.perceptual_weight and not perceptual.available():
+            raise ValueError(perceptual.MISSING)  # before anything is written
         self.data = sources(self.config, workdir)
         stats = {"data_variance": self.data.variance, "num_examples": len(self.data.train)}
         if self.data.files_sha256 is not None:
