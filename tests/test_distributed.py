@@ -62,6 +62,25 @@ def test_eight_devices_follow_the_one_device_trajectory(tmp_path, xla_cache):
     _assert_close(one.state, eight.state)
 
 
+def test_a_vqgan_run_on_eight_devices_follows_the_one_device_run(tmp_path, xla_cache):
+    """The discriminator, its Adam state and LeCam anchors live in the same replicated state and
+    see the same global batch: 8 devices end where one does, past the discriminator's start."""
+    gan = dict(
+        num_training_updates=6,
+        eval_every=6,
+        decay=0.0,
+        disc_weight=0.5,
+        disc_start=2,
+        disc_channels=4,
+        lecam_weight=0.1,
+    )
+    one = fit(small_config(**gan), tmp_path / "one")
+    _ok(_cli(tmp_path / "eight", xla_cache, **gan))
+    eight = restore(tmp_path / "eight")
+    assert eight.step == 6 and int(eight.state.disc.opt_state[0].count) == 4
+    _assert_close(one.state, eight.state, tol=1e-4)
+
+
 # The EMA quantiser with restarts forced (threshold 0.95) and k-means init: draws over the
 # global batch must not depend on how the batch is sharded.
 EMA = dict(decay=0.99, dead_code_threshold=0.95, kmeans_init_steps=2)

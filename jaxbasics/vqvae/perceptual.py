@@ -68,7 +68,9 @@ def lpips(net: str = "alexnet") -> Callable[[jax.Array, jax.Array], jax.Array]:
     module = evaluator.lpips
 
     def distance(x: jax.Array, y: jax.Array) -> jax.Array:
-        # LPIPS takes images in [-1, 1]; its dropout is off (training=False).
+        # LPIPS takes images in [-1, 1]; its dropout is off (training=False). Its feature
+        # normalisation, f / (|f| + eps), has a NaN gradient at an all-zero vector, but every
+        # feature comes out of a ReLU, whose gradient there is a select: 0, never NaN.
         return module.apply(params, 2.0 * x, 2.0 * y).reshape(x.shape[0])
 
     return distance

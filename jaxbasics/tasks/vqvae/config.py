@@ -5,10 +5,11 @@ flag of ``experiments/train_vqvae.py`` (``batch_size`` -> ``--batch-size``), and
 docstring under each field is that flag's ``--help``. What every run has (optimisation,
 randomness, bookkeeping, the JSON form) comes from :class:`~jaxbasics.train.config.RunConfig`.
 
-The named presets (``quickstart``, ``cifar10``, ``notes``) are in
+The named presets (``quickstart``, ``cifar10``, ``cifar10-sharp``, ``notes``) are in
 :mod:`jaxbasics.tasks.vqvae.presets`; the dataclass defaults are the notes' setting with the
 codebook remedies on (the ``notes`` preset turns those off, the ``cifar10`` preset adds a tuned
-schedule). ``docs/codebook.md`` lists which defaults differ from the notes, and why.
+schedule, ``cifar10-sharp`` VQGAN-style training). ``docs/codebook.md`` lists which defaults
+differ from the notes, and why.
 
 >>> VQVAEConfig().batch_size, VQVAEConfig().learning_rate, VQVAEConfig().decay
 (32, 0.0003, 0.99)
@@ -295,6 +296,12 @@ class VQVAEConfig(RunConfig):
             )
         if self.disc_start < 0:
             raise ValueError(f"disc_start must be >= 0, got {self.disc_start}.")
+        if self.adversarial and self.disc_start >= self.num_training_updates:
+            raise ValueError(
+                f"disc_start ({self.disc_start}) must be below num_training_updates "
+                f"({self.num_training_updates}), or the discriminator never trains; lower "
+                "--disc-start, or set --disc-weight 0."
+            )
         if self.perceptual_weight > 0 and self.image_size < MIN_SIDE:
             raise ValueError(
                 f"the perceptual loss (LPIPS) needs images of at least {MIN_SIDE}x{MIN_SIDE}, "

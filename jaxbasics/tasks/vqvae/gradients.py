@@ -12,11 +12,13 @@ adaptive weight taken at the decoder's last layer (:func:`~jaxbasics.vqvae.adver
 adaptive_weight`). The discriminator D then takes one Adam step on the hinge loss of the real
 batch against the reconstructions (gradients stopped), plus LeCam if ``lecam_weight > 0``.
 
-Only the two small gradients at the last layer are extra: the forward pass runs once, the
-gradient of each loss with respect to the reconstruction is one vector-Jacobian product of the
-last layer, and the whole VQ-VAE is differentiated once, for the weighted sum (the gradient is
-linear in the image-space gradient). Without a discriminator and with ``perceptual_weight``
-only, the same path runs with ``lambda = 0`` and no D.
+The adaptive weight costs no second pass through the VQ-VAE: its forward pass runs once, the
+gradient of each loss with respect to the reconstruction is pulled back through the last layer
+alone (one vector-Jacobian product each), and the whole VQ-VAE is differentiated once, for the
+weighted sum (the pull-back is linear). The discriminator adds its own forward and backward
+passes: on the reconstructions for the VQ-VAE's gradient, and on both batches for its step.
+Without a discriminator and with ``perceptual_weight`` only, the same path runs with
+``lambda = 0`` and no D.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ from jaxbasics.vqvae.adversarial import (
 )
 from jaxbasics.vqvae.ema import EMAVariable
 from jaxbasics.vqvae.model import VQVAE, VQVAEOutput, recon_error, vqvae_loss
+
+# The LeCam anchors' decay (the LeCam authors' 0.99).
+LECAM_DECAY = 0.99
 
 
 @flax.struct.dataclass
@@ -160,7 +165,7 @@ def vqgan_gradients(
             weight = adaptive_weight(k_rec["kernel"], k_adv["kernel"])
             scale = on * config.disc_weight * weight
             k_rec = jax.tree.map(lambda a, b: a + scale * b, k_rec, k_adv)
-            f_rec = f_rec + scale * f_adv
+            f_rec = f_rec + (scale * f_adv).astype(f_rec.dtype)  # bfloat16 features stay so
             rec_total = rec_total + scale * g_loss
             metrics |= {"gan_loss": g_loss, "adaptive_weight": weight}
         (grads,) = front_vjp((f_rec, jnp.ones_like(vq_loss)))
@@ -177,28 +182,31 @@ def train_discriminator(
 ) -> tuple[DiscState, dict[str, jax.Array]]:
     """One Adam step of the discriminator on the hinge loss of ``images`` (real) against
     ``recon`` (gradients stopped), plus ``lecam_weight`` times LeCam; before ``disc_start``
-    the state is returned unchanged (its optimiser's count included)."""
+    the state is returned unchanged (its optimiser's count included). ``D(recon)`` is computed
+    again here rather than shared with the VQ-VAE's gradient: a different loss and parameters
+    being differentiated, and XLA merges the two forward passes where it can."""
     disc_def, _ = _graphdefs(config)
     tx = disc_optimizer(config)
     fake = jax.lax.stop_gradient(recon)
+
+    # The anchors start at the first step's mean logits (no decay then), and the penalty reads
+    # them after this step's update, as the LeCam authors' code does.
+    decay = jnp.where(step == config.disc_start, 0.0, LECAM_DECAY)
 
     def loss_fn(params):
         d = nnx.merge(disc_def, params)
         real_logits, fake_logits = d(images), d(fake)
         loss = hinge_d_loss(real_logits, fake_logits)
+        anchors = lecam_anchors(disc.anchors, real_logits, fake_logits, decay)
         if config.lecam_weight:
-            loss = loss + config.lecam_weight * lecam_penalty(
-                real_logits, fake_logits, disc.anchors
-            )
-        return loss, (real_logits, fake_logits)
+            loss = loss + config.lecam_weight * lecam_penalty(real_logits, fake_logits, anchors)
+        return loss, (real_logits, fake_logits, anchors)
 
-    (loss, (real, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(disc.params)
-    updates, opt_state = tx.update(grads, disc.opt_state, disc.params)
-    trained = DiscState(
-        optax.apply_updates(disc.params, updates),
-        opt_state,
-        lecam_anchors(disc.anchors, real, fake_logits),
+    (loss, (real, fake_logits, anchors)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        disc.params
     )
+    updates, opt_state = tx.update(grads, disc.opt_state, disc.params)
+    trained = DiscState(optax.apply_updates(disc.params, updates), opt_state, anchors)
     on = step >= config.disc_start
     new = jax.tree.map(lambda t, o: jnp.where(on, t, o), trained, disc)
     metrics = {
