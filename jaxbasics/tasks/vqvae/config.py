@@ -156,8 +156,8 @@ class VQVAEConfig(RunConfig):
     """Steps before the discriminator starts: until then it neither learns nor steers the
     VQ-VAE (taming's disc_start)."""
     disc_channels: int = 32
-    """Width of the discriminator's first convolution (then 2x and 4x). taming's 64 made a
-    CIFAR-10 step 2.3x slower on a CPU, 32 1.4x (docs/vqgan.md)."""
+    """Width of the discriminator's first convolution (then 2x and 4x). On a CPU the
+    discriminator alone made a CIFAR-10 step 2.3x slower at taming's 64, 1.4x at 32."""
     disc_learning_rate: float = 1e-4
     """The discriminator's learning rate: Adam with betas 0.5, 0.9 (taming's), constant."""
     lecam_weight: float = 0.0
