@@ -120,10 +120,10 @@ def get_judge(args: argparse.Namespace, names: list[str]) -> tuple[J.Judge, dict
             seed=settings["seed"],
             progress=True,
         )
-        meta = want | settings | {"train_images": len(train)}
-        for name, content in J.judge_files(judge, meta).items():  # the settings last
+        files = J.judge_files(judge, want | settings | {"train_images": len(train)})
+        for name, content in files.items():  # the settings last
             write_atomic(folder / name, content)
-        return judge, meta | {"width": judge.width}
+        return judge, json.loads(files[J.META])  # the settings as saved, as a rerun reads them
 
 
 def _labelled(path: Path, names: list[str]) -> tuple[list[Path], list[int]]:

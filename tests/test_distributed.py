@@ -22,7 +22,7 @@ from conftest import (
     train_cmd,
     wait_for,
 )
-from jaxbasics.tasks.prior.config import OTHER_SIZES
+from jaxbasics.tasks.prior.config import SIZE_FIELDS
 from jaxbasics.tasks.prior.trained import load_prior
 from jaxbasics.train import fit
 from jaxbasics.train.metrics import read_jsonl
@@ -128,7 +128,7 @@ def test_a_prior_on_eight_devices_follows_the_one_device_run(prior_workdir, tmp_
     one = load_prior(prior_workdir)
     config = one.config
     flags = []
-    unused = OTHER_SIZES["pixelcnn"]  # a transformer's run refuses a PixelCNN's size flags
+    unused = SIZE_FIELDS["pixelcnn"]  # a transformer's run refuses a PixelCNN's size flags
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if value is not None and field.name not in unused:

@@ -135,11 +135,11 @@ class PriorConfig(RunConfig):
         ...
         ValueError: --kernel-size sets a pixelcnn prior's size, not a maskgit's; leave it out.
         """
-        theirs = OTHER_SIZES["pixelcnn" if self.prior != "pixelcnn" else "transformer"]
-        given = sorted(theirs & given)
+        other = "pixelcnn" if self.prior != "pixelcnn" else "transformer"
+        given = sorted(SIZE_FIELDS[other] & given)
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            whose = "pixelcnn" if self.prior != "pixelcnn" else "transformer or maskgit"
+            whose = "pixelcnn" if other == "pixelcnn" else "transformer or maskgit"
             many = len(given) > 1
             raise ValueError(
                 f"{flags} {'set' if many else 'sets'} a {whose} prior's size, not a "
@@ -148,7 +148,7 @@ class PriorConfig(RunConfig):
 
 
 # The size fields of each kind of prior (maskgit's are the transformer's).
-OTHER_SIZES = {
+SIZE_FIELDS = {
     "transformer": frozenset({"dim", "depth", "heads"}),
     "pixelcnn": frozenset({"channels", "num_layers", "kernel_size"}),
 }
