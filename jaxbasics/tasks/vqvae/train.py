@@ -236,7 +236,7 @@ def make_train_step(
             new_state = _set_codes(config, new_state, r.dead, r.codebook, flat.shape[0])
             usage = jnp.where(r.dead, 1.0, usage)
             restarted = jnp.sum(r.dead).astype(jnp.float32)
-        trained = (new_state.params, new_state.ema, getattr(new_state, "disc", None))
+        trained = (new_state.params, new_state.ema, new_state.disc if config.adversarial else None)
         finite = jnp.isfinite(loss) & all_finite(*trained)
         metrics = TrainMetrics(
             loss, rec, out.vq_loss, out.perplexity, counts, restarted, finite, extra
