@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": len(images),
         "code_shapes": [list(s) for s in shapes],
         "num_embeddings": loaded.config.num_embeddings,
+        "num_codes": loaded.config.num_codes,
         "out": str(path),
         "bytes": path.stat().st_size,
         "model_step": loaded.step,

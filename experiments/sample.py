@@ -169,6 +169,7 @@ def generate(args, out: Path, loaded_prior, loaded, labels, names: list[str]) ->
         top_k=args.top_k,
         guidance=args.guidance,
         steps=args.steps,
+        allowed=loaded.model.allowed_codes(loaded_prior.prior.height, loaded_prior.prior.width),
     )
     maps = list(np.asarray(codes))
     write_codes(out / "codes.npz", names, maps, loaded.model, loaded.config)

@@ -1,10 +1,10 @@
-"""Checks of the arguments people pass the core: counts, and integer codes and labels in range.
+"""Checks of the arguments people pass the core: counts, integer codes and labels in range, images.
 
-Every public function that takes code indices, class labels or a count checks them here, the
-way :func:`~jaxbasics.vqvae.model.check_images` checks images: a wrong value is a one-line
-``ValueError`` that names the argument, what it got and the range it takes, never a silent
-wrap-around, clamp or NaN. Under ``jax.jit`` values are not known; there only the dtype and
-shape are checked, and the caller's own checks (the scripts', the loaders') hold the values.
+Every public function that takes code indices, class labels, a count or images checks them
+here: a wrong value is a one-line ``ValueError`` that names the argument, what it got and the
+range it takes, never a silent wrap-around, clamp or NaN. Under ``jax.jit`` values are not
+known; there only the dtype and shape are checked, and the caller's own checks (the scripts',
+the loaders') hold the values.
 
 >>> indices("codes", [[0, 3]], 4).tolist()
 [[0, 3]]
@@ -90,3 +90,41 @@ def indices(
             bad = low if low < 0 else top
             raise ValueError(f"{name} must be integers in [0, {high}), got {bad}.")
     return jnp.asarray(array, jnp.int32)
+
+
+def images(x: jax.Array, in_channels: int = 3) -> None:
+    """Raise a ValueError that says how to fix a batch the model cannot take.
+
+    >>> try:
+    ...     images(jnp.zeros((2, 3, 32, 32)))
+    ... except ValueError as e:
+    ...     print(str(e)[-57:])
+    at the input edge with jaxbasics.tensors.bchw_to_bhwc(x).
+    """
+    shape = tuple(x.shape)
+    if x.ndim != 4:
+        raise ValueError(
+            f"expected a batch of NHWC images of shape (B, H, W, {in_channels}), got shape "
+            f"{shape}. Add a batch axis with x[None] for a single image."
+        )
+    if shape[-1] != in_channels:
+        if shape[1] == in_channels:
+            raise ValueError(
+                f"expected NHWC images of shape (B, H, W, {in_channels}), got {shape}, which "
+                "looks like PyTorch's NCHW layout. Convert it once at the input edge with "
+                "jaxbasics.tensors.bchw_to_bhwc(x)."
+            )
+        raise ValueError(
+            f"expected {in_channels} channels in the last axis (NHWC), got shape {shape}."
+        )
+    if shape[1] % 4 or shape[2] % 4:
+        raise ValueError(
+            f"image height and width must be divisible by 4 (two stride-2 convs), got "
+            f"{shape[1]}x{shape[2]}. Crop or resize the images, e.g. to 32x32."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"expected float images scaled as in training, x / 255 - 0.5, got {x.dtype} "
+            "values. Convert uint8 pixels with x / 255 - 0.5 "
+            "(jaxbasics.data.transforms.cifar_transform()(x))."
+        )

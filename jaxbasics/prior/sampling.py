@@ -205,26 +205,33 @@ def _sampler(
     conditional: bool,
     guided: bool,
     steps: int | None,
+    masked: bool = False,
 ):
     """The jitted sampling loop for one model graph and these static options (``steps``:
-    a masked prior's parallel decoding; None: one code per step)."""
+    a masked prior's parallel decoding; None: one code per step; ``masked``: ``run`` takes
+    the codes each position may hold)."""
 
-    def final(logits: jax.Array, temperature: jax.Array, guidance: jax.Array) -> jax.Array:
-        """Guidance, then temperature, then top-k, on (batch, ..., K) logits."""
+    def final(logits, temperature, guidance, allowed) -> jax.Array:
+        """Guidance, temperature, the allowed codes, then top-k, on (batch, ..., K) logits."""
         if guided:
             logits = guide(logits, guidance)
         logits = logits / temperature
+        if masked:  # after guidance: -inf - -inf would be nan
+            logits = jnp.where(allowed, logits, -jnp.inf)
         return logits if top_k is None else top_k_logits(logits, top_k)
 
     @jax.jit
-    def run(state, key, labels, temperature, guidance, noise):
+    def run(state, key, labels, temperature, guidance, noise, allowed):
         prior = nnx.merge(graphdef, state)
         if guided:  # one forward for both: conditional rows, then null-label rows
             labels = jnp.concatenate([labels, jnp.full((n,), prior.num_classes, jnp.int32)])
         if steps is not None:
             if labels is None:
                 labels = jnp.full((n,), prior.num_classes, jnp.int32)
-            final_logits = functools.partial(final, temperature=temperature, guidance=guidance)
+            flat = allowed.reshape(-1, prior.num_codes) if masked else None
+            final_logits = functools.partial(
+                final, temperature=temperature, guidance=guidance, allowed=flat
+            )
             return _parallel(prior, n, key, labels, final_logits, noise)
         num = prior.height * prior.width
         batch = 2 * n if guided else n
@@ -232,7 +239,8 @@ def _sampler(
         def step(i, carry):
             cache, prev, codes = carry
             logits, cache = prior.decode_step(cache, prev, i, labels)
-            logits = final(logits, temperature, guidance)
+            here = allowed.reshape(num, -1)[i] if masked else None
+            logits = final(logits, temperature, guidance, here)
             code = multinomial(jax.random.fold_in(key, i), logits)
             prev = jnp.concatenate([code, code]) if guided else code
             return cache, prev, codes.at[:, i].set(code)
@@ -269,6 +277,7 @@ def sample(
     guidance: float = 0.0,
     steps: int | None = None,
     confidence_noise: float | None = None,
+    allowed: Any = None,
 ) -> jax.Array:
     """Draw ``n`` code maps from ``prior`` in one compiled loop.
 
@@ -295,6 +304,9 @@ def sample(
       confidence_noise: a masked prior's Gumbel noise on the confidence at the first step,
         annealed to 0 (default :data:`~jaxbasics.prior.CONFIDENCE_NOISE`; 0 keeps the
         likeliest draws: with ``top_k=1``, fully greedy).
+      allowed: (h, w, K) bool, the codes each position may hold (a palette tokenizer's
+        rows each have their own: :meth:`~jaxbasics.vqvae.model.VQVAE.allowed_codes`);
+        the others are never drawn. None allows every code everywhere.
 
     Returns:
       (n, h, w) int32 codes.
@@ -303,7 +315,8 @@ def sample(
       ValueError: ``key`` not one PRNG key, ``n`` not a positive integer, a non-positive
         temperature, a top_k that is no integer in [1, K], a negative guidance, guidance
         without labels, or labels that are not n integers in [0, num_classes), or steps
-        given to an autoregressive prior (one line naming the argument and the value).
+        given to an autoregressive prior, or ``allowed`` not (h, w, K) bools allowing some
+        code at every position (one line naming the argument and the value).
 
     >>> prior = TransformerPrior(16, 4, 4, num_classes=3, dim=8, depth=1, heads=2, rngs=nnx.Rngs(0))
     >>> codes = sample(prior, 3, jax.random.key(0))
@@ -312,10 +325,27 @@ def sample(
     """
     o = _checked(prior, n, labels, temperature, top_k, guidance, steps, confidence_noise)
     key = _one_key(key)
+    allowed = _allowed(prior, allowed)
     graphdef, state = nnx.split(prior)
-    run = _sampler(graphdef, o.n, o.top_k, o.labels is not None, o.guidance > 0, o.steps)
+    options = (o.n, o.top_k, o.labels is not None, o.guidance > 0, o.steps, allowed is not None)
     floats = (jnp.float32(x) for x in (o.temperature, o.guidance, o.noise))
-    return run(state, key, o.labels, *floats)
+    return _sampler(graphdef, *options)(state, key, o.labels, *floats, allowed)
+
+
+def _allowed(prior: Prior, allowed: Any) -> jax.Array | None:
+    """``allowed`` as a bool array of the prior's (h, w, K), or a one-line ValueError."""
+    if allowed is None:
+        return None
+    array = np.asarray(allowed)
+    shape = (prior.height, prior.width, prior.num_codes)
+    if array.dtype != bool or array.shape != shape:
+        raise ValueError(
+            f"allowed must be bools of shape {shape} (the prior's map and codes), got "
+            f"{array.dtype} of shape {array.shape}."
+        )
+    if not array.any(axis=-1).all():
+        raise ValueError("allowed leaves a position no code to draw; allow one at least.")
+    return jnp.asarray(array)
 
 
 def nll_bits(

@@ -19,11 +19,12 @@ quantisation), :mod:`~jaxbasics.vqvae.codebook` (usage, dead-code restarts, k-me
 from jaxbasics.vqvae.convert import from_torch_state_dict, to_torch_state_dict
 from jaxbasics.vqvae.ema import VectorQuantizerEMA
 from jaxbasics.vqvae.fsq import FSQuantizer
-from jaxbasics.vqvae.model import VQVAE, VQVAEOutput, recon_error, vqvae_loss
+from jaxbasics.vqvae.model import VQVAE, recon_error, vqvae_loss
 from jaxbasics.vqvae.quantizer import (
     Quantizer,
     QuantizerOutput,
     VectorQuantizer,
+    VQVAEOutput,
     distances,
     lookup,
     nearest_code,

@@ -14,17 +14,19 @@ changes the parameters (:mod:`jaxbasics.vqvae.layers`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxbasics import checks
+from jaxbasics.vqvae import palette
 from jaxbasics.vqvae.ema import VectorQuantizerEMA
 from jaxbasics.vqvae.fsq import FSQuantizer, check_levels
 from jaxbasics.vqvae.layers import ConvTranspose4x4s2, conv
-from jaxbasics.vqvae.quantizer import Quantizer, VectorQuantizer, mse
+from jaxbasics.vqvae.quantizer import Quantizer, VectorQuantizer, VQVAEOutput, mse
 
 # The quantisers: vq (a learned codebook, plain or EMA) or fsq (finite scalar quantisation).
 QuantizerKind = Literal["vq", "fsq"]
@@ -166,62 +168,6 @@ class Decoder(nnx.Module):
         return self.conv_trans_2(self.features(x))
 
 
-class VQVAEOutput(NamedTuple):
-    """What :class:`VQVAE` returns.
-
-    Attributes:
-      recon: (B, H, W, 3) reconstructed images.
-      quantized: (B, H/4, W/4, D) straight-through quantised latents (FSQ: codes in [-1, 1]).
-      indices: (B, H/4, W/4) int32 code indices.
-      vq_loss: scalar quantiser loss.
-      perplexity: scalar code-usage perplexity of this batch.
-    """
-
-    recon: jax.Array
-    quantized: jax.Array
-    indices: jax.Array
-    vq_loss: jax.Array
-    perplexity: jax.Array
-
-
-def check_images(x: jax.Array, in_channels: int = 3) -> None:
-    """Raise a ValueError that says how to fix a batch the model cannot take.
-
-    >>> try:
-    ...     check_images(jnp.zeros((2, 3, 32, 32)))
-    ... except ValueError as e:
-    ...     print(str(e)[-57:])
-    at the input edge with jaxbasics.tensors.bchw_to_bhwc(x).
-    """
-    shape = tuple(x.shape)
-    if x.ndim != 4:
-        raise ValueError(
-            f"expected a batch of NHWC images of shape (B, H, W, {in_channels}), got shape "
-            f"{shape}. Add a batch axis with x[None] for a single image."
-        )
-    if shape[-1] != in_channels:
-        if shape[1] == in_channels:
-            raise ValueError(
-                f"expected NHWC images of shape (B, H, W, {in_channels}), got {shape}, which "
-                "looks like PyTorch's NCHW layout. Convert it once at the input edge with "
-                "jaxbasics.tensors.bchw_to_bhwc(x)."
-            )
-        raise ValueError(
-            f"expected {in_channels} channels in the last axis (NHWC), got shape {shape}."
-        )
-    if shape[1] % 4 or shape[2] % 4:
-        raise ValueError(
-            f"image height and width must be divisible by 4 (two stride-2 convs), got "
-            f"{shape[1]}x{shape[2]}. Crop or resize the images, e.g. to 32x32."
-        )
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(
-            f"expected float images scaled as in training, x / 255 - 0.5, got {x.dtype} "
-            "values. Convert uint8 pixels with x / 255 - 0.5 "
-            "(jaxbasics.data.transforms.cifar_transform()(x))."
-        )
-
-
 class VQVAE(nnx.Module):
     """The reference CIFAR-10 VQ-VAE: Encoder -> 1x1 conv -> quantiser -> Decoder.
 
@@ -231,6 +177,10 @@ class VQVAE(nnx.Module):
     D = len(fsq_levels) channels, K = prod(fsq_levels), and ``embedding_dim``,
     ``num_embeddings``, ``commitment_cost``, ``decay``, ``epsilon``, ``estimator`` and
     ``ema_init`` are not used. Call it on NHWC float images in [-0.5, 0.5].
+
+    ``palette_slots = J > 0`` makes it a palette tokenizer (:mod:`jaxbasics.vqvae.palette`):
+    the encoder sees colour distances, the decoder paints J colours read off the image, and a
+    code map gains a first row of J colour codes (``num_codes = K + 513``).
 
     Args:
       num_hiddens: encoder/decoder width (reference 128).
@@ -249,6 +199,7 @@ class VQVAE(nnx.Module):
       compute_dtype: dtype of the encoder's and decoder's activations and matmuls, e.g.
         ``"bfloat16"``; None keeps float32. Parameters, the quantiser (distances, codebook
         updates, FSQ's rounding) and the outputs stay float32.
+      palette_slots: J colours per image (a palette tokenizer, see above); 0 = off.
       rngs: NNX random streams.
 
     >>> model = VQVAE(num_hiddens=16, num_residual_hiddens=4, num_residual_layers=1,
@@ -259,6 +210,10 @@ class VQVAE(nnx.Module):
     >>> fsq = VQVAE(16, 4, 1, quantizer="fsq", fsq_levels=(8, 5, 5, 5), rngs=nnx.Rngs(0))
     >>> fsq.vq.num_embeddings, fsq.latents(jnp.zeros((2, 32, 32, 3))).shape
     (1000, (2, 8, 8, 4))
+    >>> pal = VQVAE(16, 4, 1, quantizer="fsq", fsq_levels=(5, 5, 5), palette_slots=5,
+    ...             rngs=nnx.Rngs(0))
+    >>> pal.num_codes, pal.encode(jnp.zeros((2, 32, 32, 3))).shape
+    (638, (2, 9, 8))
     """
 
     def __init__(
@@ -278,16 +233,20 @@ class VQVAE(nnx.Module):
         fsq_levels: Sequence[int] = (8, 8, 8),
         conv_form: str = "auto",
         compute_dtype: str | None = None,
+        palette_slots: int = 0,
         rngs: nnx.Rngs,
     ):
         if quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}.")
         self.in_channels = 3
+        self.palette_slots = checks.count("palette_slots", palette_slots, low=0)
+        enc_in = palette.INPUT_CHANNELS if palette_slots else 3
         dtype = None if compute_dtype in (None, "float32") else jnp.dtype(compute_dtype)
         opts = dict(form=conv_form, dtype=dtype, rngs=rngs)
         if quantizer == "fsq":  # one channel per level
             embedding_dim = len(check_levels(fsq_levels))
-        self.encoder = Encoder(3, num_hiddens, num_residual_layers, num_residual_hiddens, **opts)
+        sizes = (num_hiddens, num_residual_layers, num_residual_hiddens)
+        self.encoder = Encoder(enc_in, *sizes, **opts)
         self.pre_vq_conv = conv(num_hiddens, embedding_dim, 1, **opts)
         self.vq: Quantizer
         if quantizer == "fsq":
@@ -307,9 +266,20 @@ class VQVAE(nnx.Module):
             self.vq = VectorQuantizer(
                 num_embeddings, embedding_dim, commitment_cost, estimator=estimator, rngs=rngs
             )
-        self.decoder = Decoder(
-            embedding_dim, num_hiddens, num_residual_layers, num_residual_hiddens, **opts
-        )
+        self.decoder = Decoder(embedding_dim, *sizes, palette_slots or 3, **opts)
+
+    @property
+    def num_codes(self) -> int:
+        """The codes a code map may hold: K, plus the palette's colour and padding codes."""
+        k = self.vq.num_embeddings
+        return k + palette.CODES + 1 if self.palette_slots else k
+
+    def allowed_codes(self, rows: int, width: int) -> np.ndarray | None:
+        """(rows, width, num_codes) bool: the codes each position of a code map may hold
+        (:func:`jaxbasics.vqvae.palette.vocabulary`); None when any code may go anywhere."""
+        if not self.palette_slots:
+            return None
+        return palette.vocabulary(rows, width, self.vq.num_embeddings, self.palette_slots)
 
     def latents(self, x: jax.Array) -> jax.Array:
         """(B, H, W, 3) images -> (B, H/4, W/4, D) float32 encoder outputs z (before quantising).
@@ -318,22 +288,31 @@ class VQVAE(nnx.Module):
         >>> model.latents(jnp.zeros((1, 32, 32, 3))).shape
         (1, 8, 8, 8)
         """
-        check_images(x, self.in_channels)
+        checks.images(x, self.in_channels)
+        if self.palette_slots:
+            x = palette.distances(x)
         return self.pre_vq_conv(self.encoder(x)).astype(jnp.float32)
 
     def decode(self, quantized: jax.Array) -> jax.Array:
-        """(B, h, w, D) quantised latents -> (B, 4h, 4w, 3) float32 images.
+        """(B, h, w, D) quantised latents -> (B, 4h, 4w, 3) float32 images (a palette
+        tokenizer: (B, 4h, 4w, J) softmax masks, painted by :meth:`paint`).
 
         >>> model = VQVAE(16, 4, 1, 8, 16, rngs=nnx.Rngs(0))
         >>> model.decode(jnp.zeros((1, 8, 8, 8))).shape
         (1, 32, 32, 3)
         """
-        return self.decoder(quantized).astype(jnp.float32)
+        out = self.decoder(quantized).astype(jnp.float32)
+        return jax.nn.softmax(out, axis=-1) if self.palette_slots else out
+
+    def paint(self, masks: jax.Array, x: jax.Array) -> jax.Array:
+        """A palette tokenizer's reconstruction: ``x``'s palette under ``masks``, painted."""
+        return palette.compose(masks, palette.read_palette(masks, x))
 
     def __call__(self, x: jax.Array) -> VQVAEOutput:
         vq = self.vq(self.latents(x))
+        recon = self.decode(vq.quantized)
         return VQVAEOutput(
-            recon=self.decode(vq.quantized),
+            recon=self.paint(recon, x) if self.palette_slots else recon,
             quantized=vq.quantized,
             indices=vq.indices,
             vq_loss=vq.loss,
@@ -343,18 +322,29 @@ class VQVAE(nnx.Module):
     def encode(self, x: jax.Array) -> jax.Array:
         """(B, H, W, 3) images -> (B, H/4, W/4) int32 code indices. Never updates EMA state.
 
+        A palette tokenizer's maps have one more row first, the palette's colour codes
+        (:func:`jaxbasics.vqvae.palette.colour_row`).
+
         >>> model = VQVAE(16, 4, 1, 8, 16, rngs=nnx.Rngs(0))
         >>> model.encode(jnp.zeros((1, 32, 32, 3))).shape
         (1, 8, 8)
         """
-        return self.vq.indices(self.latents(x))
+        indices = self.vq.indices(self.latents(x))
+        if not self.palette_slots:
+            return indices
+        masks = self.decode(self.vq.lookup(indices))
+        return palette.encode_map(indices, masks, x, self.vq.num_embeddings)
 
     def decode_indices(self, indices: jax.Array) -> jax.Array:
-        """(B, h, w) code indices in [0, K) -> (B, 4h, 4w, 3) images.
+        """(B, h, w) code indices in [0, K) -> (B, 4h, 4w, 3) images (a palette tokenizer:
+        (B, h + 1, w) maps, each position's codes as :meth:`allowed_codes` says, -> (B, 4h,
+        4w, 3)).
 
         Raises:
           ValueError: indices not integers in [0, K) (values checked outside ``jit``): a code
             past the codebook would decode to NaN, or under FSQ wrap around to another code.
+            A palette map's codes are checked against their rows' vocabularies the same way
+            (under ``jit``, a code outside its row's is clipped into it).
 
         >>> model = VQVAE(16, 4, 1, 8, 16, rngs=nnx.Rngs(0))
         >>> model.decode_indices(jnp.zeros((1, 8, 8), jnp.int32)).shape
@@ -368,9 +358,12 @@ class VQVAE(nnx.Module):
             raise ValueError(
                 f"indices must be (B, h, w) code maps, got shape {jnp.shape(indices)}."
             )
-        return self.decode(
-            self.vq.lookup(checks.indices("indices", indices, self.vq.num_embeddings))
-        )
+        indices = checks.indices("indices", indices, self.num_codes)
+        if not self.palette_slots:
+            return self.decode(self.vq.lookup(indices))
+        k, slots = self.vq.num_embeddings, self.palette_slots
+        structure, colours = palette.split_map(indices, k, slots)
+        return palette.compose(self.decode(self.vq.lookup(structure)), colours)
 
 
 def recon_error(recon: jax.Array, x: jax.Array, data_variance: float) -> jax.Array:

@@ -325,3 +325,21 @@ class VectorQuantizer(Quantizer):
 
     def __call__(self, z: jax.Array) -> QuantizerOutput:
         return quantize(z, self.codebook[...], self.commitment_cost, self.estimator)
+
+
+class VQVAEOutput(NamedTuple):
+    """What :class:`VQVAE` returns.
+
+    Attributes:
+      recon: (B, H, W, 3) reconstructed images.
+      quantized: (B, H/4, W/4, D) straight-through quantised latents (FSQ: codes in [-1, 1]).
+      indices: (B, H/4, W/4) int32 code indices.
+      vq_loss: scalar quantiser loss.
+      perplexity: scalar code-usage perplexity of this batch.
+    """
+
+    recon: jax.Array
+    quantized: jax.Array
+    indices: jax.Array
+    vq_loss: jax.Array
+    perplexity: jax.Array

@@ -154,24 +154,29 @@ SIZE_FIELDS = {
 }
 
 
+# On the VQ-VAE quickstart's codes (8x8 maps of 1,024 codes, 10,000 + 1,000 shapes images).
+QUICKSTART: dict[str, Any] = dict(
+    model="runs/quickstart",
+    dim=128,
+    depth=2,
+    heads=4,
+    channels=64,
+    num_layers=6,
+    batch_size=64,
+    num_training_updates=500,
+    learning_rate=2e-3,
+    lr_schedule="cosine",
+    warmup_steps=50,
+    log_every=25,
+    eval_every=250,
+    checkpoint_every=250,
+)
+
 VALUES: dict[str, dict[str, Any]] = {
-    # On the VQ-VAE quickstart's codes (8x8 maps of 1,024 codes, 10,000 + 1,000 shapes images).
-    "quickstart": dict(
-        model="runs/quickstart",
-        dim=128,
-        depth=2,
-        heads=4,
-        channels=64,
-        num_layers=6,
-        batch_size=64,
-        num_training_updates=500,
-        learning_rate=2e-3,
-        lr_schedule="cosine",
-        warmup_steps=50,
-        log_every=25,
-        eval_every=250,
-        checkpoint_every=250,
-    ),
+    "quickstart": QUICKSTART,
+    # The same on the shapes-palette VQ-VAE's codes (9x8 maps: a row of 5 colours, then 8x8
+    # of 125 structure codes; 638 codes in all).
+    "shapes-palette": dict(QUICKSTART, model="runs/shapes-palette"),
     # On the cifar10 VQ-VAE's codes (8x8 maps of 512 codes, 50,000 + 10,000 images).
     "cifar10": dict(
         model="runs/cifar10",

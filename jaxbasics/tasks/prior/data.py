@@ -68,7 +68,8 @@ class CodeData(NamedTuple):
 
     Attributes:
       train, test: :class:`CodeSource` splits.
-      num_codes: K, the VQ-VAE's codebook size.
+      num_codes: the codes a map may hold: K, the VQ-VAE's codebook size (a palette
+        tokenizer's: K + 513, :attr:`~jaxbasics.tasks.vqvae.config.VQVAEConfig.num_codes`).
       class_names: the labels' names; () when the codes carry no labels.
       codebook_sha256: the fingerprint of the codebook that made them
         (:func:`~jaxbasics.tasks.vqvae.codes.codebook_fingerprint`).
@@ -264,7 +265,7 @@ def _from_codes_file(path: Path, loaded: Loaded, fingerprint: str) -> CodeData:
     labels = np.zeros(len(maps), np.int32)
     train = CodeSource(maps[:-held_out], labels[:-held_out])
     test = CodeSource(maps[-held_out:], labels[-held_out:])
-    return CodeData(train, test, loaded.config.num_embeddings, (), fingerprint)
+    return CodeData(train, test, loaded.config.num_codes, (), fingerprint)
 
 
 def _encode_dataset(
@@ -278,7 +279,7 @@ def _encode_dataset(
     train = _encode_split(encode, data.train, "train", progress)
     test = _encode_split(encode, data.test, "test", progress)
     names = class_names(loaded.config)
-    return CodeData(train, test, loaded.config.num_embeddings, names, fingerprint)
+    return CodeData(train, test, loaded.config.num_codes, names, fingerprint)
 
 
 def _encode_split(encode: Any, source: Any, name: str, progress: bool) -> CodeSource:

@@ -43,7 +43,8 @@ def sample_rows(
     else:
         labels, titles = None, []
     n = len(labels) if labels is not None else 2 * SAMPLES_PER_ROW
-    codes = sample(prior, n, key, labels=labels)
+    allowed = vqvae.allowed_codes(prior.height, prior.width)  # a palette's rows: their own
+    codes = sample(prior, n, key, labels=labels, allowed=allowed)
     images = np.asarray(model_fns(vqvae).decode(np.asarray(codes)))
     return list(images.reshape(-1, SAMPLES_PER_ROW, *images.shape[1:])), titles
 

@@ -34,6 +34,7 @@ from jaxbasics.data.images import MAX_PIXELS
 from jaxbasics.tasks.vqvae.config import VQVAEConfig
 from jaxbasics.tasks.vqvae.export_file import model_differences
 from jaxbasics.train.files import name_problem, shorten, write_atomic
+from jaxbasics.vqvae import palette
 
 
 def codebook_fingerprint(model: Any) -> str:
@@ -71,7 +72,7 @@ def write_codes(
         np.savez_compressed(
             file,
             codes=np.concatenate([c.reshape(-1) for c in codes]).astype(
-                code_dtype(config.num_embeddings)
+                code_dtype(config.num_codes)
             ),
             shapes=np.array([c.shape for c in codes], np.int32).reshape(-1, 2),
             names=np.array(list(names), dtype=str),
@@ -165,7 +166,9 @@ def read_codes(
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise _bad(path, f"its config's num_embeddings is {k!r}, not a positive integer")
         shapes = _checked_shapes(path, _read(f, "shapes", path), max_pixels, limit_flag)
-        maps = _checked_maps(path, _read(f, "codes", path), shapes, k)
+        if type(config.palette_slots) is not int or config.palette_slots < 0:
+            raise _bad(path, f"its config's palette_slots is {config.palette_slots!r}")
+        maps = _checked_maps(path, _read(f, "codes", path), shapes, config.num_codes)
         names = _checked_names(path, _read(f, "names", path), len(maps))
     return Codes(names, maps, config, str(sha))
 
@@ -259,3 +262,10 @@ def check_codes_fit(
             f"{where} was encoded by another model: the codebooks differ (same sizes, other "
             f"weights), so its codes would decode to nonsense. {fix}"
         )
+    if model.palette_slots:  # each row of a palette map holds its own codes
+        for shape in sorted({m.shape for m in codes.maps}):
+            maps = np.stack([m for m in codes.maps if m.shape == shape])
+            try:
+                palette.split_map(maps, model.vq.num_embeddings, model.palette_slots)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e} {fix}") from e

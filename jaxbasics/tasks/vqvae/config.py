@@ -28,12 +28,12 @@ differ from the notes, and why.
 # these annotations need no resolving.
 import dataclasses
 import math
-import re
 from typing import Any, ClassVar, Literal
 
 from jaxbasics.data.sources import Dataset
+from jaxbasics.tasks.vqvae.levels import LEVELS_PATTERN, VQ_ONLY, fsq_settings, parse_levels
 from jaxbasics.train.config import RunConfig
-from jaxbasics.vqvae.fsq import check_levels
+from jaxbasics.vqvae import palette
 from jaxbasics.vqvae.layers import ConvForm
 from jaxbasics.vqvae.model import QuantizerKind
 from jaxbasics.vqvae.perceptual import MIN_SIDE, PerceptualNet
@@ -71,6 +71,7 @@ class VQVAEConfig(RunConfig):
         "lecam_weight": 0.0,
         "perceptual_weight": 0.0,
         "perceptual_net": "alexnet",
+        "palette_slots": 0,
     }
     REMOVED_FIELDS: ClassVar[frozenset[str]] = frozenset({"debug_nan_step"})
     POSITIVE: ClassVar[tuple[str, ...]] = (
@@ -138,6 +139,12 @@ class VQVAEConfig(RunConfig):
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     """dtype of the encoder's and decoder's activations and matmuls. Parameters, Adam state,
     the quantiser and the loss stay float32."""
+    palette_slots: int = 0
+    """A palette tokenizer of this many colours per image (0 = off; docs/prior.md): the codes
+    hold only where each colour goes (the encoder sees colour distances, not colours), and
+    each code map gains a first row of the image's colours, 512 codes of their own. Made for
+    generation: a prior learns each shape once, not once per colour. At most the code map's
+    width, --image-size / 4."""
 
     # --- codebook health (jaxbasics.vqvae.codebook)
     dead_code_threshold: float = 0.25
@@ -172,7 +179,7 @@ class VQVAEConfig(RunConfig):
     def __post_init__(self) -> None:
         # One spelling of each level set ("8, 5,5,5" is "8,5,5,5"), so that a resume, a
         # codes.npz and an export compare levels, not how they were typed.
-        if isinstance(self.fsq_levels, str) and _LEVELS.fullmatch(self.fsq_levels):
+        if isinstance(self.fsq_levels, str) and LEVELS_PATTERN.fullmatch(self.fsq_levels):
             canonical = ",".join(str(int(part)) for part in self.fsq_levels.split(","))
             object.__setattr__(self, "fsq_levels", canonical)
 
@@ -222,7 +229,23 @@ class VQVAEConfig(RunConfig):
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}.")
         self._validate_quantizer()
         self._validate_adversarial()
+        self._validate_palette()
         return self
+
+    def _validate_palette(self) -> None:
+        """Between 0 and the code map's width, and not with VQGAN-style training (its
+        gradient splits the decoder's last layer off, where the palette is painted)."""
+        width = self.image_size // 4
+        if not 0 <= self.palette_slots <= width:
+            raise ValueError(
+                f"--palette-slots must be in [0, {width}] (the code map's width, --image-size "
+                f"/ 4), got {self.palette_slots}."
+            )
+        if self.palette_slots and (self.adversarial or self.perceptual_weight > 0):
+            raise ValueError(
+                "--palette-slots does not combine with --disc-weight or --perceptual-weight; "
+                "set them to 0, or --palette-slots 0."
+            )
 
     def check_given(self, given: set[str]) -> None:
         """Refuse ``--fsq-levels`` for a VQ run, even at the default levels: they would do
@@ -267,7 +290,19 @@ class VQVAEConfig(RunConfig):
             fsq_levels=self.levels,
             conv_form=self.conv_form,
             compute_dtype=self.compute_dtype,
+            palette_slots=self.palette_slots,
         )
+
+    @property
+    def num_codes(self) -> int:
+        """The codes a code map of this model may hold: K, plus a palette's 512 colour codes
+        and its padding code (:mod:`jaxbasics.vqvae.palette`).
+
+        >>> VQVAEConfig().num_codes, VQVAEConfig(palette_slots=5).num_codes
+        (512, 1025)
+        """
+        extra = palette.CODES + 1 if self.palette_slots else 0
+        return self.num_embeddings + extra
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -340,53 +375,3 @@ OWNED: dict[str, tuple[str, ...]] = {
     "disc_weight": ("disc_start", "disc_channels", "disc_learning_rate", "lecam_weight"),
     "perceptual_weight": ("perceptual_net",),
 }
-
-
-# The VQ-only settings and the value each has under FSQ, which has no codebook to learn.
-VQ_ONLY: dict[str, Any] = {
-    "commitment_cost": 0.0,
-    "decay": 0.0,
-    "estimator": "ste",
-    "ema_init": VQVAEConfig.ema_init,
-    "dead_code_threshold": 0.0,
-    "kmeans_init_steps": 0,
-}
-
-
-# Levels as typed: ASCII digits and commas, spaces allowed around the commas. Python's int()
-# alone would also read "8_8" as 88, "+8" and non-ASCII digits.
-_LEVELS = re.compile(r"\s*[0-9]+(\s*,\s*[0-9]+)*\s*")
-
-
-def parse_levels(text: str) -> tuple[int, ...]:
-    """``--fsq-levels`` text, ``"8,5,5,5"``, as integers; a one-line ValueError if it cannot
-    work (:func:`jaxbasics.vqvae.fsq.check_levels`).
-
-    >>> parse_levels("8, 8,8")
-    (8, 8, 8)
-    >>> parse_levels("8_8")
-    Traceback (most recent call last):
-    ...
-    ValueError: fsq_levels must be integers separated by commas, e.g. 8,8,8 or 8,5,5,5; got '8_8'.
-    """
-    if not _LEVELS.fullmatch(text):
-        raise ValueError(
-            f"fsq_levels must be integers separated by commas, e.g. 8,8,8 or 8,5,5,5; got {text!r}."
-        )
-    return check_levels(tuple(int(part) for part in text.split(",")))
-
-
-def fsq_settings(config: "VQVAEConfig") -> dict[str, Any]:
-    """The values an FSQ run has in every field FSQ decides: the VQ-only settings off
-    (:data:`VQ_ONLY`), ``num_embeddings`` and ``embedding_dim`` from the levels (left out
-    when the levels cannot work: validation says why).
-
-    >>> s = fsq_settings(VQVAEConfig(quantizer="fsq", fsq_levels="8,5,5,5"))
-    >>> s["num_embeddings"], s["embedding_dim"], s["decay"]
-    (1000, 4, 0.0)
-    """
-    try:
-        levels = config.levels
-    except ValueError:
-        return dict(VQ_ONLY)
-    return {**VQ_ONLY, "num_embeddings": math.prod(levels), "embedding_dim": len(levels)}

@@ -51,6 +51,7 @@ MODEL_FIELDS = (
     "decay",
     "quantizer",
     "fsq_levels",
+    "palette_slots",
 )
 
 

@@ -44,7 +44,8 @@ from jaxbasics.vqvae.adversarial import (
     lecam_penalty,
 )
 from jaxbasics.vqvae.ema import EMAVariable
-from jaxbasics.vqvae.model import VQVAE, VQVAEOutput, recon_error, vqvae_loss
+from jaxbasics.vqvae.model import VQVAE, recon_error, vqvae_loss
+from jaxbasics.vqvae.quantizer import VQVAEOutput
 
 # The LeCam anchors' decay (the LeCam authors' 0.99).
 LECAM_DECAY = 0.99

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxbasics.tasks.vqvae.config import VQVAEConfig, fsq_settings
+from jaxbasics.tasks.vqvae.config import VQVAEConfig
+from jaxbasics.tasks.vqvae.levels import fsq_settings
 from jaxbasics.train.config import Presets
 
 # What the notes' notebook does and our defaults change (docs/codebook.md measures each).
@@ -44,29 +45,35 @@ TUNED: dict[str, Any] = dict(
 # What the cifar10-sharp preset adds: VQGAN-style training, measured in docs/vqgan.md.
 SHARP: dict[str, Any] = dict(disc_weight=0.5, disc_start=1_000, perceptual_weight=1.0)
 
+# Embedded data, small model: a newcomer's first run, about 90 s on 2 CPU cores. Measured
+# in docs/codebook.md: on a CPU batch 16 trains as many images per second as 32 and makes
+# twice the updates; the codebook size bounds the error (128 -> 1024 codes: 0.186 ->
+# 0.146 at 1000 steps), so the codes get the budget, not the convolutions; warm-up and
+# cosine decay beat a constant rate in every seed (0.111 vs 0.118 at 5000 steps).
+QUICKSTART: dict[str, Any] = dict(
+    dataset="shapes",
+    num_train_examples=10_000,
+    num_eval_examples=1_000,
+    batch_size=16,
+    num_training_updates=4_500,
+    learning_rate=2e-3,
+    lr_schedule="cosine",
+    warmup_steps=100,
+    num_hiddens=64,
+    num_residual_hiddens=16,
+    embedding_dim=32,
+    num_embeddings=1024,
+    log_every=50,
+    eval_every=1_000,
+    checkpoint_every=1_000,
+)
+
 VALUES: dict[str, dict[str, Any]] = {
-    # Embedded data, small model: a newcomer's first run, about 90 s on 2 CPU cores. Measured
-    # in docs/codebook.md: on a CPU batch 16 trains as many images per second as 32 and makes
-    # twice the updates; the codebook size bounds the error (128 -> 1024 codes: 0.186 ->
-    # 0.146 at 1000 steps), so the codes get the budget, not the convolutions; warm-up and
-    # cosine decay beat a constant rate in every seed (0.111 vs 0.118 at 5000 steps).
-    "quickstart": dict(
-        dataset="shapes",
-        num_train_examples=10_000,
-        num_eval_examples=1_000,
-        batch_size=16,
-        num_training_updates=4_500,
-        learning_rate=2e-3,
-        lr_schedule="cosine",
-        warmup_steps=100,
-        num_hiddens=64,
-        num_residual_hiddens=16,
-        embedding_dim=32,
-        num_embeddings=1024,
-        log_every=50,
-        eval_every=1_000,
-        checkpoint_every=1_000,
-    ),
+    "quickstart": QUICKSTART,
+    # The quickstart as a palette tokenizer (docs/prior.md): 125 colour-blind structure codes
+    # and 5 colours per image; reconstructs a little worse (noise is not coded), generates
+    # far better. For the shapes prior's chain.
+    "shapes-palette": dict(QUICKSTART, quantizer="fsq", fsq_levels="5,5,5", palette_slots=5),
     # The notes' model and batch on real CIFAR-10: the remedies (the dataclass defaults) and
     # the tuned schedule.
     "cifar10": dict(TUNED),
@@ -89,7 +96,7 @@ def adjust(config: VQVAEConfig, name: str, given: set[str]) -> VQVAEConfig:
 
 def fsq_turns_vq_off(config: VQVAEConfig, given: set[str]) -> VQVAEConfig:
     """Under ``quantizer="fsq"``, the VQ-only settings off and the code count and size those
-    of the levels (:func:`~jaxbasics.tasks.vqvae.config.fsq_settings`), except the fields in
+    of the levels (:func:`~jaxbasics.tasks.vqvae.levels.fsq_settings`), except the fields in
     ``given``: a preset's EMA decay or restarts would silently do nothing, while a value set
     explicitly is left for validation to refuse if FSQ cannot honour it.
 
