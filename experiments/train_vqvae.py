@@ -5,15 +5,16 @@
   python experiments/train_vqvae.py --preset cifar10 --help   # that preset's values
   python experiments/train_vqvae.py --quantizer fsq --fsq-levels 8,5,5,5 --workdir runs/fsq
   python experiments/train_vqvae.py --preset cifar10-sharp --data-dir DIR  # + discriminator, LPIPS
+  python experiments/train_vqvae.py --preset shapes-palette   # a palette tokenizer, for generation
 
 Every VQVAEConfig field is a flag (``batch_size`` -> ``--batch-size``); ``--preset`` picks
-their starting values (quickstart, cifar10, cifar10-sharp or notes) and ``--faithful`` turns
-off what the defaults change from the notes. Rerunning the same command resumes from the latest
-checkpoint in ``--workdir``: an existing run keeps its saved config (if config.json is lost,
-the one saved with the newest checkpoint), and a flag you give that contradicts it is
-refused. A workdir belongs to one run at a time: a second run on it stops at once, naming
-the first. Exit codes: 0 done, 1 error (the message says what to do), 2 bad flags, 128+N
-stopped by signal N (checkpoint saved; rerun to resume).
+their starting values (quickstart, shapes-palette, cifar10, cifar10-sharp or notes) and
+``--faithful`` turns off what the defaults change from the notes. Rerunning the same command
+resumes from the latest checkpoint in ``--workdir``: an existing run keeps its saved config (if
+config.json is lost, the one saved with the newest checkpoint), and a flag you give that
+contradicts it is refused. A workdir belongs to one run at a time: a second run on it stops at
+once, naming the first. Exit codes: 0 done, 1 error (the message says what to do), 2 bad flags,
+128+N stopped by signal N (checkpoint saved; rerun to resume).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from jaxbasics.train import cli
 SCRIPT = cli.Script(
     presets=PRESETS,
     description=__doc__,
-    preset_help="starting values of every field: quickstart (embedded data, small model, ~90 s "
-    "on 2 CPU cores), cifar10 (the notes' setting on real CIFAR-10, remedies on), "
-    "cifar10-sharp (cifar10 trained VQGAN-style: a discriminator and LPIPS; needs the lpips "
-    "extra) or notes (the notes exactly)",
+    preset_help="starting values of every field: quickstart (embedded data, small model, "
+    "~90 s on 2 CPU cores), shapes-palette (the quickstart as a palette tokenizer: 125 "
+    "colour-blind structure codes and 5 colours per image, for the prior; ~100 s), "
+    "cifar10 (the notes' setting on real CIFAR-10, remedies on), cifar10-sharp (cifar10 "
+    "trained VQGAN-style: a discriminator and LPIPS; needs the lpips extra) or notes (the "
+    "notes exactly)",
     workdir="runs/{preset}",
     wrote="curves.png, reconstructions.png, codebook.png, metrics.jsonl, eval.jsonl and "
     "checkpoints/",

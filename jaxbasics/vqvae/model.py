@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import jaxbasics.vqvae.palette as palette
 from jaxbasics import checks
-from jaxbasics.vqvae import palette
 from jaxbasics.vqvae.ema import VectorQuantizerEMA
 from jaxbasics.vqvae.fsq import FSQuantizer, check_levels
 from jaxbasics.vqvae.layers import ConvTranspose4x4s2, conv
