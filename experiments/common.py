@@ -91,6 +91,18 @@ def model_and_images(args: argparse.Namespace, outputs: Any = None) -> Inputs:
     except (OSError, ValueError) as e:
         sys.exit(fail(e))
     loaded = load_model(args.model, args.step)
+    side = 4 * loaded.model.palette_slots  # a palette's colour row needs that many codes
+    narrow = next((i for i, p in zip(images, pixels, strict=True) if p.shape[1] < side), None)
+    if narrow is not None:
+        sys.exit(
+            fail(
+                ValueError(
+                    f"{narrow.path} is narrower than {side} pixels, the least {args.model}'s "
+                    f"palette of {side // 4} colours takes (a code map {side // 4} codes wide). "
+                    f"Pass --resize S --center-crop S with S a multiple of 4, at least {side}."
+                )
+            )
+        )
     x = [to_model_input(p) for p in pixels]
     return Inputs(loaded, model_fns(loaded.model), images, pixels, x)
 

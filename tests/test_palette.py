@@ -11,7 +11,9 @@ import pytest
 from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 
+import encode as encode_script
 from conftest import RUN, prior_config
 from jaxbasics.prior import MaskGITPrior, TransformerPrior, sample
 from jaxbasics.tasks.prior.data import vqvae_of
@@ -178,6 +180,8 @@ def test_config_checks_the_slots_and_old_configs_have_none():
     assert VQVAEConfig.from_json(json.dumps(old)).palette_slots == 0
     c = preset("shapes-palette")
     assert (c.palette_slots, c.num_embeddings, c.num_codes) == (5, 125, 638)
+    vq = preset("shapes-palette", quantizer="vq").validate()  # the preset's levels dropped
+    assert (vq.fsq_levels, vq.num_embeddings, vq.num_codes) == ("8,8,8", 1024, 1537)
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +221,23 @@ def test_a_palette_run_trains_a_prior_whose_samples_decode(palette_run, tmp_path
     crafted.maps[2][3, 3] = K + 1  # a colour code among the structure codes
     with pytest.raises(ValueError, match=r"c.npz: a palette code map holds code 9 at row 3"):
         check_codes_fit(crafted, loaded.model, loaded.config, path)
+
+
+def test_encode_refuses_images_narrower_than_the_palette_in_one_line(palette_run, tmp_path, capsys):
+    Image.fromarray(np.zeros((32, 8, 3), np.uint8)).save(tmp_path / "narrow.png")  # 2 codes wide
+    try:
+        code = encode_script.main(
+            [
+                str(tmp_path / "narrow.png"),
+                "--model",
+                str(palette_run[0]),
+                "--out",
+                str(tmp_path / "c.npz"),
+            ]
+        )
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "narrow.png is narrower than 12 pixels" in err and "--center-crop S" in err
+    assert not (tmp_path / "c.npz").exists()

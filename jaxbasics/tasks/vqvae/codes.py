@@ -210,7 +210,7 @@ def _checked_maps(path: str | Path, flat: np.ndarray, shapes: np.ndarray, k: int
         raise _bad(path, f"codes are {flat.dtype} of shape {flat.shape}, not a 1-D integer array")
     if flat.size and (flat.min() < 0 or flat.max() >= k):
         bad = int(flat.min()) if flat.min() < 0 else int(flat.max())
-        raise _bad(path, f"it holds code {bad}, outside 0..{k - 1} (K = {k})")
+        raise _bad(path, f"it holds code {bad}, outside 0..{k - 1} (its model's {k} codes)")
     if shapes.max() > flat.size:
         raise _bad(path, "a map's (h, w) is beyond the number of codes")
     ends = np.cumsum(shapes.prod(axis=1))

@@ -98,14 +98,16 @@ def fsq_turns_vq_off(config: VQVAEConfig, given: set[str]) -> VQVAEConfig:
     """Under ``quantizer="fsq"``, the VQ-only settings off and the code count and size those
     of the levels (:func:`~jaxbasics.tasks.vqvae.levels.fsq_settings`), except the fields in
     ``given``: a preset's EMA decay or restarts would silently do nothing, while a value set
-    explicitly is left for validation to refuse if FSQ cannot honour it.
+    explicitly is left for validation to refuse if FSQ cannot honour it. Under ``"vq"``, a
+    preset's FSQ levels are dropped instead (``--preset shapes-palette --quantizer vq``).
 
     >>> c = fsq_turns_vq_off(VQVAEConfig(quantizer="fsq", fsq_levels="8,5,5,5"), {"decay"})
     >>> c.num_embeddings, c.dead_code_threshold, c.decay
     (1000, 0.0, 0.99)
     """
-    if config.quantizer != "fsq":
-        return config
+    if config.quantizer != "fsq":  # a preset's FSQ levels, with --quantizer vq: not used
+        keep = "fsq_levels" in given
+        return config if keep else config.replace(fsq_levels=VQVAEConfig.fsq_levels)
     return config.replace(**{k: v for k, v in fsq_settings(config).items() if k not in given})
 
 
