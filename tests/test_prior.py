@@ -201,7 +201,7 @@ def test_sampler_compiles_once_per_graph_and_options():
     after = sampling._sampler.cache_info()
     assert after.misses - before.misses <= 1 and after.hits - before.hits >= 1
     graphdef, _ = nnx.split(_shared("transformer"))
-    assert sampling._sampler(graphdef, 2, None, False, False, None)._cache_size() == 1
+    assert sampling._sampler(graphdef, 2, None, False, False, None, False)._cache_size() == 1
 
 
 def test_drop_labels_replaces_about_rate_of_the_labels_by_null():
