@@ -25,6 +25,7 @@ from jaxbasics.tasks.vqvae.config import VQVAEConfig
 from jaxbasics.tasks.vqvae.presets import preset
 from jaxbasics.train import fit
 from jaxbasics.vqvae import palette
+from jaxbasics.vqvae.convert import to_torch_state_dict
 from jaxbasics.vqvae.model import VQVAE
 
 K, J = 8, 3  # structure codes (FSQ 2,2,2) and palette slots of the tiny models
@@ -71,7 +72,7 @@ def test_the_palette_is_the_rounded_mean_under_each_mask():
     c = np.asarray(palette.read_palette(m, x))
     level = round((0.35 / (2 + 1e-3) * 2 + 0.5) * 7)  # the mean, its level of 0..7
     np.testing.assert_allclose(c[0, 0], level / 7 - 0.5, atol=1e-6)
-    np.testing.assert_allclose(c[0, 1], 0.0 - 0.5 + 4 / 7, atol=1e-6)  # black: level 3.5 -> 4
+    np.testing.assert_allclose(c[0, 1], 0.0 - 0.5 + 4 / 7, atol=1e-6)  # grey 0: level 3.5 -> 4
     paint = palette.compose(m, jnp.asarray(c))
     np.testing.assert_allclose(paint[0, 0, 0], c[0, 0])
     np.testing.assert_allclose(paint[0, 1, 1], c[0, 1])
@@ -136,6 +137,12 @@ def test_bad_maps_and_narrow_images_are_one_line_errors():
         model.encode(jnp.zeros((1, 16, 8, 3)))
     with pytest.raises(ValueError, match="palette_slots must be"):
         tiny(slots=-1)
+    with pytest.raises(ValueError, match="palette_slots must be 0 \\(off\\) or at least 2, got 1"):
+        tiny(slots=1)
+    with pytest.raises(ValueError, match=r"indices must be integers in \[0, 521\), got -1"):
+        palette.split_map(np.full((1, 5, 4), -1), K, J)
+    with pytest.raises(ValueError, match="the PyTorch converter handles the notes' VQ-VAE only"):
+        to_torch_state_dict(nnx.state(VQVAE(16, 4, 1, 8, 16, palette_slots=J, rngs=nnx.Rngs(0))))
 
 
 def test_under_jit_a_code_outside_its_rows_codes_is_clipped_into_them():
@@ -171,8 +178,9 @@ def test_sample_refuses_an_allowed_of_another_shape_or_an_empty_position():
 
 
 def test_config_checks_the_slots_and_old_configs_have_none():
-    with pytest.raises(ValueError, match=r"--palette-slots must be in \[0, 8\]"):
-        VQVAEConfig(palette_slots=9).validate()
+    for slots in (1, 9):
+        with pytest.raises(ValueError, match=r"--palette-slots must be 0 \(off\) or in \[2, 8\]"):
+            VQVAEConfig(palette_slots=slots).validate()
     with pytest.raises(ValueError, match="does not combine with --disc-weight"):
         VQVAEConfig(palette_slots=5, disc_weight=0.5).validate()
     old = json.loads(VQVAEConfig().to_json())

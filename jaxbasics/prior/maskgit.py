@@ -67,7 +67,7 @@ class MaskGITPrior(nnx.Module):
     """p(hidden codes | visible codes, label), bidirectional (see the module docstring).
 
     Args:
-      num_codes: K, the VQ-VAE's codebook size ([MASK] is index K).
+      num_codes: K, the codes a map may hold (the VQ-VAE's ``num_codes``; [MASK] is index K).
       height: h of the code map.
       width: w of the code map.
       num_classes: C for a class-conditional prior (labels in [0, C), C = null); 0 for none.

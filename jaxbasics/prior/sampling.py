@@ -9,8 +9,9 @@ priors offer the same ``init_cache`` / ``decode_step`` pair, so one loop serves 
 The model enters the compiled function as an argument (``nnx.split``: a static graph and
 an array state), not as constants, so a compiled sampler is reused across models of the
 same configuration and across parameter updates; it is compiled once per (graph, n, top_k,
-with or without labels, with or without guidance). Temperature and the guidance scale are
-traced values: changing them does not recompile.
+with or without labels, with or without guidance, parallel steps, with or without per-position
+codes). Temperature, the guidance scale and the allowed codes are traced values: changing them
+does not recompile.
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ class TransformerPrior(Autoregressive, nnx.Module):
     """Autoregressive prior p(codes | label) = prod_i p(code_i | label, codes < i).
 
     Args:
-      num_codes: K, the VQ-VAE's codebook size.
+      num_codes: K, the codes a map may hold (the VQ-VAE's ``num_codes``).
       height: h of the code map (8 for 32x32 images).
       width: w of the code map.
       num_classes: C for a class-conditional prior (labels in [0, C), C = null); 0 for none.

@@ -41,6 +41,15 @@ def _refuse_fsq(has_codebook: bool) -> None:
         )
 
 
+def _refuse_palette(palette: bool) -> None:
+    if palette:
+        raise ValueError(
+            "the PyTorch converter handles the notes' VQ-VAE only, and this is a palette "
+            "tokenizer's (palette_slots > 0: its encoder reads colour distances, its decoder "
+            "paints masks), which the notes' PyTorch model has no layers for."
+        )
+
+
 def _to_flax(name: str, value: np.ndarray) -> np.ndarray:
     if name.endswith(".weight") and value.ndim == 4:
         if "_conv_trans_" in name:  # (in, out, kH, kW) -> flipped (kH, kW, in, out)
@@ -104,10 +113,13 @@ def to_torch_state_dict(state: nnx.State) -> dict[str, np.ndarray]:
     ((8, 3, 4, 4), (16, 8, 4, 4))
 
     Raises:
-      ValueError: ``state`` is an FSQ model's (it holds no codebook).
+      ValueError: ``state`` is an FSQ model's (it holds no codebook) or a palette
+        tokenizer's.
     """
     flat = _flat(state)
     _refuse_fsq(any(path[0] == "vq" for path in flat))
+    first = flat.get(("encoder", "conv_1", "kernel"))
+    _refuse_palette(first is not None and first.shape[2] != 3)
     sd = {}
     for path, value in flat.items():
         name = _torch_name(path)
@@ -150,6 +162,7 @@ def from_torch_state_dict(state_dict: Mapping[str, np.ndarray], model: VQVAE) ->
     KeyError: "state_dict is missing 19 entries: ['_decoder._conv_1.bias', ...
     """
     _refuse_fsq(model.vq.learned)
+    _refuse_palette(model.palette_slots > 0)
     state = nnx.state(model)
     expected = {_torch_name(p): (p, v.shape) for p, v in _flat(state).items()}
     given = {k: np.asarray(v) for k, v in state_dict.items()}

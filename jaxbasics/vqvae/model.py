@@ -240,6 +240,8 @@ class VQVAE(nnx.Module):
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}.")
         self.in_channels = 3
         self.palette_slots = checks.count("palette_slots", palette_slots, low=0)
+        if palette_slots == 1:  # a softmax over one slot is 1: nothing to learn
+            raise ValueError("palette_slots must be 0 (off) or at least 2, got 1.")
         enc_in = palette.INPUT_CHANNELS if palette_slots else 3
         dtype = None if compute_dtype in (None, "float32") else jnp.dtype(compute_dtype)
         opts = dict(form=conv_form, dtype=dtype, rngs=rngs)
@@ -270,13 +272,21 @@ class VQVAE(nnx.Module):
 
     @property
     def num_codes(self) -> int:
-        """The codes a code map may hold: K, plus the palette's colour and padding codes."""
+        """The codes a code map may hold: K, plus the palette's colour and padding codes.
+
+        >>> VQVAE(16, 4, 1, 8, 16, rngs=nnx.Rngs(0)).num_codes
+        16
+        """
         k = self.vq.num_embeddings
         return k + palette.CODES + 1 if self.palette_slots else k
 
     def allowed_codes(self, rows: int, width: int) -> np.ndarray | None:
         """(rows, width, num_codes) bool: the codes each position of a code map may hold
-        (:func:`jaxbasics.vqvae.palette.vocabulary`); None when any code may go anywhere."""
+        (:func:`jaxbasics.vqvae.palette.vocabulary`); None when any code may go anywhere.
+
+        >>> VQVAE(16, 4, 1, 8, 16, rngs=nnx.Rngs(0)).allowed_codes(8, 8) is None
+        True
+        """
         if not self.palette_slots:
             return None
         return palette.vocabulary(rows, width, self.vq.num_embeddings, self.palette_slots)
@@ -295,7 +305,7 @@ class VQVAE(nnx.Module):
 
     def decode(self, quantized: jax.Array) -> jax.Array:
         """(B, h, w, D) quantised latents -> (B, 4h, 4w, 3) float32 images (a palette
-        tokenizer: (B, 4h, 4w, J) softmax masks, painted by :meth:`paint`).
+        tokenizer: (B, 4h, 4w, J) softmax masks, painted by :func:`~jaxbasics.vqvae.palette.paint`).
 
         >>> model = VQVAE(16, 4, 1, 8, 16, rngs=nnx.Rngs(0))
         >>> model.decode(jnp.zeros((1, 8, 8, 8))).shape
@@ -304,15 +314,11 @@ class VQVAE(nnx.Module):
         out = self.decoder(quantized).astype(jnp.float32)
         return jax.nn.softmax(out, axis=-1) if self.palette_slots else out
 
-    def paint(self, masks: jax.Array, x: jax.Array) -> jax.Array:
-        """A palette tokenizer's reconstruction: ``x``'s palette under ``masks``, painted."""
-        return palette.compose(masks, palette.read_palette(masks, x))
-
     def __call__(self, x: jax.Array) -> VQVAEOutput:
         vq = self.vq(self.latents(x))
         recon = self.decode(vq.quantized)
         return VQVAEOutput(
-            recon=self.paint(recon, x) if self.palette_slots else recon,
+            recon=palette.paint(recon, x) if self.palette_slots else recon,
             quantized=vq.quantized,
             indices=vq.indices,
             vq_loss=vq.loss,
@@ -341,8 +347,8 @@ class VQVAE(nnx.Module):
         4w, 3)).
 
         Raises:
-          ValueError: indices not integers in [0, K) (values checked outside ``jit``): a code
-            past the codebook would decode to NaN, or under FSQ wrap around to another code.
+          ValueError: indices not integers in [0, num_codes) (values checked outside ``jit``):
+            a code past the codebook would decode to NaN, or under FSQ wrap around to another.
             A palette map's codes are checked against their rows' vocabularies the same way
             (under ``jit``, a code outside its row's is clipped into it).
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbasics import checks
 from jaxbasics.autodiff import straight_through
 
 # Levels per colour channel, and the colour codes they give (index r + 8 g + 64 b).
@@ -110,6 +111,15 @@ def compose(masks: jax.Array, colours: jax.Array) -> jax.Array:
     return jnp.einsum("bhwj,bjc->bhwc", masks, colours)
 
 
+def paint(masks: jax.Array, x: jax.Array) -> jax.Array:
+    """A palette tokenizer's reconstruction of ``x``: its palette under ``masks``, composed.
+
+    >>> paint(jnp.ones((1, 2, 2, 1)), jnp.full((1, 2, 2, 3), 0.5))[0, 0].tolist()
+    [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]
+    """
+    return compose(masks, read_palette(masks, x))
+
+
 def colour_indices(colours: jax.Array) -> jax.Array:
     """(..., 3) colours on the grid -> (...) int32 colour codes in [0, 512): r + 8 g + 64 b.
 
@@ -170,6 +180,11 @@ def encode_map(indices: jax.Array, masks: jax.Array, x: jax.Array, num_structure
 
     Raises:
       ValueError: maps narrower than the palette (images under 4 J pixels wide).
+
+    >>> masks = jnp.zeros((1, 4, 12, 2)).at[..., 0].set(1.0)  # every pixel in slot 0, 1 empty
+    >>> encode_map(jnp.zeros((1, 1, 3), jnp.int32), masks, jnp.full((1, 4, 12, 3), 0.5), 4)
+    Array([[[515, 296, 516],
+            [  0,   0,   0]]], dtype=int32)
     """
     slots, width = masks.shape[-1], indices.shape[2]
     if width < slots:
@@ -186,10 +201,11 @@ def split_map(indices: jax.Array, num_structure: int, slots: int) -> tuple[jax.A
 
     Each code is checked against its position's vocabulary (:func:`vocabulary`) where the
     values are known; under ``jit``, a code outside it is clipped into it (a colour code past
-    the colours becomes the nearest colour, a structure code code K - 1).
+    the colours becomes the nearest colour, a structure code past K becomes K - 1).
 
     Raises:
-      ValueError: a map of another shape, or a code its position may not hold (one line).
+      ValueError: a map of another shape, a code outside [0, K + 513), or a code its position
+        may not hold (one line).
 
     >>> s, c = split_map(jnp.array([[[4, 515, 516], [1, 2, 3]]]), 4, 2)
     >>> s.tolist(), c.tolist()
@@ -199,6 +215,7 @@ def split_map(indices: jax.Array, num_structure: int, slots: int) -> tuple[jax.A
     ...
     ValueError: a palette code map holds code 6 at row 0, column 2, where only 516 may go.
     """
+    indices = checks.indices("indices", indices, num_structure + CODES + 1)
     b, rows, width = indices.shape
     if rows < 2 or width < slots:
         raise ValueError(

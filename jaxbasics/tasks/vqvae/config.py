@@ -236,10 +236,10 @@ class VQVAEConfig(RunConfig):
         """Between 0 and the code map's width, and not with VQGAN-style training (its
         gradient splits the decoder's last layer off, where the palette is painted)."""
         width = self.image_size // 4
-        if not 0 <= self.palette_slots <= width:
+        if not (self.palette_slots == 0 or 2 <= self.palette_slots <= width):
             raise ValueError(
-                f"--palette-slots must be in [0, {width}] (the code map's width, --image-size "
-                f"/ 4), got {self.palette_slots}."
+                f"--palette-slots must be 0 (off) or in [2, {width}] (the code map's width, "
+                f"--image-size / 4), got {self.palette_slots}."
             )
         if self.palette_slots and (self.adversarial or self.perceptual_weight > 0):
             raise ValueError(
